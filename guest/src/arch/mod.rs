@@ -1,0 +1,7 @@
+//! x86_64 specifics: the thin layer that touches the hardware.
+
+pub mod cpu;
+pub mod entry;
+pub mod idt;
+pub mod mem;
+pub mod paging;

@@ -1,0 +1,204 @@
+//! The real Xen behind `xen_bindings::traits`: hypercalls and shared_info.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use guest::xen::clock::{read_consistent, TimeInfo};
+use xen_bindings::abi::event_channel as ev;
+use xen_bindings::abi::hvm::{XenHvmParam, HVMOP_GET_PARAM};
+use xen_bindings::abi::memory::{self as mem, mapspace, XenAddToPhysmap, XenMemoryReservation};
+use xen_bindings::abi::sched::{SchedPoll, SchedShutdown, SCHEDOP_poll, SCHEDOP_shutdown};
+use xen_bindings::abi::shared_info::SharedInfo;
+use xen_bindings::abi::DOMID_SELF;
+use xen_bindings::hypercall::{self as hc, XenCpuid};
+use xen_bindings::traits::{Clock, DomId, EventChannels, Gfn, MemoryReservation, Port, Sched, ShutdownReason};
+use xen_bindings::Errno;
+
+use crate::arch::{cpu, entry};
+
+/// The page Xen's shared_info is mapped over (its RAM frame goes back to Xen).
+#[repr(C, align(4096))]
+struct SharedInfoPage([u8; 4096]);
+static mut SHARED_INFO_PAGE: SharedInfoPage = SharedInfoPage([0; 4096]);
+
+/// Handle to the hypervisor, once the hypercall page and shared_info are set up.
+#[derive(Clone, Copy)]
+pub struct Xen {
+    shared: *mut SharedInfo,
+    pub cpuid: XenCpuid,
+}
+
+// SAFETY: shared_info is a fixed page for the domain's life; fields are accessed atomically
+// or under the pvclock seqlock.
+unsafe impl Send for Xen {}
+unsafe impl Sync for Xen {}
+
+impl Xen {
+    /// Finds Xen, installs the hypercall page, maps shared_info. None without Xen.
+    pub fn init() -> Option<Result<Self, Errno>> {
+        let cpuid = hc::detect_xen(cpu::cpuid)?;
+        let page = entry::hypercall_page_paddr();
+        // SAFETY: the MSR from Xen's CPUID leaf takes the physical address of a page we own
+        // (in .text, identity-mapped) for Xen to fill with hypercall stubs.
+        unsafe { cpu::wrmsr(cpuid.hypercall_msr, page) };
+        hc::set_hypercall_page(page as usize);
+        let shared = (&raw mut SHARED_INFO_PAGE) as *mut SharedInfo;
+        let mut xatp = XenAddToPhysmap {
+            domid: DOMID_SELF,
+            size: 0,
+            space: mapspace::SHARED_INFO,
+            idx: 0,
+            gpfn: shared as u64 >> 12,
+        };
+        // SAFETY: xatp is a valid xen_add_to_physmap for XENMEM_add_to_physmap.
+        if let Err(e) = unsafe { hc::memory_op(mem::XENMEM_ADD_TO_PHYSMAP, (&raw mut xatp).cast()) } {
+            return Some(Err(e));
+        }
+        Some(Ok(Self { shared, cpuid }))
+    }
+
+    fn time_info(&self) -> TimeInfo {
+        // SAFETY: vcpu_info[0] lives in the mapped shared_info page; Xen writes it under the
+        // version seqlock that `read_consistent` implements, so volatile reads suffice.
+        unsafe {
+            let t = &raw const (*self.shared).vcpu_info[0].time;
+            read_consistent(
+                || (&raw const (*t).version).read_volatile(),
+                || TimeInfo {
+                    tsc_timestamp: (&raw const (*t).tsc_timestamp).read_volatile(),
+                    system_time: (&raw const (*t).system_time).read_volatile(),
+                    tsc_to_system_mul: (&raw const (*t).tsc_to_system_mul).read_volatile(),
+                    tsc_shift: (&raw const (*t).tsc_shift).read_volatile(),
+                },
+            )
+        }
+    }
+
+    /// `HVMOP_get_param`.
+    pub fn hvm_param(&self, index: u32) -> Result<u64, Errno> {
+        let mut p = XenHvmParam { domid: DOMID_SELF, index, value: 0 };
+        // SAFETY: p is a valid xen_hvm_param.
+        unsafe { hc::hvm_op(HVMOP_GET_PARAM, (&raw mut p).cast())? };
+        Ok(p.value)
+    }
+
+    fn pending_word(&self, port: Port) -> &AtomicU64 {
+        // SAFETY: evtchn_pending is a u64 array in the mapped shared_info that Xen updates
+        // with atomic ops; port / 64 < 64 is checked by callers.
+        unsafe { AtomicU64::from_ptr((&raw mut (*self.shared).evtchn_pending[(port / 64) as usize]).cast()) }
+    }
+
+    fn reservation(&self, cmd: u32, gfns: &[Gfn], order: u32) -> Result<usize, Errno> {
+        let mut r = XenMemoryReservation {
+            extent_start: gfns.as_ptr() as *mut u64,
+            nr_extents: gfns.len() as u64,
+            extent_order: order,
+            mem_flags: 0,
+            domid: DOMID_SELF,
+        };
+        // SAFETY: r points at `gfns`, which outlives the call. Xen only writes extent_start
+        // for increase_reservation, which we never issue, so the shared slice is not written.
+        let done = unsafe { hc::memory_op(cmd, (&raw mut r).cast())? };
+        Ok(done as usize)
+    }
+}
+
+impl Clock for Xen {
+    fn now_ns(&self) -> u64 {
+        self.time_info().ns_at(cpu::rdtsc())
+    }
+}
+
+impl EventChannels for Xen {
+    fn notify(&self, port: Port) -> Result<(), Errno> {
+        let mut s = ev::EvtchnSend { port };
+        // SAFETY: s is a valid evtchn_send.
+        unsafe { hc::event_channel_op(ev::EVTCHNOP_send, (&raw mut s).cast()) }.map(drop)
+    }
+
+    fn take_pending(&self, port: Port) -> bool {
+        if port >= xen_bindings::abi::shared_info::NR_EVENT_CHANNELS_2L {
+            return false;
+        }
+        let bit = 1u64 << (port % 64);
+        // AcqRel: acquire pairs with Xen's locked set of the bit after it wrote the data the
+        // event announces (ring indices); release orders our earlier ring reads before it.
+        self.pending_word(port).fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
+
+    fn alloc_unbound(&self, remote: DomId) -> Result<Port, Errno> {
+        let mut a = ev::EvtchnAllocUnbound { dom: DOMID_SELF, remote_dom: remote, port: 0 };
+        // SAFETY: a is a valid evtchn_alloc_unbound.
+        unsafe { hc::event_channel_op(ev::EVTCHNOP_alloc_unbound, (&raw mut a).cast())? };
+        Ok(a.port)
+    }
+
+    fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port, Errno> {
+        let mut b = ev::EvtchnBindInterdomain { remote_dom: remote, remote_port, local_port: 0 };
+        // SAFETY: b is a valid evtchn_bind_interdomain.
+        unsafe { hc::event_channel_op(ev::EVTCHNOP_bind_interdomain, (&raw mut b).cast())? };
+        Ok(b.local_port)
+    }
+
+    fn close(&self, port: Port) -> Result<(), Errno> {
+        let mut c = ev::EvtchnClose { port };
+        // SAFETY: c is a valid evtchn_close.
+        unsafe { hc::event_channel_op(ev::EVTCHNOP_close, (&raw mut c).cast()) }.map(drop)
+    }
+
+    fn unmask(&self, port: Port) -> Result<(), Errno> {
+        let mut u = ev::EvtchnUnmask { port };
+        // SAFETY: u is a valid evtchn_unmask.
+        unsafe { hc::event_channel_op(ev::EVTCHNOP_unmask, (&raw mut u).cast()) }.map(drop)
+    }
+}
+
+impl Sched for Xen {
+    fn poll(&self, ports: &[Port], deadline_ns: u64) -> Result<(), Errno> {
+        let mut p = SchedPoll {
+            ports: ports.as_ptr() as *mut u32,
+            nr_ports: ports.len() as u32,
+            timeout: deadline_ns,
+        };
+        // SAFETY: p points at `ports`, which outlives the call; Xen only reads it.
+        unsafe { hc::sched_op(SCHEDOP_poll, (&raw mut p).cast()) }.map(drop)
+    }
+
+    fn shutdown(&self, reason: ShutdownReason) -> Result<(), Errno> {
+        let mut s = SchedShutdown { reason: reason as u32 };
+        // SAFETY: SCHEDOP_shutdown takes a pointer to sched_shutdown.
+        unsafe { hc::sched_op(SCHEDOP_shutdown, (&raw mut s).cast()) }.map(drop)
+    }
+}
+
+impl MemoryReservation for Xen {
+    fn populate_physmap(&mut self, gfns: &[Gfn], order: u32) -> Result<usize, Errno> {
+        self.reservation(mem::XENMEM_POPULATE_PHYSMAP, gfns, order)
+    }
+
+    fn decrease_reservation(&mut self, gfns: &[Gfn], order: u32) -> Result<usize, Errno> {
+        self.reservation(mem::XENMEM_DECREASE_RESERVATION, gfns, order)
+    }
+
+    fn current_reservation(&self) -> Result<u64, Errno> {
+        let mut d = DOMID_SELF;
+        // SAFETY: XENMEM_current_reservation takes a pointer to a domid_t.
+        unsafe { hc::memory_op(mem::XENMEM_CURRENT_RESERVATION, (&raw mut d).cast()) }
+    }
+
+    fn maximum_reservation(&self) -> Result<u64, Errno> {
+        let mut d = DOMID_SELF;
+        // SAFETY: XENMEM_maximum_reservation takes a pointer to a domid_t.
+        unsafe { hc::memory_op(mem::XENMEM_MAXIMUM_RESERVATION, (&raw mut d).cast()) }
+    }
+}
+
+/// Xen system time for log timestamps (0 before Xen is set up).
+pub fn uptime_ns() -> u64 {
+    XEN.get().map_or(0, |x| x.now_ns())
+}
+
+/// The one hypervisor handle, set once during boot.
+pub static XEN: spin::Once<Xen> = spin::Once::new();
+
+/// Console notifications dropped because the ring stayed full (for the census later).
+pub static CONSOLE_DROPPED: AtomicU32 = AtomicU32::new(0);

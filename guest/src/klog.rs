@@ -1,0 +1,118 @@
+//! The kernel's `log` backend: port 0xE9 from the first instruction (Xen prints it as
+//! `(dN) ...`), and the PV console ring once it is up (`xl console`, xenconsoled's log).
+
+use core::fmt::{self, Write};
+use core::sync::atomic::Ordering;
+
+use guest::xen::console::ConsoleRing;
+use xen_bindings::abi::console::XenconsInterface;
+use xen_bindings::traits::{Clock, EventChannels, Port, Sched};
+
+use crate::arch::cpu;
+use crate::hv::{self, XEN, CONSOLE_DROPPED};
+
+struct Console {
+    ring: ConsoleRing,
+    port: Port,
+}
+
+static CONSOLE: spin::Mutex<Option<Console>> = spin::Mutex::new(None);
+
+struct KernelLog;
+static LOGGER: KernelLog = KernelLog;
+
+pub fn init(level: log::LevelFilter) {
+    // set_logger fails only if called twice; the second call just keeps the first.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
+
+/// Switches on the PV console ring (HVM_PARAM_CONSOLE_PFN / _EVTCHN).
+///
+/// # Safety
+/// `iface` must be the domain's console ring page, identity-mapped.
+pub unsafe fn attach_console(iface: *mut XenconsInterface, port: Port) {
+    // SAFETY: forwarded from the caller; we become the only producer.
+    let ring = unsafe { ConsoleRing::new(iface) };
+    *CONSOLE.lock() = Some(Console { ring, port });
+}
+
+/// Writes raw bytes to every sink (used for the lines the harness parses).
+pub fn write_raw(bytes: &[u8]) {
+    for &b in bytes {
+        cpu::outb(0xe9, b);
+    }
+    // try_lock: a panic inside a console write must still reach port 0xE9, not deadlock.
+    if let Some(mut guard) = CONSOLE.try_lock() {
+        if let Some(c) = guard.as_mut() {
+            console_write(c, bytes);
+        }
+    }
+}
+
+/// Puts all of `bytes` into the ring, waiting (bounded) for xenconsoled to make room.
+fn console_write(c: &mut Console, mut bytes: &[u8]) {
+    let Some(xen) = XEN.get() else { return };
+    let deadline = xen.now_ns() + 200_000_000;
+    while !bytes.is_empty() {
+        let n = c.ring.write(bytes);
+        bytes = &bytes[n..];
+        // A failed notify only delays output until the next one; nothing to recover.
+        let _ = xen.notify(c.port);
+        if bytes.is_empty() {
+            break;
+        }
+        let now = xen.now_ns();
+        if now >= deadline {
+            // Relaxed: a statistic.
+            CONSOLE_DROPPED.fetch_add(bytes.len() as u32, Ordering::Relaxed);
+            return;
+        }
+        // xenconsoled notifies the port when it has consumed output.
+        let _ = xen.poll(&[c.port], now + 10_000_000);
+        xen.take_pending(c.port);
+    }
+}
+
+/// Formats into a fixed buffer (no allocation: logging must work before and without the
+/// heap); overlong lines are cut.
+struct LineBuf {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len() - 1 - self.len; // keep one byte for '\n'
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+impl log::Log for KernelLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let ns = hv::uptime_ns();
+        let mut line = LineBuf { buf: [0; 512], len: 0 };
+        let _ = write!(
+            line,
+            "[{:5}.{:06}] {:<5} {}",
+            ns / 1_000_000_000,
+            (ns / 1000) % 1_000_000,
+            r.level(),
+            r.args()
+        );
+        line.buf[line.len] = b'\n';
+        write_raw(&line.buf[..line.len + 1]);
+    }
+
+    fn flush(&self) {}
+}

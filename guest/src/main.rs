@@ -1,0 +1,110 @@
+//! The guest kernel: wires arch -> memory -> Xen drivers -> event loop.
+//!
+//! Boot order: entry stub (long mode, SSE) → log on port 0xE9 → copy what start_info
+//! points at (it sits in low memory we may reuse) → GDT/IDT → page tables → heap → Xen
+//! (hypercall page, shared_info, clock) → PV console → xenstore → ready → mode.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod boot;
+mod hv;
+mod klog;
+mod run;
+
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use xen_bindings::traits::{Sched, ShutdownReason};
+
+use arch::cpu;
+
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+/// The kernel heap until the memory model hands out frames (issue 4): in .bss, so it is
+/// part of the image and never touches PoD memory beyond the target.
+const HEAP_SIZE: usize = 4 << 20;
+#[repr(C, align(4096))]
+struct HeapArea([u8; HEAP_SIZE]);
+static mut HEAP_AREA: HeapArea = HeapArea([0; HEAP_SIZE]);
+
+/// isa-debug-exit: QEMU exits with status `(value << 1) | 1` (plain-QEMU boot tests only).
+const QEMU_EXIT_PORT: u16 = 0xf4;
+/// Exit value for "booted, found no Xen, reported it" under plain QEMU (status 33).
+const QEMU_EXIT_NO_XEN: u8 = 0x10;
+/// Exit value after a panic under plain QEMU (status 35).
+const QEMU_EXIT_PANIC: u8 = 0x11;
+
+#[no_mangle]
+extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
+    klog::init(log::LevelFilter::Info);
+    // SAFETY: HEAP_AREA is used by nothing else; init runs once before any allocation.
+    unsafe { HEAP.lock().init((&raw mut HEAP_AREA).cast(), HEAP_SIZE) };
+    log::info!("xenguest-rs {} booting (PVH, start_info at {:#x})", env!("CARGO_PKG_VERSION"), start_info_paddr);
+    // SAFETY: Xen / QEMU pass the physical address of hvm_start_info in %ebx; the boot
+    // page tables identity-map it.
+    let info = match unsafe { boot::BootInfo::capture(start_info_paddr as u64) } {
+        Ok(i) => i,
+        Err(e) => panic!("bad hvm_start_info: {e}"),
+    };
+    let cmdline = guest::cmdline::Cmdline::parse(info.cmdline());
+    log::set_max_level(cmdline.loglevel.to_filter());
+    log::info!("command line: \"{}\"", info.cmdline());
+    for (word, why) in &cmdline.rejected {
+        log::warn!("command line: ignoring \"{word}\": {why}");
+    }
+    arch::idt::init();
+    info.log_memmap();
+    boot::map_ram_above_4g(&info);
+    match hv::Xen::init() {
+        None => {
+            log::warn!("no Xen hypervisor found (CPUID 0x40000000-0x4000ff00): nothing to do");
+            log::info!("boot without Xen: {} MiB RAM in the memmap", info.ram_bytes() >> 20);
+            cpu::outb(QEMU_EXIT_PORT, QEMU_EXIT_NO_XEN);
+            cpu::halt_forever();
+        }
+        Some(Err(e)) => panic!("Xen found but shared_info could not be mapped: {e}"),
+        Some(Ok(xen)) => {
+            let xen = *hv::XEN.call_once(|| xen);
+            log::info!(
+                "Xen {}.{} (CPUID base {:#x}), hypercall page at {:#x}",
+                xen.cpuid.major,
+                xen.cpuid.minor,
+                xen.cpuid.base,
+                arch::entry::hypercall_page_paddr()
+            );
+            run::run(xen, &info, &cmdline)
+        }
+    }
+}
+
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    use core::fmt::Write;
+    // A panic while panicking (e.g. in the console path): go straight to the shutdown.
+    if !PANICKING.swap(true, Ordering::Relaxed) {
+        struct Raw;
+        impl Write for Raw {
+            fn write_str(&mut self, s: &str) -> core::fmt::Result {
+                klog::write_raw(s.as_bytes());
+                Ok(())
+            }
+        }
+        let _ = match info.location() {
+            Some(l) => write!(Raw, "PANIC at {}:{}:{}: {}\n", l.file(), l.line(), l.column(), info.message()),
+            None => write!(Raw, "PANIC: {}\n", info.message()),
+        };
+    }
+    if let Some(xen) = hv::XEN.get() {
+        // on_crash in the xl config decides what happens next (preserve, restart, ...).
+        let _ = xen.shutdown(ShutdownReason::Crash);
+    } else {
+        cpu::outb(QEMU_EXIT_PORT, QEMU_EXIT_PANIC);
+    }
+    cpu::halt_forever()
+}

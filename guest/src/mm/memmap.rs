@@ -1,0 +1,79 @@
+//! Memmap storage of subsections and the locked view through which writers reach it.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use super::geometry::{Pfn, PAGES_PER_SUBSECTION};
+use super::page::{PageDesc, Raw};
+use super::section::SectionRoot;
+
+/// Descriptors of one subsection.
+pub(crate) type SubsectionMemmap = [PageDesc; PAGES_PER_SUBSECTION as usize];
+
+/// Layout of one subsection's memmap block: 512 × 16 B = 8 KiB.
+pub(crate) const MEMMAP_LAYOUT: Layout = Layout::new::<SubsectionMemmap>();
+const _: () = assert!(MEMMAP_LAYOUT.size() == 8192);
+
+/// Bytes of memmap per present subsection.
+pub const MEMMAP_BYTES_PER_SUBSECTION: usize = MEMMAP_LAYOUT.size();
+
+/// The right to dereference memmap of present subsections. It lives inside the model's
+/// mutex; freeing memmap takes it by `&mut`, so the borrow checker rules out a descriptor
+/// reference (borrowed from `&MemmapToken`) surviving a free.
+#[derive(Debug)]
+pub(crate) struct MemmapToken(());
+
+impl MemmapToken {
+    pub(crate) const fn new() -> MemmapToken {
+        MemmapToken(())
+    }
+}
+
+/// Writers' view of the memmap: valid while the mutation lock is held.
+#[derive(Clone, Copy)]
+pub(crate) struct Memmap<'t> {
+    pub(crate) root: &'t SectionRoot,
+    _token: &'t MemmapToken,
+}
+
+impl<'t> Memmap<'t> {
+    pub(crate) fn new(root: &'t SectionRoot, token: &'t MemmapToken) -> Memmap<'t> {
+        Memmap {
+            root,
+            _token: token,
+        }
+    }
+
+    /// The descriptor of `pfn` if its subsection is present.
+    pub(crate) fn get(&self, pfn: Pfn) -> Option<&'t PageDesc> {
+        let section = self.root.section_of(pfn)?;
+        let idx = pfn.subsection_in_section();
+        if section.present() & (1 << idx) == 0 {
+            return None;
+        }
+        let base = section.memmap_ptr(idx)?;
+        // SAFETY: the subsection is present, so `base` points to its initialised memmap
+        // block of 512 descriptors (written before the present bit). Memmap is freed only
+        // with `&mut MemmapToken`, which cannot exist while this view borrows the token for
+        // 't, so the block outlives the reference.
+        Some(unsafe { base.add(pfn.index_in_subsection()).as_ref() })
+    }
+
+    /// The descriptor of a pfn the caller has already validated as present.
+    pub(crate) fn desc(&self, pfn: Pfn) -> &'t PageDesc {
+        self.get(pfn)
+            .expect("memmap lookup of a pfn validated as present")
+    }
+}
+
+/// Fill fresh storage with 512 descriptors: `init(pfn)` gives each page's initial state.
+pub(crate) fn init_block(mem: NonNull<u8>, first: Pfn, mut init: impl FnMut(Pfn) -> Raw) -> NonNull<PageDesc> {
+    let base = mem.cast::<PageDesc>();
+    for i in 0..PAGES_PER_SUBSECTION {
+        // SAFETY: `mem` is fresh, exclusively owned storage of MEMMAP_LAYOUT (512
+        // descriptors, aligned for PageDesc); `i < 512` stays inside it. Nothing reads the
+        // block before its subsection is marked present/active, after this loop.
+        unsafe { base.add(i as usize).write(PageDesc::new(init(first.add(i)))) };
+    }
+    base
+}

@@ -1,0 +1,1 @@
+//! Xenstore client: wire codec, ring, requests, watches, transactions.

@@ -1,0 +1,736 @@
+//! Verdicts for the Xen CI harness.
+//!
+//! `scripts/xen-ci` boots QEMU → Xen → a Linux dom0 whose scenario runner
+//! (`scripts/dom0/run-scenarios`) prints `XENCI ...` markers on the serial console. This
+//! crate reads that serial log and decides, for every requested scenario, PASS / FAIL /
+//! SKIP with a reason — including the cases where the runner could not say anything
+//! because Xen panicked, dom0 died, or QEMU hit its time limit. It also writes JUnit XML.
+//!
+//! Pure functions over text: everything here is unit-tested without Xen.
+
+use std::fmt::Write as _;
+
+/// Outcome of one scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        }
+    }
+}
+
+/// The verdict for one scenario (or the pseudo-scenario [`RUN`] for whole-run problems).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub name: String,
+    pub status: Status,
+    /// Wall seconds as measured in dom0; `None` when the scenario never finished.
+    pub secs: Option<f64>,
+    /// Why it failed or was skipped (empty for PASS).
+    pub reason: String,
+    /// Measurements the scenario reported (`XENCI INFO`).
+    pub info: Vec<String>,
+    /// The last relevant log lines (guest console on a scenario failure, the serial log
+    /// around the end when the run itself broke).
+    pub context: Vec<String>,
+}
+
+/// Name of the pseudo-verdict for problems outside any scenario (e.g. a Xen panic after
+/// every scenario had already passed).
+pub const RUN: &str = "(run)";
+
+/// What the host knows about the QEMU run besides the serial log.
+#[derive(Clone, Debug, Default)]
+pub struct RunFacts {
+    /// Exit status of `timeout ... qemu-system-x86_64` (124 = time limit hit).
+    pub qemu_status: Option<i32>,
+    /// The time limit given to `timeout`, in seconds.
+    pub limit_secs: Option<u64>,
+}
+
+/// How many lines of context to keep under a failure.
+const CONTEXT_LINES: usize = 12;
+
+#[derive(Debug, Default)]
+struct ScenarioLog {
+    began: bool,
+    end: Option<(Status, Option<f64>, String)>,
+    void: Option<String>,
+    info: Vec<String>,
+    log: Vec<String>,
+    /// Index (in the serial log's lines) of the BEGIN marker.
+    begin_line: usize,
+}
+
+/// Everything found in a serial log.
+#[derive(Debug, Default)]
+struct Parsed {
+    scenarios: Vec<(String, ScenarioLog)>,
+    started: bool,
+    done: bool,
+    abort: Option<String>,
+    xen_panic: Option<(usize, String)>,
+    dom0_panic: Option<(usize, String)>,
+    /// Guest crashes seen by Xen or printed by a guest on port 0xE9: (line index, text).
+    guest_crashes: Vec<(usize, String)>,
+    lines: Vec<String>,
+}
+
+impl Parsed {
+    fn scenario(&mut self, name: &str) -> &mut ScenarioLog {
+        if let Some(i) = self.scenarios.iter().position(|(n, _)| n == name) {
+            return &mut self.scenarios[i].1;
+        }
+        self.scenarios
+            .push((name.to_string(), ScenarioLog::default()));
+        &mut self.scenarios.last_mut().expect("just pushed").1
+    }
+
+    fn get(&self, name: &str) -> Option<&ScenarioLog> {
+        self.scenarios
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+    }
+}
+
+/// Strip Xen's `(XEN) ` prefix and its `[   12.345678] ` boot timestamp.
+fn strip_xen_prefix(line: &str) -> &str {
+    let mut s = line.trim_start();
+    if let Some(rest) = s.strip_prefix("(XEN)") {
+        s = rest.trim_start();
+    }
+    if s.starts_with('[') {
+        if let Some(end) = s.find(']') {
+            s = s[end + 1..].trim_start();
+        }
+    }
+    s
+}
+
+/// Parse `<secs> [t=<uptime>] [reason...]` after `XENCI PASS|FAIL|SKIP <name>`.
+fn parse_end(rest: &str) -> (Option<f64>, String) {
+    let mut words = rest.split_whitespace().peekable();
+    let secs = words.next().and_then(|w| w.parse::<f64>().ok());
+    if words.peek().is_some_and(|w| w.starts_with("t=")) {
+        words.next();
+    }
+    (secs, words.collect::<Vec<_>>().join(" "))
+}
+
+/// Is this a guest's crash as seen in the serial log?
+fn guest_crash_text(line: &str) -> Option<String> {
+    let body = strip_xen_prefix(line);
+    // Our guest prints its panic on port 0xE9, which Xen shows as "(dN) PANIC ...".
+    if let Some(rest) = line.trim_start().strip_prefix("(d") {
+        if let Some(close) = rest.find(") ") {
+            let msg = rest[close + 2..].trim_start();
+            // Our kernel's log prefix "[    1.234567] " may precede it.
+            let msg = match msg.find("] ") {
+                Some(i) if msg.starts_with('[') => &msg[i + 2..],
+                _ => msg,
+            };
+            if msg.starts_with("PANIC") {
+                return Some(format!("d{} {}", &rest[..close], msg));
+            }
+        }
+    }
+    // Xen's own view: a domain crashed (triple fault, unhandled exception, ...).
+    if body.contains("Triple fault")
+        || body.contains("domain_crash called from")
+        || (body.starts_with("Domain ") && body.contains(") crashed"))
+    {
+        return Some(body.to_string());
+    }
+    None
+}
+
+fn parse(serial: &str) -> Parsed {
+    let mut p = Parsed {
+        lines: serial
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .collect(),
+        ..Parsed::default()
+    };
+    for idx in 0..p.lines.len() {
+        let line = p.lines[idx].clone();
+        // Xen panics print "Panic on CPU n:" and the message on the next line.
+        if p.xen_panic.is_none() && line.contains("Panic on CPU") {
+            let msg = p
+                .lines
+                .get(idx + 1)
+                .map(|l| strip_xen_prefix(l).to_string())
+                .filter(|m| !m.is_empty() && !m.starts_with("****"))
+                .unwrap_or_else(|| strip_xen_prefix(&line).to_string());
+            p.xen_panic = Some((idx, msg));
+        }
+        if p.dom0_panic.is_none() && !line.starts_with("(d") {
+            if let Some(i) = line.find("Kernel panic - not syncing") {
+                p.dom0_panic = Some((idx, line[i..].to_string()));
+            }
+        }
+        if let Some(text) = guest_crash_text(&line) {
+            p.guest_crashes.push((idx, text));
+        }
+        // Markers may be preceded by interleaved output on the same line: search.
+        let Some(pos) = line.find("XENCI ") else {
+            continue;
+        };
+        let marker = &line[pos + "XENCI ".len()..];
+        let (kind, rest) = marker.split_once(' ').unwrap_or((marker, ""));
+        let (name, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        match kind {
+            "START" => p.started = true,
+            "DONE" => p.done = true,
+            "ABORT" => {
+                p.abort
+                    .get_or_insert_with(|| format!("{name} {rest}").trim().to_string());
+            }
+            "BEGIN" => {
+                let s = p.scenario(name);
+                s.began = true;
+                s.begin_line = idx;
+            }
+            "PASS" | "FAIL" | "SKIP" => {
+                let status = match kind {
+                    "PASS" => Status::Pass,
+                    "FAIL" => Status::Fail,
+                    _ => Status::Skip,
+                };
+                let (secs, reason) = parse_end(rest);
+                p.scenario(name).end = Some((status, secs, reason));
+            }
+            "VOID" => {
+                p.scenario(name).void = Some(rest.to_string());
+            }
+            "INFO" => p.scenario(name).info.push(rest.to_string()),
+            "LOG" => {
+                let text = rest.strip_prefix("| ").unwrap_or(rest);
+                p.scenario(name).log.push(text.to_string());
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Why the run stopped early, in order of what explains the most: a Xen panic, a dom0
+/// kernel panic, the runner's own abort, the time limit, or QEMU simply exiting.
+fn run_stop_cause(p: &Parsed, facts: &RunFacts) -> Option<String> {
+    if let Some((_, msg)) = &p.xen_panic {
+        return Some(format!("Xen panic: {msg}"));
+    }
+    if let Some((_, msg)) = &p.dom0_panic {
+        return Some(format!("dom0 {msg}"));
+    }
+    if let Some(msg) = &p.abort {
+        return Some(format!("dom0 aborted: {msg}"));
+    }
+    match facts.qemu_status {
+        Some(124) | Some(137) => Some(match facts.limit_secs {
+            Some(l) => format!("timeout: the run hit its {l}s limit (hung guest, dom0 or Xen)"),
+            None => "timeout: the run hit its time limit (hung guest, dom0 or Xen)".to_string(),
+        }),
+        Some(0) if !p.done => Some("QEMU exited without the DONE marker".to_string()),
+        Some(rc) if rc != 0 => Some(format!("QEMU exited with status {rc}")),
+        _ if !p.done => Some("the serial log ends without the DONE marker".to_string()),
+        _ => None,
+    }
+}
+
+/// The last lines of the serial log from `from` on, for context under a run failure; the
+/// Xen panic block when there is one.
+fn serial_context(p: &Parsed, from: usize) -> Vec<String> {
+    let end = match p.xen_panic {
+        Some((i, _)) => (i + 4).min(p.lines.len()),
+        None => p.lines.len(),
+    };
+    let start = end.saturating_sub(CONTEXT_LINES).max(from.min(end));
+    p.lines[start..end]
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .cloned()
+        .collect()
+}
+
+/// Judge the requested scenarios from the serial log.
+///
+/// `prefailed` are scenarios the host already failed (e.g. the guest did not build); they
+/// were not run. A scenario passes only with its own PASS marker, from a run that was not
+/// voided; anything missing is a FAIL with the best available reason.
+pub fn judge(
+    serial: &str,
+    requested: &[String],
+    prefailed: &[(String, String)],
+    facts: &RunFacts,
+) -> Vec<Verdict> {
+    let p = parse(serial);
+    let stop = run_stop_cause(&p, facts);
+    let mut out = Vec::new();
+    for name in requested {
+        let mut v = Verdict {
+            name: name.clone(),
+            status: Status::Fail,
+            secs: None,
+            reason: String::new(),
+            info: Vec::new(),
+            context: Vec::new(),
+        };
+        if let Some((_, why)) = prefailed.iter().find(|(n, _)| n == name) {
+            v.reason = format!("not run: {why}");
+            out.push(v);
+            continue;
+        }
+        let Some(s) = p.get(name) else {
+            v.reason = match &stop {
+                Some(cause) => format!("not run: {cause}"),
+                None if !p.started => "not run: the dom0 runner never started".to_string(),
+                None => "not run: the dom0 runner did not report it".to_string(),
+            };
+            v.context = serial_context(&p, 0);
+            out.push(v);
+            continue;
+        };
+        v.info = s.info.clone();
+        match &s.end {
+            Some((status, secs, reason)) => {
+                v.status = *status;
+                v.secs = *secs;
+                v.reason = reason.clone();
+                if v.status == Status::Fail && v.reason.is_empty() {
+                    v.reason = "the scenario failed without a reason".to_string();
+                }
+                v.context = s.log.clone();
+            }
+            None => {
+                let cause = stop
+                    .clone()
+                    .unwrap_or_else(|| "no result marker".to_string());
+                // A guest crash inside this scenario explains what the runner could not say.
+                let crash = p
+                    .guest_crashes
+                    .iter()
+                    .find(|(i, _)| *i >= s.begin_line)
+                    .map(|(_, t)| t.clone());
+                v.reason = match crash {
+                    Some(c) => format!("did not finish: {cause} (after guest crash: {c})"),
+                    None => format!("did not finish: {cause}"),
+                };
+                v.context = s.log.clone();
+                v.context.extend(serial_context(&p, s.begin_line));
+            }
+        }
+        if let Some(why) = &s.void {
+            if v.status != Status::Fail {
+                v.status = Status::Fail;
+                v.reason = format!("run void after this scenario: {why}");
+            }
+        }
+        if v.status == Status::Pass {
+            v.reason.clear();
+            v.context.clear();
+        }
+        out.push(v);
+    }
+    // Problems that no scenario carries: e.g. Xen panicked while tearing down after the
+    // last scenario passed. Never let those pass silently.
+    if let Some(cause) = stop {
+        if !out.iter().any(|v| v.reason.contains(&cause)) {
+            out.push(Verdict {
+                name: RUN.to_string(),
+                status: Status::Fail,
+                secs: None,
+                reason: cause,
+                info: Vec::new(),
+                context: serial_context(&p, 0),
+            });
+        }
+    }
+    out
+}
+
+/// One line per verdict, with context lines under failures, then a count line.
+pub fn report(verdicts: &[Verdict]) -> String {
+    let mut s = String::new();
+    for v in verdicts {
+        let secs = v
+            .secs
+            .map_or_else(|| "-".to_string(), |t| format!("{t:.2}s"));
+        let _ = write!(s, "{:<14} {} {:>8}", v.name, v.status.as_str(), secs);
+        if !v.reason.is_empty() {
+            let _ = write!(s, "  {}", v.reason);
+        }
+        if !v.info.is_empty() {
+            let _ = write!(s, "  [{}]", v.info.join("; "));
+        }
+        s.push('\n');
+        if v.status == Status::Fail {
+            for line in v.context.iter().rev().take(CONTEXT_LINES).rev() {
+                let _ = writeln!(s, "    | {line}");
+            }
+        }
+    }
+    let count = |st| verdicts.iter().filter(|v| v.status == st).count();
+    let _ = writeln!(
+        s,
+        "{} passed, {} failed, {} skipped",
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Skip)
+    );
+    s
+}
+
+/// Escape text for XML attribute and element content; drop characters XML 1.0 forbids.
+pub fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\n' | '\t' => out.push(c),
+            c if (c as u32) < 0x20 => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A JUnit XML report (one `<testsuite name="xen-ci">`, one `<testcase>` per verdict).
+pub fn junit(verdicts: &[Verdict]) -> String {
+    let count = |st| verdicts.iter().filter(|v| v.status == st).count();
+    let total: f64 = verdicts.iter().filter_map(|v| v.secs).sum();
+    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        s,
+        "<testsuites name=\"xen-ci\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.2}\">",
+        verdicts.len(),
+        count(Status::Fail),
+        count(Status::Skip)
+    );
+    let _ = writeln!(
+        s,
+        "  <testsuite name=\"xen-ci\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" time=\"{total:.2}\">",
+        verdicts.len(),
+        count(Status::Fail),
+        count(Status::Skip)
+    );
+    for v in verdicts {
+        let _ = write!(
+            s,
+            "    <testcase classname=\"xen-ci\" name=\"{}\" time=\"{:.2}\"",
+            xml_escape(&v.name),
+            v.secs.unwrap_or(0.0)
+        );
+        let out = v.info.join("\n");
+        if v.status == Status::Pass && out.is_empty() {
+            s.push_str("/>\n");
+            continue;
+        }
+        s.push_str(">\n");
+        match v.status {
+            Status::Fail => {
+                let _ = writeln!(
+                    s,
+                    "      <failure message=\"{}\">{}</failure>",
+                    xml_escape(&v.reason),
+                    xml_escape(&v.context.join("\n"))
+                );
+            }
+            Status::Skip => {
+                let _ = writeln!(s, "      <skipped message=\"{}\"/>", xml_escape(&v.reason));
+            }
+            Status::Pass => {}
+        }
+        if !out.is_empty() {
+            let _ = writeln!(s, "      <system-out>{}</system-out>", xml_escape(&out));
+        }
+        s.push_str("    </testcase>\n");
+    }
+    s.push_str("  </testsuite>\n</testsuites>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn exited_ok() -> RunFacts {
+        RunFacts {
+            qemu_status: Some(0),
+            limit_secs: Some(300),
+        }
+    }
+
+    const CLEAN: &str = "\
+(XEN) [    0.000000] Xen version 4.17.7
+XENCI START t=5.01 scenarios=boot,shutdown
+XENCI BEGIN boot t=5.02
+xenci[boot] xl create -F scripts/guest.cfg name=\"xenci-boot-guest\"
+(d1) [    0.001000] INFO  ready domid=1 target_kib=262144
+XENCI INFO boot ready_secs=1.10 domid=1
+XENCI PASS boot 2.50 t=7.52
+XENCI BEGIN shutdown t=7.53
+XENCI PASS shutdown 3.00 t=10.53
+XENCI DONE pass=2 fail=0 skip=0 t=10.60
+";
+
+    #[test]
+    fn clean_run_passes_with_times_and_info() {
+        let v = judge(CLEAN, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        assert_eq!(v.len(), 2);
+        assert!(v.iter().all(|v| v.status == Status::Pass), "{v:?}");
+        assert_eq!(v[0].secs, Some(2.5));
+        assert_eq!(v[0].info, vec!["ready_secs=1.10 domid=1".to_string()]);
+        assert!(report(&v).ends_with("2 passed, 0 failed, 0 skipped\n"));
+    }
+
+    #[test]
+    fn xen_panic_fails_the_running_and_the_remaining_scenarios() {
+        let log = "\
+XENCI START t=5.01 scenarios=boot,shutdown
+XENCI BEGIN boot t=5.02
+(XEN) [   12.000000] ****************************************
+(XEN) [   12.000001] Panic on CPU 0:
+(XEN) [   12.000002] FATAL PAGE FAULT
+(XEN) [   12.000003] ****************************************
+(XEN) [   12.000004] Reboot in five seconds...
+";
+        let v = judge(log, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        assert_eq!(v[0].status, Status::Fail);
+        assert_eq!(v[0].reason, "did not finish: Xen panic: FATAL PAGE FAULT");
+        assert!(v[0].context.iter().any(|l| l.contains("Panic on CPU 0")));
+        assert_eq!(v[1].status, Status::Fail);
+        assert_eq!(v[1].reason, "not run: Xen panic: FATAL PAGE FAULT");
+    }
+
+    #[test]
+    fn xen_panic_after_all_passed_still_fails_the_run() {
+        let log = format!(
+            "{CLEAN}(XEN) Panic on CPU 0:\n(XEN) Assertion 'x' failed at common/page_alloc.c:1\n"
+        );
+        let v = judge(&log, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[2].name, RUN);
+        assert_eq!(v[2].status, Status::Fail);
+        assert!(v[2].reason.starts_with("Xen panic: Assertion 'x' failed"));
+    }
+
+    #[test]
+    fn missing_marker_is_a_failure() {
+        // The runner began "reboot" and then the log simply ends: no result, no DONE.
+        let log = "\
+XENCI START t=5.01 scenarios=reboot
+XENCI BEGIN reboot t=5.02
+xenci[reboot] xl create -F scripts/guest.cfg name=\"xenci-reboot-guest\"
+";
+        let v = judge(log, &names(&["reboot"]), &[], &exited_ok());
+        assert_eq!(v[0].status, Status::Fail);
+        assert_eq!(
+            v[0].reason,
+            "did not finish: QEMU exited without the DONE marker"
+        );
+        assert_eq!(v[0].secs, None);
+    }
+
+    #[test]
+    fn requested_scenario_without_any_marker_fails() {
+        let v = judge(CLEAN, &names(&["boot", "crash"]), &[], &exited_ok());
+        assert_eq!(v[0].status, Status::Pass);
+        assert_eq!(v[1].status, Status::Fail);
+        assert_eq!(v[1].reason, "not run: the dom0 runner did not report it");
+    }
+
+    #[test]
+    fn empty_log_fails_everything() {
+        let v = judge("", &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(v[0].status, Status::Fail);
+        assert_eq!(v[0].reason, "not run: QEMU exited without the DONE marker");
+    }
+
+    #[test]
+    fn timeout_is_named_as_such() {
+        let log = "XENCI START t=5.01 scenarios=boot\nXENCI BEGIN boot t=5.02\n";
+        let facts = RunFacts {
+            qemu_status: Some(124),
+            limit_secs: Some(120),
+        };
+        let v = judge(log, &names(&["boot"]), &[], &facts);
+        assert_eq!(
+            v[0].reason,
+            "did not finish: timeout: the run hit its 120s limit (hung guest, dom0 or Xen)"
+        );
+    }
+
+    #[test]
+    fn guest_crash_reported_by_the_runner_fails_with_its_reason_and_log() {
+        let log = "\
+XENCI START t=5.01 scenarios=boot
+XENCI BEGIN boot t=5.02
+(d1) [    0.002000] INFO  starting
+(d1) PANIC at guest/src/main.rs:12:5: page fault at 0xdead
+xenci[boot] FAIL: domain crashed: PANIC at guest/src/main.rs:12:5: page fault at 0xdead
+XENCI LOG boot | [    0.002000] INFO  starting
+XENCI LOG boot | PANIC at guest/src/main.rs:12:5: page fault at 0xdead
+XENCI FAIL boot 1.90 t=6.92 domain crashed: PANIC at guest/src/main.rs:12:5: page fault at 0xdead
+XENCI DONE pass=0 fail=1 skip=0 t=7.00
+";
+        let v = judge(log, &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].status, Status::Fail);
+        assert_eq!(v[0].secs, Some(1.9));
+        assert_eq!(
+            v[0].reason,
+            "domain crashed: PANIC at guest/src/main.rs:12:5: page fault at 0xdead"
+        );
+        assert_eq!(v[0].context.len(), 2);
+        assert!(report(&v).contains("    | PANIC at guest/src/main.rs:12:5"));
+    }
+
+    #[test]
+    fn guest_crash_without_a_runner_verdict_is_named() {
+        // The guest crashed, then dom0 hung: only Xen's view and the time limit remain.
+        let log = "\
+XENCI START t=5.01 scenarios=boot
+XENCI BEGIN boot t=5.02
+(XEN) [   20.000000] d1v0 Triple fault - invoking HVM shutdown action
+";
+        let facts = RunFacts {
+            qemu_status: Some(124),
+            limit_secs: Some(120),
+        };
+        let v = judge(log, &names(&["boot"]), &[], &facts);
+        assert_eq!(v[0].status, Status::Fail);
+        assert!(
+            v[0].reason
+                .ends_with("(after guest crash: d1v0 Triple fault - invoking HVM shutdown action)"),
+            "{}",
+            v[0].reason
+        );
+    }
+
+    #[test]
+    fn guest_panic_on_port_e9_is_recognised() {
+        let line = "(d3) [    0.100000] ERROR PANIC at guest/src/x.rs:1:1: boom";
+        assert_eq!(guest_crash_text(line), None, "PANIC must start the message");
+        let line = "(d3) [    0.100000] PANIC at guest/src/x.rs:1:1: boom";
+        assert_eq!(
+            guest_crash_text(line).as_deref(),
+            Some("d3 PANIC at guest/src/x.rs:1:1: boom")
+        );
+    }
+
+    #[test]
+    fn dom0_kernel_panic_is_the_reason() {
+        let log = "\
+XENCI START t=5.01 scenarios=boot
+XENCI BEGIN boot t=5.02
+[   30.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b
+";
+        let v = judge(log, &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(
+            v[0].reason,
+            "did not finish: dom0 Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b"
+        );
+    }
+
+    #[test]
+    fn abort_before_any_scenario() {
+        let log = "XENCI ABORT toolstack: no xenstored socket after 10s\n";
+        let v = judge(log, &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(
+            v[0].reason,
+            "not run: dom0 aborted: toolstack: no xenstored socket after 10s"
+        );
+    }
+
+    #[test]
+    fn void_turns_a_pass_into_a_failure() {
+        let log = CLEAN.replace(
+            "XENCI BEGIN shutdown",
+            "XENCI VOID boot dom0 tool binaries changed\nXENCI BEGIN shutdown",
+        );
+        let v = judge(&log, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        assert_eq!(v[0].status, Status::Fail);
+        assert_eq!(
+            v[0].reason,
+            "run void after this scenario: dom0 tool binaries changed"
+        );
+        assert_eq!(v[1].status, Status::Pass);
+    }
+
+    #[test]
+    fn skip_and_prefail() {
+        let log = "\
+XENCI START t=5.01 scenarios=selftest
+XENCI BEGIN selftest t=5.02
+XENCI SKIP selftest 4.00 t=9.02 the guest's self-tests reported SKIP
+XENCI DONE pass=0 fail=0 skip=1 t=9.10
+";
+        let pre = vec![("boot".to_string(), "guest build failed".to_string())];
+        let v = judge(log, &names(&["selftest", "boot"]), &pre, &exited_ok());
+        assert_eq!(v[0].status, Status::Skip);
+        assert_eq!(v[0].reason, "the guest's self-tests reported SKIP");
+        assert_eq!(v[1].status, Status::Fail);
+        assert_eq!(v[1].reason, "not run: guest build failed");
+    }
+
+    #[test]
+    fn marker_after_interleaved_output_and_crlf() {
+        let log = "XENCI START t=1 scenarios=boot\r\n(d1) hello XENCI BEGIN boot t=5.02\r\nfoo XENCI PASS boot 1.00 t=6.02\r\nXENCI DONE pass=1 fail=0 skip=0 t=7\r\n";
+        let v = judge(log, &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(v[0].status, Status::Pass, "{v:?}");
+    }
+
+    #[test]
+    fn fail_marker_without_reason_gets_one() {
+        let log = "XENCI START t=1\nXENCI BEGIN boot t=1\nXENCI FAIL boot 1.00 t=2\nXENCI DONE\n";
+        let v = judge(log, &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(v[0].reason, "the scenario failed without a reason");
+    }
+
+    #[test]
+    fn junit_is_escaped_and_counts() {
+        let v = vec![
+            Verdict {
+                name: "boot".into(),
+                status: Status::Pass,
+                secs: Some(1.0),
+                reason: String::new(),
+                info: vec![],
+                context: vec![],
+            },
+            Verdict {
+                name: "crash".into(),
+                status: Status::Fail,
+                secs: Some(2.0),
+                reason: "want <crash> & \"panic\"".into(),
+                info: vec!["panic=x".into()],
+                context: vec!["line\u{1b}[0m".into()],
+            },
+        ];
+        let x = junit(&v);
+        assert!(x.contains("tests=\"2\" failures=\"1\""));
+        assert!(x.contains("<testcase classname=\"xen-ci\" name=\"boot\" time=\"1.00\"/>"));
+        assert!(x.contains("message=\"want &lt;crash&gt; &amp; &quot;panic&quot;\""));
+        assert!(x.contains(">line[0m</failure>"));
+        assert!(x.contains("<system-out>panic=x</system-out>"));
+    }
+}

@@ -1,0 +1,96 @@
+//! `xenci` — the verdict step of `scripts/xen-ci`.
+//!
+//! ```text
+//! xenci verdict [--serial FILE] [--qemu-status N] [--limit SECS] [--junit FILE]
+//!               [--prefail NAME=REASON]... -- SCENARIO...
+//! ```
+//! Prints one line per scenario (name, PASS/FAIL/SKIP, seconds, reason, measurements;
+//! the last relevant log lines under a failure) and a count line; writes JUnit XML.
+//! Exit status: 0 iff every scenario passed (SKIP counts as not failed), 1 otherwise,
+//! 2 on a usage error.
+
+use std::process::ExitCode;
+use xenci::{judge, junit, report, RunFacts, Status};
+
+const USAGE: &str = "usage: xenci verdict [--serial FILE] [--qemu-status N] [--limit SECS] \
+[--junit FILE] [--prefail NAME=REASON]... -- SCENARIO...";
+
+struct Args {
+    serial: Option<String>,
+    junit: Option<String>,
+    facts: RunFacts,
+    prefailed: Vec<(String, String)>,
+    scenarios: Vec<String>,
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    if it.next().as_deref() != Some("verdict") {
+        return Err(USAGE.to_string());
+    }
+    let mut a = Args {
+        serial: None,
+        junit: None,
+        facts: RunFacts::default(),
+        prefailed: Vec::new(),
+        scenarios: Vec::new(),
+    };
+    while let Some(arg) = it.next() {
+        let mut value = |what: &str| it.next().ok_or(format!("{arg} needs {what}"));
+        match arg.as_str() {
+            "--serial" => a.serial = Some(value("a file")?),
+            "--junit" => a.junit = Some(value("a file")?),
+            "--qemu-status" => {
+                let v = value("a number")?;
+                a.facts.qemu_status = Some(v.parse().map_err(|_| format!("bad status {v}"))?);
+            }
+            "--limit" => {
+                let v = value("seconds")?;
+                a.facts.limit_secs = Some(v.parse().map_err(|_| format!("bad limit {v}"))?);
+            }
+            "--prefail" => {
+                let v = value("NAME=REASON")?;
+                let (n, r) = v.split_once('=').ok_or(format!("bad --prefail {v}"))?;
+                a.prefailed.push((n.to_string(), r.to_string()));
+            }
+            "--" => {
+                a.scenarios.extend(it.by_ref());
+            }
+            _ if arg.starts_with('-') => return Err(format!("unknown option {arg}\n{USAGE}")),
+            _ => a.scenarios.push(arg),
+        }
+    }
+    if a.scenarios.is_empty() {
+        return Err(format!("no scenarios given\n{USAGE}"));
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("xenci: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let serial = match &args.serial {
+        // A missing serial log is itself evidence: every scenario fails "not run".
+        Some(path) => std::fs::read(path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let verdicts = judge(&serial, &args.scenarios, &args.prefailed, &args.facts);
+    print!("{}", report(&verdicts));
+    if let Some(path) = &args.junit {
+        if let Err(e) = std::fs::write(path, junit(&verdicts)) {
+            eprintln!("xenci: cannot write {path}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if verdicts.iter().any(|v| v.status == Status::Fail) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

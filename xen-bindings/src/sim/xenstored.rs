@@ -1,0 +1,1048 @@
+//! A simulated xenstored serving one guest over the shared ring, plus a "toolstack" (dom0)
+//! side for tests.
+//!
+//! Follows C xenstored where the guest can tell the difference: relative paths resolve
+//! against `/local/domain/<domid>`, writes create missing parents, new nodes inherit the
+//! parent's permissions (owned by the creating domain), `XS_WATCH` fires an initial event
+//! after its reply, watch events caused by a request are queued before its reply, `XS_RM`
+//! of a missing node whose parent exists succeeds, a transaction conflicts (EAGAIN on
+//! commit) when anything it read or wrote changed meanwhile.
+//!
+//! Fault injection ([`XsFaults`]) covers what a broken or hostile daemon can do to a
+//! client: forced EAGAIN on commit, corrupted or oversized replies, arbitrary error strings,
+//! replies trickling in one byte at a time, a silent daemon.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::string::String;
+use std::vec::Vec;
+
+use super::xs_ring::{PageField, ServerRing, SharedPage};
+use crate::abi::xs_wire::{
+    xs_error_from_errno, XsPerm, XsPermKind, XsdSockmsg, XsdSockmsgType, XENSTORE_ABS_PATH_MAX,
+    XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX, XENSTORE_PAYLOAD_MAX, XENSTORE_REL_PATH_MAX,
+    XENSTORE_SERVER_FEATURE_ERROR, XSD_SOCKMSG_SIZE,
+};
+use crate::traits::DomId;
+use crate::Errno;
+
+/// Open transactions a domain may hold (xenstored's default `quota_max_transaction`).
+pub const MAX_TRANSACTIONS: usize = 10;
+/// Watches a domain may hold (xenstored's default `quota_nb_watch_per_domain`).
+pub const MAX_WATCHES: usize = 128;
+
+/// A node of the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub value: Vec<u8>,
+    pub perms: Vec<XsPerm>,
+    /// Bumped (from a store-wide counter) on every change; transactions compare it.
+    generation: u64,
+}
+
+type Tree = BTreeMap<String, Node>;
+
+/// How the next reply to the guest is damaged (one entry per reply, in order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyFault {
+    /// The reply becomes `XS_ERROR` carrying this string (NUL appended).
+    Error(String),
+    /// The reply carries this `req_id`.
+    ReqId(u32),
+    /// The reply carries this raw type.
+    Type(u32),
+    /// The reply's payload is replaced by these bytes.
+    Payload(Vec<u8>),
+    /// Only a header claiming this payload length is sent (e.g. > XENSTORE_PAYLOAD_MAX).
+    HeaderOnlyWithLen(u32),
+    /// The request is processed but no reply is sent.
+    Drop,
+}
+
+/// Fault injection knobs; tests set them through [`super::SimXen::xs_faults`].
+#[derive(Clone, Debug, Default)]
+pub struct XsFaults {
+    /// The next N commits (`XS_TRANSACTION_END` with "T") fail with EAGAIN.
+    pub commit_eagain: u32,
+    /// Write at most one byte into `rsp` per service step (each guest notify or poll).
+    pub byte_at_a_time: bool,
+    /// The daemon neither reads requests nor writes replies.
+    pub stalled: bool,
+    /// Applied to the next replies (not to watch events), one each.
+    pub reply_faults: VecDeque<ReplyFault>,
+}
+
+/// One request the daemon processed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub type_: u32,
+    pub req_id: u32,
+    pub tx_id: u32,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+struct Watch {
+    /// As the guest gave it (relative, absolute or `@special`).
+    path: String,
+    /// Resolved.
+    abs: String,
+    token: String,
+}
+
+#[derive(Clone, Debug)]
+struct Transaction {
+    /// The store as it was at start.
+    base: Tree,
+    /// The transaction's own view.
+    tree: Tree,
+    /// Nodes read (or whose absence was observed) inside the transaction.
+    read: BTreeSet<String>,
+}
+
+/// The simulated daemon.
+pub struct Xenstored {
+    domid: DomId,
+    tree: Tree,
+    generation: u64,
+    watches: Vec<Watch>,
+    transactions: BTreeMap<u32, Transaction>,
+    next_tx: u32,
+    page: SharedPage,
+    inbuf: Vec<u8>,
+    outq: VecDeque<u8>,
+    /// Set when the guest broke the protocol; the daemon then stops serving it.
+    broken: Option<&'static str>,
+    pub faults: XsFaults,
+    requests: Vec<RequestRecord>,
+}
+
+fn perm(kind: XsPermKind, domid: DomId) -> XsPerm {
+    XsPerm::new(kind, domid)
+}
+
+/// What `dom` may do with a node carrying `perms`.
+fn access(perms: &[XsPerm], dom: DomId) -> XsPermKind {
+    let Some(first) = perms.first() else {
+        return XsPermKind::None;
+    };
+    if dom == 0 || first.domid == dom {
+        return XsPermKind::Both;
+    }
+    perms[1..]
+        .iter()
+        .find(|p| p.domid == dom)
+        .map_or(first.kind, |p| p.kind)
+}
+
+fn parent_of(abs: &str) -> Option<&str> {
+    if abs == "/" {
+        return None;
+    }
+    match abs.rfind('/') {
+        Some(0) => Some("/"),
+        Some(i) => Some(&abs[..i]),
+        None => None,
+    }
+}
+
+fn is_under(path: &str, dir: &str) -> bool {
+    path == dir
+        || dir == "/"
+        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+}
+
+fn ok_reply() -> Vec<u8> {
+    b"OK\0".to_vec()
+}
+
+impl Xenstored {
+    /// A daemon for guest `domid` whose ring indices start at `ring_start`, with the
+    /// nodes libxl creates for a PVH domU.
+    pub fn new(domid: DomId, ring_start: u32) -> Self {
+        let page = SharedPage::new(ring_start);
+        // Relaxed: set before the guest is given the page.
+        page.field(PageField::ServerFeatures).store(
+            XENSTORE_SERVER_FEATURE_ERROR,
+            core::sync::atomic::Ordering::Relaxed,
+        );
+        let mut x = Xenstored {
+            domid,
+            tree: Tree::new(),
+            generation: 0,
+            watches: Vec::new(),
+            transactions: BTreeMap::new(),
+            next_tx: 1,
+            page,
+            inbuf: Vec::new(),
+            outq: VecDeque::new(),
+            broken: None,
+            faults: XsFaults::default(),
+            requests: Vec::new(),
+        };
+        x.tree.insert(
+            "/".into(),
+            Node {
+                value: Vec::new(),
+                perms: vec![perm(XsPermKind::None, 0)],
+                generation: 0,
+            },
+        );
+        let home = x.home();
+        let ro = vec![perm(XsPermKind::None, 0), perm(XsPermKind::Read, domid)];
+        let rw = vec![perm(XsPermKind::None, domid)];
+        for (path, value, perms) in [
+            ("/local", "", vec![perm(XsPermKind::Read, 0)]),
+            ("/local/domain", "", vec![perm(XsPermKind::Read, 0)]),
+            (home.as_str(), "", ro.clone()),
+        ] {
+            x.toolstack_write_perms(path, value.as_bytes(), perms);
+        }
+        let domid_s = domid.to_string();
+        for (rel, value, perms) in [
+            ("name", "guest", &ro),
+            ("domid", domid_s.as_str(), &ro),
+            ("memory", "", &ro),
+            ("memory/static-max", "262144", &ro),
+            ("memory/target", "262144", &ro),
+            ("control", "", &ro),
+            ("control/shutdown", "", &rw),
+            ("control/feature-poweroff", "", &rw),
+            ("control/feature-reboot", "", &rw),
+            ("data", "", &rw),
+            ("device", "", &ro),
+        ] {
+            let p = format!("{home}/{rel}");
+            x.toolstack_write_perms(&p, value.as_bytes(), perms.clone());
+        }
+        x
+    }
+
+    /// `/local/domain/<domid>`.
+    pub fn home(&self) -> String {
+        format!("/local/domain/{}", self.domid)
+    }
+
+    pub fn page(&self) -> &SharedPage {
+        &self.page
+    }
+
+    /// Requests served so far, oldest first.
+    pub fn requests(&self) -> &[RequestRecord] {
+        &self.requests
+    }
+
+    /// Why the daemon stopped serving the guest, if it did.
+    pub fn broken(&self) -> Option<&'static str> {
+        self.broken
+    }
+
+    /// Watches the guest holds, as (path as given, token).
+    pub fn watches(&self) -> Vec<(String, String)> {
+        self.watches
+            .iter()
+            .map(|w| (w.path.clone(), w.token.clone()))
+            .collect()
+    }
+
+    /// Open transaction ids.
+    pub fn open_transactions(&self) -> Vec<u32> {
+        self.transactions.keys().copied().collect()
+    }
+
+    /// Bytes queued for the guest that are not in the ring yet.
+    pub fn queued_out(&self) -> usize {
+        self.outq.len()
+    }
+
+    // ----- paths -----
+
+    /// Resolves a node path for `dom` (relative to `/local/domain/<dom>`), validating it
+    /// like xenstored (characters, no `//`, no trailing `/`, length).
+    fn resolve(&self, p: &[u8]) -> Result<String, Errno> {
+        let s = core::str::from_utf8(p).map_err(|_| Errno::EINVAL)?;
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-/_@".contains(&c))
+        {
+            return Err(Errno::EINVAL);
+        }
+        let abs = if s.starts_with('/') {
+            if s.len() > XENSTORE_ABS_PATH_MAX {
+                return Err(Errno::EINVAL);
+            }
+            s.to_string()
+        } else {
+            if s.len() > XENSTORE_REL_PATH_MAX {
+                return Err(Errno::EINVAL);
+            }
+            format!("{}/{}", self.home(), s)
+        };
+        if abs.contains("//") || (abs.len() > 1 && abs.ends_with('/')) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(abs)
+    }
+
+    /// How a changed node appears in an event for `w`: relative if the watch was.
+    fn event_path(&self, w: &Watch, abs: &str) -> String {
+        if w.path.starts_with('/') || w.path.starts_with('@') {
+            return abs.to_string();
+        }
+        let home = self.home();
+        abs.strip_prefix(home.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .map_or_else(|| abs.to_string(), str::to_string)
+    }
+
+    // ----- tree operations (on the store or a transaction's view) -----
+
+    fn bump(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    fn op_read(tree: &Tree, dom: DomId, abs: &str) -> Result<Vec<u8>, Errno> {
+        let n = tree.get(abs).ok_or(Errno::ENOENT)?;
+        if !access(&n.perms, dom).can_read() {
+            return Err(Errno::EACCES);
+        }
+        Ok(n.value.clone())
+    }
+
+    fn op_directory(tree: &Tree, dom: DomId, abs: &str) -> Result<Vec<String>, Errno> {
+        let n = tree.get(abs).ok_or(Errno::ENOENT)?;
+        if !access(&n.perms, dom).can_read() {
+            return Err(Errno::EACCES);
+        }
+        let prefix = if abs == "/" {
+            "/".to_string()
+        } else {
+            format!("{abs}/")
+        };
+        Ok(tree
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, _)| {
+                let rest = &k[prefix.len()..];
+                (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
+            })
+            .collect())
+    }
+
+    /// Writes (or with `value == None`, makes sure it exists), creating parents.
+    /// Returns whether anything changed.
+    fn op_write(
+        tree: &mut Tree,
+        generation: u64,
+        dom: DomId,
+        abs: &str,
+        value: Option<&[u8]>,
+    ) -> Result<bool, Errno> {
+        if let Some(n) = tree.get_mut(abs) {
+            if !access(&n.perms, dom).can_write() {
+                return Err(Errno::EACCES);
+            }
+            return Ok(match value {
+                Some(v) => {
+                    n.value = v.to_vec();
+                    n.generation = generation;
+                    true
+                }
+                None => false,
+            });
+        }
+        // Nearest existing ancestor decides, and lends its permissions.
+        let mut missing = vec![abs.to_string()];
+        let mut cur = abs;
+        let ancestor = loop {
+            let p = parent_of(cur).ok_or(Errno::ENOENT)?;
+            if let Some(n) = tree.get(p) {
+                break n;
+            }
+            missing.push(p.to_string());
+            cur = p;
+        };
+        if !access(&ancestor.perms, dom).can_write() {
+            return Err(Errno::EACCES);
+        }
+        let mut perms = ancestor.perms.clone();
+        if dom != 0 {
+            perms[0].domid = dom;
+        }
+        for (i, p) in missing.iter().rev().enumerate() {
+            let last = i == missing.len() - 1;
+            tree.insert(
+                p.clone(),
+                Node {
+                    value: if last {
+                        value.unwrap_or_default().to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    perms: perms.clone(),
+                    generation,
+                },
+            );
+        }
+        Ok(true)
+    }
+
+    /// Removes a subtree; returns the removed paths (empty if there was nothing).
+    fn op_rm(tree: &mut Tree, dom: DomId, abs: &str) -> Result<Vec<String>, Errno> {
+        if abs == "/" {
+            return Err(Errno::EINVAL);
+        }
+        let Some(n) = tree.get(abs) else {
+            // Gone already: fine if the parent exists.
+            return match parent_of(abs).and_then(|p| tree.get(p)) {
+                Some(_) => Ok(Vec::new()),
+                None => Err(Errno::ENOENT),
+            };
+        };
+        if !access(&n.perms, dom).can_write() {
+            return Err(Errno::EACCES);
+        }
+        let prefix = format!("{abs}/");
+        let mut gone: Vec<String> = tree
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.push(abs.to_string());
+        for k in &gone {
+            tree.remove(k);
+        }
+        Ok(gone)
+    }
+
+    fn op_get_perms(tree: &Tree, dom: DomId, abs: &str) -> Result<Vec<XsPerm>, Errno> {
+        let n = tree.get(abs).ok_or(Errno::ENOENT)?;
+        if !access(&n.perms, dom).can_read() {
+            return Err(Errno::EACCES);
+        }
+        Ok(n.perms.clone())
+    }
+
+    fn op_set_perms(
+        tree: &mut Tree,
+        generation: u64,
+        dom: DomId,
+        abs: &str,
+        perms: Vec<XsPerm>,
+    ) -> Result<(), Errno> {
+        if perms.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        let n = tree.get_mut(abs).ok_or(Errno::ENOENT)?;
+        // Only the owner (or dom0) may change permissions.
+        if dom != 0 && n.perms.first().map(|p| p.domid) != Some(dom) {
+            return Err(Errno::EACCES);
+        }
+        n.perms = perms;
+        n.generation = generation;
+        Ok(())
+    }
+
+    // ----- watches -----
+
+    /// Queues events for a change of `abs`. With `recursive` (a removal), watches on
+    /// nodes below `abs` fire too, with their own path.
+    fn fire(&mut self, abs: &str, recursive: bool, perms: Option<&[XsPerm]>) {
+        if let Some(p) = perms {
+            if !access(p, self.domid).can_read() {
+                return;
+            }
+        }
+        let mut events = Vec::new();
+        for w in &self.watches {
+            if is_under(abs, &w.abs) {
+                events.push((self.event_path(w, abs), w.token.clone()));
+            } else if recursive && is_under(&w.abs, abs) {
+                events.push((w.path.clone(), w.token.clone()));
+            }
+        }
+        for (path, token) in events {
+            self.queue_event(&path, &token);
+        }
+    }
+
+    fn queue_event(&mut self, path: &str, token: &str) {
+        let mut payload = Vec::with_capacity(path.len() + token.len() + 2);
+        payload.extend_from_slice(path.as_bytes());
+        payload.push(0);
+        payload.extend_from_slice(token.as_bytes());
+        payload.push(0);
+        self.queue_msg(XsdSockmsgType::WatchEvent.as_u32(), 0, 0, &payload);
+    }
+
+    fn queue_msg(&mut self, type_: u32, req_id: u32, tx_id: u32, payload: &[u8]) {
+        let h = XsdSockmsg {
+            type_,
+            req_id,
+            tx_id,
+            len: payload.len() as u32,
+        };
+        self.outq.extend(h.to_bytes());
+        self.outq.extend(payload);
+    }
+
+    /// Fires a special watch path such as `@releaseDomain`, as the toolstack would.
+    pub fn fire_special(&mut self, special: &str) {
+        let events: Vec<_> = self
+            .watches
+            .iter()
+            .filter(|w| w.abs == special)
+            .map(|w| (w.path.clone(), w.token.clone()))
+            .collect();
+        for (p, t) in events {
+            self.queue_event(&p, &t);
+        }
+    }
+
+    // ----- toolstack (dom0) side -----
+
+    /// `xenstore-write` from dom0: creates parents, fires watches. `path` is absolute or
+    /// relative to the guest's home.
+    pub fn toolstack_write(&mut self, path: &str, value: &[u8]) -> Result<(), Errno> {
+        let abs = self.resolve(path.as_bytes())?;
+        let g = self.bump();
+        Self::op_write(&mut self.tree, g, 0, &abs, Some(value))?;
+        let perms = self.tree.get(&abs).map(|n| n.perms.clone());
+        self.fire(&abs, false, perms.as_deref());
+        Ok(())
+    }
+
+    fn toolstack_write_perms(&mut self, path: &str, value: &[u8], perms: Vec<XsPerm>) {
+        self.toolstack_write(path, value)
+            .and_then(|()| self.toolstack_set_perms(path, perms))
+            .expect("initial tree is valid");
+    }
+
+    /// `xenstore-read` from dom0.
+    pub fn toolstack_read(&self, path: &str) -> Result<Vec<u8>, Errno> {
+        let abs = self.resolve(path.as_bytes())?;
+        Self::op_read(&self.tree, 0, &abs)
+    }
+
+    /// `xenstore-mkdir` from dom0.
+    pub fn toolstack_mkdir(&mut self, path: &str) -> Result<(), Errno> {
+        let abs = self.resolve(path.as_bytes())?;
+        let g = self.bump();
+        if Self::op_write(&mut self.tree, g, 0, &abs, None)? {
+            let perms = self.tree.get(&abs).map(|n| n.perms.clone());
+            self.fire(&abs, false, perms.as_deref());
+        }
+        Ok(())
+    }
+
+    /// `xenstore-rm` from dom0.
+    pub fn toolstack_rm(&mut self, path: &str) -> Result<(), Errno> {
+        let abs = self.resolve(path.as_bytes())?;
+        let perms = self.tree.get(&abs).map(|n| n.perms.clone());
+        if !Self::op_rm(&mut self.tree, 0, &abs)?.is_empty() {
+            self.bump();
+            self.fire(&abs, true, perms.as_deref());
+        }
+        Ok(())
+    }
+
+    /// `xenstore-ls` (one level) from dom0.
+    pub fn toolstack_directory(&self, path: &str) -> Result<Vec<String>, Errno> {
+        let abs = self.resolve(path.as_bytes())?;
+        Self::op_directory(&self.tree, 0, &abs)
+    }
+
+    /// `xenstore-chmod` from dom0.
+    pub fn toolstack_set_perms(&mut self, path: &str, perms: Vec<XsPerm>) -> Result<(), Errno> {
+        let abs = self.resolve(path.as_bytes())?;
+        let g = self.bump();
+        Self::op_set_perms(&mut self.tree, g, 0, &abs, perms)?;
+        let perms = self.tree.get(&abs).map(|n| n.perms.clone());
+        self.fire(&abs, false, perms.as_deref());
+        Ok(())
+    }
+
+    /// The permissions of a node, read as dom0.
+    pub fn toolstack_get_perms(&self, path: &str) -> Result<Vec<XsPerm>, Errno> {
+        let abs = self.resolve(path.as_bytes())?;
+        Self::op_get_perms(&self.tree, 0, &abs)
+    }
+
+    // ----- the ring -----
+
+    /// One service step: take the guest's request bytes, answer complete requests, move
+    /// queued output into `rsp`. Returns whether the guest should get an event.
+    pub fn service(&mut self) -> bool {
+        if self.faults.stalled || self.broken.is_some() {
+            return false;
+        }
+        let mut notify = false;
+        let ring = ServerRing::new(&self.page);
+        match ring.read_req(&mut self.inbuf, usize::MAX) {
+            Ok(n) => notify |= n > 0,
+            Err(_) => {
+                self.fail(XENSTORE_ERROR_RINGIDX, "guest req indices are corrupt");
+                return true;
+            }
+        }
+        while self.inbuf.len() >= XSD_SOCKMSG_SIZE {
+            let mut hb = [0u8; XSD_SOCKMSG_SIZE];
+            hb.copy_from_slice(&self.inbuf[..XSD_SOCKMSG_SIZE]);
+            let h = XsdSockmsg::from_bytes(&hb);
+            if h.len as usize > XENSTORE_PAYLOAD_MAX {
+                self.fail(XENSTORE_ERROR_PROTO, "guest sent an oversized request");
+                return true;
+            }
+            let total = XSD_SOCKMSG_SIZE + h.len as usize;
+            if self.inbuf.len() < total {
+                break;
+            }
+            let payload: Vec<u8> = self.inbuf[XSD_SOCKMSG_SIZE..total].to_vec();
+            self.inbuf.drain(..total);
+            self.requests.push(RequestRecord {
+                type_: h.type_,
+                req_id: h.req_id,
+                tx_id: h.tx_id,
+                payload: payload.clone(),
+            });
+            self.handle(h, &payload);
+        }
+        notify |= self.flush();
+        notify
+    }
+
+    /// Moves queued output into `rsp` as space (and the trickle fault) allows.
+    fn flush(&mut self) -> bool {
+        if self.outq.is_empty() {
+            return false;
+        }
+        let max = if self.faults.byte_at_a_time {
+            1
+        } else {
+            usize::MAX
+        };
+        let (a, b) = self.outq.as_slices();
+        let ring = ServerRing::new(&self.page);
+        let mut done = 0;
+        let mut corrupt = false;
+        for part in [a, b] {
+            match ring.write_rsp(part, max - done) {
+                Ok(n) => {
+                    done += n;
+                    if n < part.len() {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    corrupt = true;
+                    break;
+                }
+            }
+            if done == max {
+                break;
+            }
+        }
+        if corrupt {
+            self.fail(XENSTORE_ERROR_RINGIDX, "guest rsp indices are corrupt");
+            return true;
+        }
+        self.outq.drain(..done);
+        done > 0
+    }
+
+    fn fail(&mut self, code: u32, why: &'static str) {
+        self.broken = Some(why);
+        // Relaxed: a status word the guest polls; nothing else is published with it.
+        self.page
+            .field(PageField::Error)
+            .store(code, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn reply(&mut self, h: XsdSockmsg, result: Result<Vec<u8>, Errno>) {
+        let (mut type_, mut payload) = match result {
+            Ok(p) => (h.type_, p),
+            Err(e) => {
+                let mut s = xs_error_from_errno(e)
+                    .unwrap_or("EINVAL")
+                    .as_bytes()
+                    .to_vec();
+                s.push(0);
+                (XsdSockmsgType::Error.as_u32(), s)
+            }
+        };
+        let mut req_id = h.req_id;
+        match self.faults.reply_faults.pop_front() {
+            None => {}
+            Some(ReplyFault::Error(s)) => {
+                type_ = XsdSockmsgType::Error.as_u32();
+                payload = s.into_bytes();
+                payload.push(0);
+            }
+            Some(ReplyFault::ReqId(r)) => req_id = r,
+            Some(ReplyFault::Type(t)) => type_ = t,
+            Some(ReplyFault::Payload(p)) => payload = p,
+            Some(ReplyFault::HeaderOnlyWithLen(len)) => {
+                let bad = XsdSockmsg {
+                    type_,
+                    req_id,
+                    tx_id: h.tx_id,
+                    len,
+                };
+                self.outq.extend(bad.to_bytes());
+                return;
+            }
+            Some(ReplyFault::Drop) => return,
+        }
+        self.queue_msg(type_, req_id, h.tx_id, &payload);
+    }
+
+    fn handle(&mut self, h: XsdSockmsg, payload: &[u8]) {
+        use XsdSockmsgType as T;
+        let Some(t) = T::from_u32(h.type_) else {
+            self.reply(h, Err(Errno::EINVAL));
+            return;
+        };
+        let result = match t {
+            T::Read | T::Directory | T::GetPerms | T::Write | T::Mkdir | T::Rm | T::SetPerms => {
+                self.node_op(t, h.tx_id, payload)
+            }
+            T::Watch => self.do_watch(payload),
+            T::Unwatch => self.do_unwatch(payload),
+            T::TransactionStart => self.do_tx_start(h.tx_id, payload),
+            T::TransactionEnd => self.do_tx_end(h.tx_id, payload),
+            T::GetDomainPath => strings(payload, 1).and_then(|a| {
+                let d: DomId = core::str::from_utf8(a[0])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(Errno::EINVAL)?;
+                let mut r = format!("/local/domain/{d}").into_bytes();
+                r.push(0);
+                Ok(r)
+            }),
+            T::ResetWatches => {
+                self.watches.clear();
+                Ok(ok_reply())
+            }
+            T::Introduce | T::Release | T::Resume | T::SetTarget | T::Control => Err(Errno::EACCES),
+            T::IsDomainIntroduced | T::DirectoryPart => Err(Errno::ENOSYS),
+            T::WatchEvent | T::Error => Err(Errno::EINVAL),
+        };
+        let watch = (t == T::Watch && result.is_ok()).then(|| strings(payload, 2));
+        self.reply(h, result);
+        // Like xenstored, the initial event of a new watch follows its reply.
+        if let Some(Ok(a)) = watch {
+            let (p, tok) = (lossy(a[0]), lossy(a[1]));
+            self.queue_event(&p, &tok);
+        }
+    }
+
+    fn node_op(&mut self, t: XsdSockmsgType, tx_id: u32, payload: &[u8]) -> Result<Vec<u8>, Errno> {
+        use XsdSockmsgType as T;
+        let dom = self.domid;
+        // "path\0" then: the value (WRITE, not NUL-terminated), permission strings
+        // (SET_PERMS), or nothing.
+        let i = payload.iter().position(|&b| b == 0).ok_or(Errno::EINVAL)?;
+        let (path, rest) = (&payload[..i], &payload[i + 1..]);
+        if !matches!(t, T::Write | T::SetPerms) && !rest.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        let abs = self.resolve(path)?;
+        let g = self.bump();
+        // Inside a transaction, operate on its view; changes fire watches at commit.
+        if tx_id != 0 {
+            let tx = self.transactions.get_mut(&tx_id).ok_or(Errno::ENOENT)?;
+            let r = Self::apply(t, &mut tx.tree, g, dom, &abs, rest);
+            tx.read.insert(abs.clone());
+            if let Some(p) = parent_of(&abs) {
+                tx.read.insert(p.to_string());
+            }
+            return r.map(|(reply, _)| reply);
+        }
+        let before = self.tree.get(&abs).map(|n| n.perms.clone());
+        let (reply, changed) = Self::apply(t, &mut self.tree, g, dom, &abs, rest)?;
+        if changed {
+            let after = self.tree.get(&abs).map(|n| n.perms.clone());
+            self.fire(&abs, t == T::Rm, after.as_deref().or(before.as_deref()));
+        }
+        Ok(reply)
+    }
+
+    /// Runs one node operation on `tree`; returns the reply payload and whether the tree
+    /// changed.
+    fn apply(
+        t: XsdSockmsgType,
+        tree: &mut Tree,
+        g: u64,
+        dom: DomId,
+        abs: &str,
+        rest: &[u8],
+    ) -> Result<(Vec<u8>, bool), Errno> {
+        use XsdSockmsgType as T;
+        Ok(match t {
+            T::Read => (Self::op_read(tree, dom, abs)?, false),
+            T::Directory => {
+                let mut r = Vec::new();
+                for name in Self::op_directory(tree, dom, abs)? {
+                    r.extend_from_slice(name.as_bytes());
+                    r.push(0);
+                }
+                if r.len() > XENSTORE_PAYLOAD_MAX {
+                    return Err(Errno::E2BIG);
+                }
+                (r, false)
+            }
+            T::GetPerms => {
+                let mut r = Vec::new();
+                for p in Self::op_get_perms(tree, dom, abs)? {
+                    r.extend_from_slice(p.to_string().as_bytes());
+                    r.push(0);
+                }
+                (r, false)
+            }
+            T::Write => (ok_reply(), Self::op_write(tree, g, dom, abs, Some(rest))?),
+            T::Mkdir => (ok_reply(), Self::op_write(tree, g, dom, abs, None)?),
+            T::Rm => (ok_reply(), !Self::op_rm(tree, dom, abs)?.is_empty()),
+            T::SetPerms => {
+                let mut perms = Vec::new();
+                for s in strings_at_least(rest, 0)? {
+                    perms.push(XsPerm::parse(s).ok_or(Errno::EINVAL)?);
+                }
+                Self::op_set_perms(tree, g, dom, abs, perms)?;
+                (ok_reply(), true)
+            }
+            _ => return Err(Errno::EINVAL),
+        })
+    }
+
+    fn do_watch(&mut self, payload: &[u8]) -> Result<Vec<u8>, Errno> {
+        let a = strings(payload, 2)?;
+        let path = core::str::from_utf8(a[0]).map_err(|_| Errno::EINVAL)?;
+        let token = core::str::from_utf8(a[1]).map_err(|_| Errno::EINVAL)?;
+        let abs = if path.starts_with('@') {
+            path.to_string()
+        } else {
+            self.resolve(a[0])?
+        };
+        if self
+            .watches
+            .iter()
+            .any(|w| w.abs == abs && w.token == token)
+        {
+            return Err(Errno::EEXIST);
+        }
+        if self.watches.len() >= MAX_WATCHES {
+            return Err(Errno::E2BIG);
+        }
+        self.watches.push(Watch {
+            path: path.to_string(),
+            abs,
+            token: token.to_string(),
+        });
+        Ok(ok_reply())
+    }
+
+    fn do_unwatch(&mut self, payload: &[u8]) -> Result<Vec<u8>, Errno> {
+        let a = strings(payload, 2)?;
+        let path = core::str::from_utf8(a[0]).map_err(|_| Errno::EINVAL)?;
+        let abs = if path.starts_with('@') {
+            path.to_string()
+        } else {
+            self.resolve(a[0])?
+        };
+        let before = self.watches.len();
+        self.watches
+            .retain(|w| !(w.abs == abs && w.token.as_bytes() == a[1]));
+        if self.watches.len() == before {
+            return Err(Errno::ENOENT);
+        }
+        Ok(ok_reply())
+    }
+
+    fn do_tx_start(&mut self, tx_id: u32, payload: &[u8]) -> Result<Vec<u8>, Errno> {
+        if tx_id != 0 {
+            return Err(Errno::EBUSY);
+        }
+        strings(payload, 1)?;
+        if self.transactions.len() >= MAX_TRANSACTIONS {
+            return Err(Errno::ENOSPC);
+        }
+        let id = self.next_tx;
+        self.next_tx = self.next_tx.wrapping_add(1).max(1);
+        self.transactions.insert(
+            id,
+            Transaction {
+                base: self.tree.clone(),
+                tree: self.tree.clone(),
+                read: BTreeSet::new(),
+            },
+        );
+        let mut r = id.to_string().into_bytes();
+        r.push(0);
+        Ok(r)
+    }
+
+    fn do_tx_end(&mut self, tx_id: u32, payload: &[u8]) -> Result<Vec<u8>, Errno> {
+        let a = strings(payload, 1)?;
+        let commit = match a[0] {
+            b"T" => true,
+            b"F" => false,
+            _ => return Err(Errno::EINVAL),
+        };
+        let tx = self.transactions.remove(&tx_id).ok_or(Errno::ENOENT)?;
+        if !commit {
+            return Ok(ok_reply());
+        }
+        if self.faults.commit_eagain > 0 {
+            self.faults.commit_eagain -= 1;
+            return Err(Errno::EAGAIN);
+        }
+        // Keys the transaction changed.
+        let keys: BTreeSet<&String> = tx.base.keys().chain(tx.tree.keys()).collect();
+        let written: Vec<String> = keys
+            .into_iter()
+            .filter(|k| tx.base.get(*k) != tx.tree.get(*k))
+            .cloned()
+            .collect();
+        // Conflict: anything it read or wrote differs now from when it started.
+        let conflict = tx
+            .read
+            .iter()
+            .chain(written.iter())
+            .any(|k| self.tree.get(k) != tx.base.get(k));
+        if conflict {
+            return Err(Errno::EAGAIN);
+        }
+        for k in &written {
+            let before = self.tree.get(k).map(|n| n.perms.clone());
+            match tx.tree.get(k) {
+                Some(n) => {
+                    self.tree.insert(k.clone(), n.clone());
+                }
+                None => {
+                    self.tree.remove(k);
+                }
+            }
+            self.bump();
+            let after = self.tree.get(k).map(|n| n.perms.clone());
+            self.fire(k, false, after.as_deref().or(before.as_deref()));
+        }
+        Ok(ok_reply())
+    }
+}
+
+/// Exactly `n` NUL-terminated strings.
+fn strings(payload: &[u8], n: usize) -> Result<Vec<&[u8]>, Errno> {
+    let v = strings_at_least(payload, n)?;
+    if v.len() != n {
+        return Err(Errno::EINVAL);
+    }
+    Ok(v)
+}
+
+/// At least `n` NUL-terminated strings (the payload must end in NUL unless empty).
+fn strings_at_least(payload: &[u8], n: usize) -> Result<Vec<&[u8]>, Errno> {
+    if payload.is_empty() {
+        return if n == 0 {
+            Ok(Vec::new())
+        } else {
+            Err(Errno::EINVAL)
+        };
+    }
+    let body = payload.strip_suffix(&[0]).ok_or(Errno::EINVAL)?;
+    let v: Vec<&[u8]> = body.split(|&b| b == 0).collect();
+    if v.len() < n {
+        return Err(Errno::EINVAL);
+    }
+    Ok(v)
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x() -> Xenstored {
+        Xenstored::new(3, 0)
+    }
+
+    #[test]
+    fn initial_tree_has_the_guest_home_with_libxl_perms() {
+        let x = x();
+        assert_eq!(x.toolstack_read("/local/domain/3/domid").unwrap(), b"3");
+        assert_eq!(
+            x.toolstack_get_perms("/local/domain/3").unwrap(),
+            vec![perm(XsPermKind::None, 0), perm(XsPermKind::Read, 3)]
+        );
+        assert_eq!(
+            x.toolstack_get_perms("data").unwrap(),
+            vec![perm(XsPermKind::None, 3)]
+        );
+    }
+
+    #[test]
+    fn access_rules_follow_owner_then_list_then_default() {
+        let p = [perm(XsPermKind::Read, 5), perm(XsPermKind::Write, 7)];
+        assert_eq!(access(&p, 5), XsPermKind::Both);
+        assert_eq!(access(&p, 0), XsPermKind::Both);
+        assert_eq!(access(&p, 7), XsPermKind::Write);
+        assert_eq!(access(&p, 9), XsPermKind::Read);
+        assert_eq!(access(&[], 9), XsPermKind::None);
+    }
+
+    #[test]
+    fn paths_resolve_and_bad_ones_are_rejected() {
+        let x = x();
+        assert_eq!(x.resolve(b"data/a").unwrap(), "/local/domain/3/data/a");
+        assert_eq!(x.resolve(b"/").unwrap(), "/");
+        for bad in [&b""[..], b"/a/", b"a//b", b"a b", b"\xff", b"a\0b"] {
+            assert_eq!(x.resolve(bad), Err(Errno::EINVAL), "{bad:?}");
+        }
+        let long = vec![b'a'; XENSTORE_REL_PATH_MAX + 1];
+        assert_eq!(x.resolve(&long), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn write_creates_parents_with_inherited_perms_and_rm_removes_subtrees() {
+        let mut t = x().tree;
+        assert_eq!(
+            Xenstored::op_write(&mut t, 9, 3, "/local/domain/3/data/a/b", Some(b"v")),
+            Ok(true)
+        );
+        assert_eq!(
+            t["/local/domain/3/data/a"].perms,
+            vec![perm(XsPermKind::None, 3)]
+        );
+        assert_eq!(
+            Xenstored::op_write(&mut t, 9, 3, "/local/domain/3/x", Some(b"v")),
+            Err(Errno::EACCES),
+            "home is read-only for the guest"
+        );
+        assert_eq!(
+            Xenstored::op_rm(&mut t, 3, "/local/domain/3/data/a")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            Xenstored::op_rm(&mut t, 3, "/local/domain/3/data/a"),
+            Ok(vec![])
+        );
+        assert_eq!(
+            Xenstored::op_rm(&mut t, 3, "/local/domain/3/data/a/b"),
+            Err(Errno::ENOENT)
+        );
+        assert_eq!(Xenstored::op_rm(&mut t, 0, "/"), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn payload_string_splitting() {
+        assert_eq!(strings(b"a\0b\0", 2).unwrap(), vec![&b"a"[..], b"b"]);
+        assert_eq!(strings(b"a\0b", 2), Err(Errno::EINVAL));
+        assert_eq!(strings(b"a\0", 2), Err(Errno::EINVAL));
+        assert_eq!(strings_at_least(b"", 0).unwrap().len(), 0);
+    }
+}

@@ -1,0 +1,70 @@
+//! The small interfaces the guest's logic is written against.
+//!
+//! The kernel implements them with real hypercalls (`guest/src/xen/hv.rs`); the host tests
+//! implement them with the simulated Xen ([`crate::sim`], feature `sim`). Logic above them
+//! (xenstore client, balloon, grants) never issues a hypercall itself.
+
+use crate::Errno;
+
+/// An event-channel port.
+pub type Port = u32;
+/// A domain id.
+pub type DomId = u16;
+/// A guest frame number (for PVH: the guest's own pfn).
+pub type Gfn = u64;
+
+/// Why a domain shuts down (`SHUTDOWN_*` in sched.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ShutdownReason {
+    Poweroff = 0,
+    Reboot = 1,
+    Suspend = 2,
+    Crash = 3,
+    Watchdog = 4,
+}
+
+/// Xen system time: nanoseconds since the domain's clock started, monotonic.
+pub trait Clock {
+    fn now_ns(&self) -> u64;
+}
+
+/// Event channels of the calling domain (event_channel.h), 2-level ABI.
+pub trait EventChannels {
+    /// `EVTCHNOP_send`.
+    fn notify(&self, port: Port) -> Result<(), Errno>;
+    /// Test-and-clear the port's pending bit in shared_info. True if it was pending.
+    fn take_pending(&self, port: Port) -> bool;
+    /// `EVTCHNOP_alloc_unbound` for `remote` to bind to.
+    fn alloc_unbound(&self, remote: DomId) -> Result<Port, Errno>;
+    /// `EVTCHNOP_bind_interdomain`.
+    fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port, Errno>;
+    /// `EVTCHNOP_close`.
+    fn close(&self, port: Port) -> Result<(), Errno>;
+    /// `EVTCHNOP_unmask`.
+    fn unmask(&self, port: Port) -> Result<(), Errno>;
+}
+
+/// Scheduler operations (sched.h).
+pub trait Sched {
+    /// `SCHEDOP_poll`: block until one of `ports` is pending or Xen system time reaches
+    /// `deadline_ns` (0: no deadline). Returns at once if a port is already pending.
+    fn poll(&self, ports: &[Port], deadline_ns: u64) -> Result<(), Errno>;
+    /// `SCHEDOP_shutdown`. Under real Xen it does not return on success.
+    fn shutdown(&self, reason: ShutdownReason) -> Result<(), Errno>;
+}
+
+/// The domain's memory reservation (memory.h). Extents are `2^order` pages each.
+pub trait MemoryReservation {
+    /// `XENMEM_populate_physmap`: back `gfns[i] .. gfns[i] + 2^order` with fresh frames.
+    /// Returns how many extents (a prefix of `gfns`) were populated; fewer than asked is
+    /// normal (Xen preempts, or the domain hit its limit).
+    fn populate_physmap(&mut self, gfns: &[Gfn], order: u32) -> Result<usize, Errno>;
+    /// `XENMEM_decrease_reservation`: give the frames behind the extents back to Xen.
+    /// Returns how many extents (a prefix of `gfns`) were released.
+    fn decrease_reservation(&mut self, gfns: &[Gfn], order: u32) -> Result<usize, Errno>;
+    /// `XENMEM_current_reservation`: pages the domain owns (Xen's `tot_pages`).
+    fn current_reservation(&self) -> Result<u64, Errno>;
+    /// `XENMEM_maximum_reservation`: Xen's limit for the domain (`max_pages`).
+    fn maximum_reservation(&self) -> Result<u64, Errno>;
+}
