@@ -9,6 +9,9 @@ const MAX_MEMMAP: usize = 128;
 
 pub struct BootInfo {
     pub start_info_paddr: u64,
+    /// Byte ranges (paddr, len) Xen's loader put in RAM for us: start_info, command line,
+    /// memmap table, module list. They become Reserved in the memmap.
+    pub loader_ranges: [(u64, u64); 4],
     pub version: u32,
     cmdline: [u8; MAX_CMDLINE],
     cmdline_len: usize,
@@ -24,7 +27,10 @@ pub enum BootInfoError {
 impl fmt::Display for BootInfoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::BadMagic(m) => write!(f, "magic {m:#x}, expected {HVM_START_MAGIC:#x}: not a PVH boot"),
+            Self::BadMagic(m) => write!(
+                f,
+                "magic {m:#x}, expected {HVM_START_MAGIC:#x}: not a PVH boot"
+            ),
         }
     }
 }
@@ -41,10 +47,21 @@ impl BootInfo {
         }
         let mut b = BootInfo {
             start_info_paddr: paddr,
+            loader_ranges: [
+                (paddr, core::mem::size_of::<HvmStartInfo>() as u64),
+                (0, 0),
+                (0, 0),
+                (si.modlist_paddr, si.nr_modules as u64 * 32),
+            ],
             version: si.version,
             cmdline: [0; MAX_CMDLINE],
             cmdline_len: 0,
-            memmap: [HvmMemmapEntry { addr: 0, size: 0, type_: 0, reserved: 0 }; MAX_MEMMAP],
+            memmap: [HvmMemmapEntry {
+                addr: 0,
+                size: 0,
+                type_: 0,
+                reserved: 0,
+            }; MAX_MEMMAP],
             memmap_len: 0,
         };
         if si.cmdline_paddr != 0 {
@@ -59,17 +76,27 @@ impl BootInfo {
                 b.cmdline[b.cmdline_len] = c;
                 b.cmdline_len += 1;
             }
+            b.loader_ranges[1] = (si.cmdline_paddr, b.cmdline_len as u64 + 1);
         }
         if si.version >= 1 && si.memmap_paddr != 0 {
             let n = (si.memmap_entries as usize).min(MAX_MEMMAP);
             if n < si.memmap_entries as usize {
-                log::warn!("start_info: memmap has {} entries, keeping {}", si.memmap_entries, n);
+                log::warn!(
+                    "start_info: memmap has {} entries, keeping {}",
+                    si.memmap_entries,
+                    n
+                );
             }
             for i in 0..n {
                 // SAFETY: version >= 1 start_info points at memmap_entries entries.
-                b.memmap[i] = unsafe { (si.memmap_paddr as *const HvmMemmapEntry).add(i).read_unaligned() };
+                b.memmap[i] = unsafe {
+                    (si.memmap_paddr as *const HvmMemmapEntry)
+                        .add(i)
+                        .read_unaligned()
+                };
             }
             b.memmap_len = n;
+            b.loader_ranges[2] = (si.memmap_paddr, si.memmap_entries as u64 * 24);
         } else {
             log::warn!("start_info version {} carries no memmap", si.version);
         }
@@ -86,7 +113,11 @@ impl BootInfo {
     }
 
     pub fn ram_bytes(&self) -> u64 {
-        self.memmap().iter().filter(|e| e.type_ == memmap_type::RAM).map(|e| e.size).sum()
+        self.memmap()
+            .iter()
+            .filter(|e| e.type_ == memmap_type::RAM)
+            .map(|e| e.size)
+            .sum()
     }
 
     pub fn log_memmap(&self) {
@@ -101,23 +132,22 @@ impl BootInfo {
                 memmap_type::PMEM => "pmem",
                 _ => "unknown",
             };
-            log::info!("memmap: [{:#014x}-{:#014x}) {}", e.addr, e.addr + e.size, kind);
+            log::info!(
+                "memmap: [{:#014x}-{:#014x}) {}",
+                e.addr,
+                e.addr + e.size,
+                kind
+            );
         }
         let (ks, ke) = crate::arch::entry::kernel_extent();
-        log::info!("kernel image [{ks:#x}-{ke:#x}), {} KiB RAM in the memmap", self.ram_bytes() >> 10);
-    }
-}
-
-/// The entry stub mapped the low 4 GiB; map RAM above it too.
-pub fn map_ram_above_4g(info: &BootInfo) {
-    const FOUR_G: u64 = 1 << 32;
-    for e in info.memmap().iter().filter(|e| e.type_ == memmap_type::RAM) {
-        let end = e.addr.saturating_add(e.size);
-        if end > FOUR_G {
-            match crate::arch::paging::map(e.addr.max(FOUR_G), end) {
-                Ok(n) => log::info!("paging: mapped RAM [{:#x}-{end:#x}) above 4 GiB ({n} x 2 MiB)", e.addr.max(FOUR_G)),
-                Err(err) => log::error!("paging: cannot map RAM [{:#x}-{end:#x}): {err:?}", e.addr),
-            }
-        }
+        log::info!(
+            "kernel image [{ks:#x}-{ke:#x}), {} KiB RAM in the memmap",
+            self.ram_bytes() >> 10
+        );
+        log::debug!(
+            "hvm_start_info v{} at {:#x}",
+            self.version,
+            self.start_info_paddr
+        );
     }
 }

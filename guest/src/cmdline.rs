@@ -68,7 +68,11 @@ pub struct Cmdline {
 
 impl Default for Cmdline {
     fn default() -> Self {
-        Self { loglevel: LogLevel::Info, mode: Mode::Normal, rejected: Vec::new() }
+        Self {
+            loglevel: LogLevel::Info,
+            mode: Mode::Normal,
+            rejected: Vec::new(),
+        }
     }
 }
 
@@ -134,7 +138,16 @@ mod tests {
         let c = Cmdline::parse("loglevel=loud loglevel foo=1 selftest=yes selftest panic");
         assert_eq!((c.loglevel, c.mode), (LogLevel::Info, Mode::Selftest));
         let words: Vec<_> = c.rejected.iter().map(|(w, _)| w.as_str()).collect();
-        assert_eq!(words, ["loglevel=loud", "loglevel", "foo=1", "selftest=yes", "panic"]);
+        assert_eq!(
+            words,
+            [
+                "loglevel=loud",
+                "loglevel",
+                "foo=1",
+                "selftest=yes",
+                "panic"
+            ]
+        );
     }
 
     proptest! {

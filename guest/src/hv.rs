@@ -6,11 +6,13 @@ use guest::xen::clock::{read_consistent, TimeInfo};
 use xen_bindings::abi::event_channel as ev;
 use xen_bindings::abi::hvm::{XenHvmParam, HVMOP_GET_PARAM};
 use xen_bindings::abi::memory::{self as mem, mapspace, XenAddToPhysmap, XenMemoryReservation};
-use xen_bindings::abi::sched::{SchedPoll, SchedShutdown, SCHEDOP_poll, SCHEDOP_shutdown};
+use xen_bindings::abi::sched::{SCHEDOP_poll, SCHEDOP_shutdown, SchedPoll, SchedShutdown};
 use xen_bindings::abi::shared_info::SharedInfo;
 use xen_bindings::abi::DOMID_SELF;
 use xen_bindings::hypercall::{self as hc, XenCpuid};
-use xen_bindings::traits::{Clock, DomId, EventChannels, Gfn, MemoryReservation, Port, Sched, ShutdownReason};
+use xen_bindings::traits::{
+    Clock, DomId, EventChannels, Gfn, MemoryReservation, Port, Sched, ShutdownReason,
+};
 use xen_bindings::Errno;
 
 use crate::arch::{cpu, entry};
@@ -50,7 +52,8 @@ impl Xen {
             gpfn: shared as u64 >> 12,
         };
         // SAFETY: xatp is a valid xen_add_to_physmap for XENMEM_add_to_physmap.
-        if let Err(e) = unsafe { hc::memory_op(mem::XENMEM_ADD_TO_PHYSMAP, (&raw mut xatp).cast()) } {
+        if let Err(e) = unsafe { hc::memory_op(mem::XENMEM_ADD_TO_PHYSMAP, (&raw mut xatp).cast()) }
+        {
             return Some(Err(e));
         }
         Some(Ok(Self { shared, cpuid }))
@@ -75,7 +78,11 @@ impl Xen {
 
     /// `HVMOP_get_param`.
     pub fn hvm_param(&self, index: u32) -> Result<u64, Errno> {
-        let mut p = XenHvmParam { domid: DOMID_SELF, index, value: 0 };
+        let mut p = XenHvmParam {
+            domid: DOMID_SELF,
+            index,
+            value: 0,
+        };
         // SAFETY: p is a valid xen_hvm_param.
         unsafe { hc::hvm_op(HVMOP_GET_PARAM, (&raw mut p).cast())? };
         Ok(p.value)
@@ -84,7 +91,11 @@ impl Xen {
     fn pending_word(&self, port: Port) -> &AtomicU64 {
         // SAFETY: evtchn_pending is a u64 array in the mapped shared_info that Xen updates
         // with atomic ops; port / 64 < 64 is checked by callers.
-        unsafe { AtomicU64::from_ptr((&raw mut (*self.shared).evtchn_pending[(port / 64) as usize]).cast()) }
+        unsafe {
+            AtomicU64::from_ptr(
+                (&raw mut (*self.shared).evtchn_pending[(port / 64) as usize]).cast(),
+            )
+        }
     }
 
     fn reservation(&self, cmd: u32, gfns: &[Gfn], order: u32) -> Result<usize, Errno> {
@@ -126,14 +137,22 @@ impl EventChannels for Xen {
     }
 
     fn alloc_unbound(&self, remote: DomId) -> Result<Port, Errno> {
-        let mut a = ev::EvtchnAllocUnbound { dom: DOMID_SELF, remote_dom: remote, port: 0 };
+        let mut a = ev::EvtchnAllocUnbound {
+            dom: DOMID_SELF,
+            remote_dom: remote,
+            port: 0,
+        };
         // SAFETY: a is a valid evtchn_alloc_unbound.
         unsafe { hc::event_channel_op(ev::EVTCHNOP_alloc_unbound, (&raw mut a).cast())? };
         Ok(a.port)
     }
 
     fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port, Errno> {
-        let mut b = ev::EvtchnBindInterdomain { remote_dom: remote, remote_port, local_port: 0 };
+        let mut b = ev::EvtchnBindInterdomain {
+            remote_dom: remote,
+            remote_port,
+            local_port: 0,
+        };
         // SAFETY: b is a valid evtchn_bind_interdomain.
         unsafe { hc::event_channel_op(ev::EVTCHNOP_bind_interdomain, (&raw mut b).cast())? };
         Ok(b.local_port)
@@ -164,7 +183,9 @@ impl Sched for Xen {
     }
 
     fn shutdown(&self, reason: ShutdownReason) -> Result<(), Errno> {
-        let mut s = SchedShutdown { reason: reason as u32 };
+        let mut s = SchedShutdown {
+            reason: reason as u32,
+        };
         // SAFETY: SCHEDOP_shutdown takes a pointer to sched_shutdown.
         unsafe { hc::sched_op(SCHEDOP_shutdown, (&raw mut s).cast()) }.map(drop)
     }

@@ -9,7 +9,7 @@ use xen_bindings::abi::console::XenconsInterface;
 use xen_bindings::traits::{Clock, EventChannels, Port, Sched};
 
 use crate::arch::cpu;
-use crate::hv::{self, XEN, CONSOLE_DROPPED};
+use crate::hv::{self, CONSOLE_DROPPED, XEN};
 
 struct Console {
     ring: ConsoleRing,
@@ -17,6 +17,18 @@ struct Console {
 }
 
 static CONSOLE: spin::Mutex<Option<Console>> = spin::Mutex::new(None);
+
+/// Lines logged before the console ring is up, replayed into it when it attaches so that
+/// `xl console` and xenconsoled's log show the whole boot. Older bytes beyond the buffer
+/// are dropped (counted in [`CONSOLE_DROPPED`]).
+struct EarlyLog {
+    buf: [u8; 8192],
+    len: usize,
+}
+static EARLY: spin::Mutex<EarlyLog> = spin::Mutex::new(EarlyLog {
+    buf: [0; 8192],
+    len: 0,
+});
 
 struct KernelLog;
 static LOGGER: KernelLog = KernelLog;
@@ -34,7 +46,10 @@ pub fn init(level: log::LevelFilter) {
 pub unsafe fn attach_console(iface: *mut XenconsInterface, port: Port) {
     // SAFETY: forwarded from the caller; we become the only producer.
     let ring = unsafe { ConsoleRing::new(iface) };
-    *CONSOLE.lock() = Some(Console { ring, port });
+    let mut c = Console { ring, port };
+    let early = EARLY.lock();
+    console_write(&mut c, &early.buf[..early.len]);
+    *CONSOLE.lock() = Some(c);
 }
 
 /// Writes raw bytes to every sink (used for the lines the harness parses).
@@ -44,8 +59,18 @@ pub fn write_raw(bytes: &[u8]) {
     }
     // try_lock: a panic inside a console write must still reach port 0xE9, not deadlock.
     if let Some(mut guard) = CONSOLE.try_lock() {
-        if let Some(c) = guard.as_mut() {
-            console_write(c, bytes);
+        match guard.as_mut() {
+            Some(c) => console_write(c, bytes),
+            None => {
+                if let Some(mut e) = EARLY.try_lock() {
+                    let n = bytes.len().min(e.buf.len() - e.len);
+                    let at = e.len;
+                    e.buf[at..at + n].copy_from_slice(&bytes[..n]);
+                    e.len += n;
+                    // Relaxed: a statistic.
+                    CONSOLE_DROPPED.fetch_add((bytes.len() - n) as u32, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -101,7 +126,10 @@ impl log::Log for KernelLog {
             return;
         }
         let ns = hv::uptime_ns();
-        let mut line = LineBuf { buf: [0; 512], len: 0 };
+        let mut line = LineBuf {
+            buf: [0; 512],
+            len: 0,
+        };
         let _ = write!(
             line,
             "[{:5}.{:06}] {:<5} {}",

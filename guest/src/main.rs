@@ -11,25 +11,21 @@ extern crate alloc;
 mod arch;
 mod boot;
 mod hv;
+mod kheap;
 mod klog;
+mod kmem;
 mod run;
+mod selftest;
 
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use xen_bindings::traits::{Sched, ShutdownReason};
+use xen_bindings::traits::{MemoryReservation, Sched, ShutdownReason};
 
 use arch::cpu;
 
 #[global_allocator]
-static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
-
-/// The kernel heap until the memory model hands out frames (issue 4): in .bss, so it is
-/// part of the image and never touches PoD memory beyond the target.
-const HEAP_SIZE: usize = 4 << 20;
-#[repr(C, align(4096))]
-struct HeapArea([u8; HEAP_SIZE]);
-static mut HEAP_AREA: HeapArea = HeapArea([0; HEAP_SIZE]);
+static HEAP: kheap::KernelHeap = kheap::KernelHeap::new();
 
 /// isa-debug-exit: QEMU exits with status `(value << 1) | 1` (plain-QEMU boot tests only).
 const QEMU_EXIT_PORT: u16 = 0xf4;
@@ -41,9 +37,12 @@ const QEMU_EXIT_PANIC: u8 = 0x11;
 #[no_mangle]
 extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     klog::init(log::LevelFilter::Info);
-    // SAFETY: HEAP_AREA is used by nothing else; init runs once before any allocation.
-    unsafe { HEAP.lock().init((&raw mut HEAP_AREA).cast(), HEAP_SIZE) };
-    log::info!("xenguest-rs {} booting (PVH, start_info at {:#x})", env!("CARGO_PKG_VERSION"), start_info_paddr);
+    HEAP.init_early();
+    log::info!(
+        "xenguest-rs {} booting (PVH, start_info at {:#x})",
+        env!("CARGO_PKG_VERSION"),
+        start_info_paddr
+    );
     // SAFETY: Xen / QEMU pass the physical address of hvm_start_info in %ebx; the boot
     // page tables identity-map it.
     let info = match unsafe { boot::BootInfo::capture(start_info_paddr as u64) } {
@@ -58,17 +57,39 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     }
     arch::idt::init();
     info.log_memmap();
-    boot::map_ram_above_4g(&info);
-    match hv::Xen::init() {
+    let xen = match hv::Xen::init() {
+        None => None,
+        Some(Err(e)) => panic!("Xen found but shared_info could not be mapped: {e}"),
+        Some(Ok(xen)) => Some(*hv::XEN.call_once(|| xen)),
+    };
+    // Under populate-on-demand only Xen's tot_pages may be touched: the memory model
+    // must know before it builds anything.
+    let touchable = xen.and_then(|x| match x.current_reservation() {
+        Ok(tot) => kmem::touchable_ram_pages(&info, tot),
+        Err(e) => panic!("XENMEM_current_reservation failed: {e}"),
+    });
+    if let Some(t) = touchable {
+        log::info!(
+            "populate-on-demand: {} of {} RAM pages may be touched",
+            t,
+            info.ram_bytes() >> 12
+        );
+    }
+    let mm = kmem::init(&info, touchable);
+    kmem::map_ram_above_4g(&info);
+    kmem::log_census(mm);
+
+    match xen {
         None => {
             log::warn!("no Xen hypervisor found (CPUID 0x40000000-0x4000ff00): nothing to do");
-            log::info!("boot without Xen: {} MiB RAM in the memmap", info.ram_bytes() >> 20);
+            log::info!(
+                "boot without Xen: {} MiB RAM in the memmap",
+                info.ram_bytes() >> 20
+            );
             cpu::outb(QEMU_EXIT_PORT, QEMU_EXIT_NO_XEN);
             cpu::halt_forever();
         }
-        Some(Err(e)) => panic!("Xen found but shared_info could not be mapped: {e}"),
-        Some(Ok(xen)) => {
-            let xen = *hv::XEN.call_once(|| xen);
+        Some(xen) => {
             log::info!(
                 "Xen {}.{} (CPUID base {:#x}), hypercall page at {:#x}",
                 xen.cpuid.major,
@@ -76,7 +97,7 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
                 xen.cpuid.base,
                 arch::entry::hypercall_page_paddr()
             );
-            run::run(xen, &info, &cmdline)
+            run::run(xen, &info, &cmdline, mm)
         }
     }
 }
@@ -96,8 +117,15 @@ fn panic(info: &PanicInfo) -> ! {
             }
         }
         let _ = match info.location() {
-            Some(l) => write!(Raw, "PANIC at {}:{}:{}: {}\n", l.file(), l.line(), l.column(), info.message()),
-            None => write!(Raw, "PANIC: {}\n", info.message()),
+            Some(l) => writeln!(
+                Raw,
+                "PANIC at {}:{}:{}: {}",
+                l.file(),
+                l.line(),
+                l.column(),
+                info.message()
+            ),
+            None => writeln!(Raw, "PANIC: {}", info.message()),
         };
     }
     if let Some(xen) = hv::XEN.get() {

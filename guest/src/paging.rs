@@ -78,7 +78,8 @@ pub fn translate(store: &mut impl TableStore, pml4: u64, vaddr: u64) -> Option<u
         table = e & ADDR_MASK;
     }
     let e = store.table(table)[((vaddr >> 21) & 511) as usize];
-    (e & 1 != 0 && e & PTE_PS != 0).then(|| (e & ADDR_MASK & !(SIZE_2M - 1)) | (vaddr & (SIZE_2M - 1)))
+    (e & 1 != 0 && e & PTE_PS != 0)
+        .then_some((e & ADDR_MASK & !(SIZE_2M - 1)) | (vaddr & (SIZE_2M - 1)))
 }
 
 #[cfg(test)]
@@ -93,7 +94,9 @@ mod tests {
     }
     impl TableStore for Fake {
         fn table(&mut self, paddr: u64) -> &mut [u64; 512] {
-            self.pages.get_mut(&paddr).expect("table page was allocated")
+            self.pages
+                .get_mut(&paddr)
+                .expect("table page was allocated")
         }
         fn alloc_table(&mut self) -> Option<u64> {
             if self.pages.len() >= self.limit {
@@ -106,7 +109,11 @@ mod tests {
         }
     }
     fn fake(limit: usize) -> (Fake, u64) {
-        let mut f = Fake { pages: HashMap::new(), next: 0x1000, limit };
+        let mut f = Fake {
+            pages: HashMap::new(),
+            next: 0x1000,
+            limit,
+        };
         let root = f.alloc_table().unwrap();
         (f, root)
     }
@@ -131,7 +138,13 @@ mod tests {
         assert_eq!(map_identity_2m(&mut f, root, 0x20_0001, 0x20_0002), Ok(1));
         assert_eq!(translate(&mut f, root, 0x20_0000), Some(0x20_0000));
         // A range in another 1 GiB needs a new PD: the store is out of pages.
-        assert_eq!(map_identity_2m(&mut f, root, 1 << 30, (1 << 30) + 1), Err(MapError::OutOfTables));
-        assert_eq!(map_identity_2m(&mut f, root, 1 << 47, (1 << 47) + 1), Err(MapError::TooHigh));
+        assert_eq!(
+            map_identity_2m(&mut f, root, 1 << 30, (1 << 30) + 1),
+            Err(MapError::OutOfTables)
+        );
+        assert_eq!(
+            map_identity_2m(&mut f, root, 1 << 47, (1 << 47) + 1),
+            Err(MapError::TooHigh)
+        );
     }
 }

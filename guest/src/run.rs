@@ -1,15 +1,64 @@
 //! After Xen is found: console, xenstore, ready, and the mode the command line asked for.
 
-use guest::cmdline::Cmdline;
+use alloc::format;
+use core::ptr::NonNull;
+
+use guest::cmdline::{Cmdline, Mode};
+use guest::xen::control::{parse_shutdown, ShutdownRequest};
+use guest::xen::xenstore::{XenstoreClient, XsError, XsOps};
 use xen_bindings::abi::hvm::param;
 use xen_bindings::traits::{Sched, ShutdownReason};
 
 use crate::boot::BootInfo;
 use crate::hv::Xen;
-use crate::klog;
+use crate::kmem::Model;
+use crate::{klog, selftest};
 
-pub fn run(xen: Xen, _info: &BootInfo, _cmdline: &Cmdline) -> ! {
-    match (xen.hvm_param(param::CONSOLE_PFN), xen.hvm_param(param::CONSOLE_EVTCHN)) {
+pub type Xenstore = XenstoreClient<Xen>;
+
+/// Watch token for `control/shutdown`.
+const TOKEN_SHUTDOWN: &str = "control/shutdown";
+
+pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model) -> ! {
+    attach_console(&xen);
+    let mut xs = match connect_xenstore(&xen) {
+        Ok(xs) => xs,
+        Err(e) => panic!("cannot connect to xenstore: {e:?}"),
+    };
+    let domid = read_u64(&mut xs, "domid");
+    let target = read_u64(&mut xs, "memory/target");
+    announce_features(&mut xs);
+    if let Err(e) = xs.watch("control/shutdown", TOKEN_SHUTDOWN) {
+        log::error!("cannot watch control/shutdown ({e:?}): xl shutdown will not work");
+    }
+    if let Err(e) = xs.write("data/ready", b"1") {
+        log::warn!("cannot write data/ready: {e:?}");
+    }
+    log::info!(
+        "ready domid={} target_kib={}",
+        domid.map_or("?".into(), |d| format!("{d}")),
+        target.map_or("?".into(), |t| format!("{t}"))
+    );
+    publish_census(&mut xs, mm);
+    match cmdline.mode {
+        Mode::Selftest => {
+            let verdict = selftest::run(&xen, &mut xs, info);
+            log::info!("shutdown: poweroff after the self-tests");
+            // The XTF convention: this is the last console line, then poweroff.
+            klog::write_raw(format!("Test result: {verdict}\n").as_bytes());
+            let e = xen.shutdown(ShutdownReason::Poweroff);
+            panic!("SCHEDOP_shutdown(poweroff) returned: {e:?}")
+        }
+        Mode::Panic => panic!("deliberate panic (command line \"panic\")"),
+        Mode::Normal => event_loop(&xen, &mut xs),
+    }
+}
+
+fn attach_console(xen: &Xen) {
+    match (
+        xen.hvm_param(param::CONSOLE_PFN),
+        xen.hvm_param(param::CONSOLE_EVTCHN),
+    ) {
         (Ok(pfn), Ok(port)) if pfn != 0 => {
             // SAFETY: HVM_PARAM_CONSOLE_PFN names our console ring page, below 4 GiB and
             // thus identity-mapped by the boot tables.
@@ -18,6 +67,113 @@ pub fn run(xen: Xen, _info: &BootInfo, _cmdline: &Cmdline) -> ! {
         }
         (a, b) => log::warn!("no PV console ({a:?}, {b:?}): logging to port 0xE9 only"),
     }
-    let _ = xen.shutdown(ShutdownReason::Poweroff);
-    crate::arch::cpu::halt_forever()
+}
+
+fn connect_xenstore(xen: &Xen) -> Result<Xenstore, &'static str> {
+    let pfn = xen
+        .hvm_param(param::STORE_PFN)
+        .map_err(|_| "HVM_PARAM_STORE_PFN unreadable")?;
+    let port = xen
+        .hvm_param(param::STORE_EVTCHN)
+        .map_err(|_| "HVM_PARAM_STORE_EVTCHN unreadable")?;
+    let page = NonNull::new((pfn << 12) as *mut _).ok_or("no xenstore page")?;
+    log::info!("xenstore ring at pfn {pfn:#x}, event channel {port}");
+    // SAFETY: the store page is ours (identity-mapped, below 4 GiB) and only the client
+    // touches it from here on.
+    Ok(unsafe { XenstoreClient::new(*xen, page, port as u32) })
+}
+
+fn read_u64(xs: &mut Xenstore, path: &str) -> Option<u64> {
+    match xs.read_string(path).map(|s| s.parse::<u64>()) {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(_)) => {
+            log::warn!("xenstore {path}: not a number");
+            None
+        }
+        Err(e) => {
+            log::warn!("xenstore {path}: {e:?}");
+            None
+        }
+    }
+}
+
+/// Tells the toolstack which `control/shutdown` requests we honour.
+fn announce_features(xs: &mut Xenstore) {
+    for key in ["control/feature-poweroff", "control/feature-reboot"] {
+        if let Err(e) = xs.write(key, b"1") {
+            log::warn!("cannot write {key}: {e:?}");
+        }
+    }
+}
+
+/// Serves watches until the toolstack asks us to go.
+fn event_loop(xen: &Xen, xs: &mut Xenstore) -> ! {
+    loop {
+        match xs.wait_watch_event(1_000_000_000) {
+            Ok(Some(ev)) if ev.token == TOKEN_SHUTDOWN => handle_shutdown(xen, xs),
+            Ok(Some(ev)) => log::debug!("watch event {} ({}) not for us", ev.path, ev.token),
+            Ok(None) => {}
+            Err(XsError::Disconnected) => {
+                // Nothing more can reach us; stay alive for `xl destroy` without spinning.
+                log::error!("xenstore connection is broken; idling");
+                let _ = xen.poll(&[], 0);
+            }
+            Err(e) => log::warn!("xenstore: {e:?}"),
+        }
+    }
+}
+
+fn handle_shutdown(xen: &Xen, xs: &mut Xenstore) {
+    let value = match xs.read("control/shutdown") {
+        Ok(v) => v,
+        Err(e) if e.is_enoent() => return,
+        Err(e) => {
+            log::warn!("cannot read control/shutdown: {e:?}");
+            return;
+        }
+    };
+    match parse_shutdown(&value) {
+        ShutdownRequest::None => {}
+        ShutdownRequest::Unknown => {
+            log::warn!(
+                "control/shutdown: ignoring unknown request {:?}",
+                core::str::from_utf8(&value).unwrap_or("<binary>")
+            )
+        }
+        ShutdownRequest::Shutdown(reason) => {
+            // Acknowledge like Linux does, so the toolstack sees the request was taken.
+            if let Err(e) = xs.write("control/shutdown", b"") {
+                log::warn!("cannot acknowledge control/shutdown: {e:?}");
+            }
+            shutdown(xen, reason)
+        }
+    }
+}
+
+pub fn shutdown(xen: &Xen, reason: ShutdownReason) -> ! {
+    let name = match reason {
+        ShutdownReason::Poweroff => "poweroff",
+        ShutdownReason::Reboot => "reboot",
+        ShutdownReason::Suspend => "suspend",
+        ShutdownReason::Crash => "crash",
+        ShutdownReason::Watchdog => "watchdog",
+    };
+    log::info!("shutdown: {name}");
+    let e = xen.shutdown(reason);
+    panic!("SCHEDOP_shutdown({name}) returned: {e:?}")
+}
+
+/// Publishes the memory census under `data/mm/` in one transaction, so a reader never sees
+/// numbers from two different moments.
+pub fn publish_census(xs: &mut Xenstore, mm: &Model) {
+    let census = mm.census();
+    let r = xs.transaction(|tx| {
+        for (key, value) in census.fields() {
+            tx.write(&format!("data/mm/{key}"), format!("{value}").as_bytes())?;
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        log::warn!("cannot publish the census under data/mm: {e:?}");
+    }
 }

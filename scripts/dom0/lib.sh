@@ -10,6 +10,8 @@
 #   REPO       the repo-shaped directory holding scripts/ and the kernel/peer images
 #   CONSOLE_DIR  where xenconsoled writes guest-<name>.log (started with --log=guest)
 # It ends with pass (return 0), `fail REASON`, or `skip REASON`.
+# File descriptor 3 is the runner's stdout (the serial console): reports go there even
+# from inside a helper whose output is redirected (e.g. a condition polled by wait_for).
 
 # ---------------------------------------------------------------- time
 # Centiseconds since boot: /proc/uptime always has two decimals, and integer arithmetic
@@ -28,12 +30,12 @@ fmt_cs() {
 # ---------------------------------------------------------------- reporting
 # Informational progress, visible on the serial log (not parsed for verdicts).
 say() {
-    echo "xenci[$SCENARIO] $*"
+    echo "xenci[$SCENARIO] $*" >&3
 }
 
 # A measurement the host report shows: XENCI INFO <scenario> key=value
 info() {
-    echo "XENCI INFO $SCENARIO $*"
+    echo "XENCI INFO $SCENARIO $*" >&3
 }
 
 # End the scenario as FAIL with a one-line reason; show the last guest lines as context.
@@ -55,14 +57,16 @@ skip() {
 # guest's port-0xE9 output (`(dN) ...` in xl dmesg) when the console log is empty.
 show_guest_log() {
     local n=${1:-15}
-    if [ -n "${CONSOLE_LOG:-}" ] && [ -s "$CONSOLE_LOG" ]; then
-        tail -n "$n" "$CONSOLE_LOG" | sed "s/^/XENCI LOG $SCENARIO | /"
-    elif [ -n "${DOMID:-}" ]; then
-        xl dmesg 2>/dev/null | grep "(d$DOMID)" | tail -n "$n" | sed "s/^/XENCI LOG $SCENARIO | /"
-    fi
-    if [ -s "$WORK/xl-create.log" ]; then
-        tail -n 5 "$WORK/xl-create.log" | sed "s/^/XENCI LOG $SCENARIO | xl: /"
-    fi
+    {
+        if [ -n "${CONSOLE_LOG:-}" ] && [ -s "$CONSOLE_LOG" ]; then
+            tail -n "$n" "$CONSOLE_LOG" | sed "s/^/XENCI LOG $SCENARIO | /"
+        elif [ -n "${DOMID:-}" ]; then
+            xl dmesg 2>/dev/null | grep "(d$DOMID)" | tail -n "$n" | sed "s/^/XENCI LOG $SCENARIO | /"
+        fi
+        if [ -s "$WORK/xl-create.log" ]; then
+            tail -n 5 "$WORK/xl-create.log" | sed "s/^/XENCI LOG $SCENARIO | xl: /"
+        fi
+    } >&3
 }
 
 # ---------------------------------------------------------------- waiting
@@ -111,14 +115,32 @@ create_domain() {
     say "xl create -F $(subject_cfg) name=\"$DOMNAME\" $*"
     (cd "$REPO" && exec xl create -F "$(subject_cfg)" "name=\"$DOMNAME\"" "$@") \
         >"$WORK/xl-create.log" 2>&1 &
-    echo $! >>"$WORK/monitors"
-    wait_for 60 "domain $DOMNAME to exist" xl domid "$DOMNAME" \
+    MONITOR=$!
+    echo "$MONITOR" >>"$WORK/monitors"
+    # xl -F logs "Waiting for domain NAME (domid N) to die" once the domain runs; reading
+    # it there also works for a domain that is gone again before `xl domid` could see it.
+    DOMID=
+    wait_for 60 "domain $DOMNAME to be created" created_domid \
         || fail "xl create did not create domain $DOMNAME: $(tail -n 3 "$WORK/xl-create.log" | tr '\n' ' ')"
-    DOMID=$(xl domid "$DOMNAME")
+    DOMID=$(created_domid)
     say "domain $DOMNAME has domid $DOMID"
     # For run-scenarios' watchdog, which cannot see this subshell's variables.
     echo "$CONSOLE_LOG" >"$WORK/console-log"
     echo "$DOMID" >"$WORK/domid"
+}
+
+# The domid xl -F reports for the domain it created last; fails (so wait_for keeps
+# waiting) until there is one, and fails the scenario when xl exited without one.
+created_domid() {
+    local d
+    d=$(sed -n 's/.*Waiting for domain .* (domid \([0-9]*\)) to die.*/\1/p' "$WORK/xl-create.log" | tail -n 1)
+    if [ -n "$d" ]; then
+        echo "$d"
+        return 0
+    fi
+    kill -0 "$MONITOR" 2>/dev/null \
+        || fail "xl create failed: $(grep -v '^Parsing config' "$WORK/xl-create.log" | tail -n 2 | tr '\n' ' ')"
+    return 1
 }
 
 # The line in the console log that says the subject is up.
@@ -140,8 +162,15 @@ wait_ready() {
     deadline=$(($(now_cs) + secs * 100))
     while ! ready_seen "$count"; do
         check_not_crashed
-        xl domid "$DOMNAME" >/dev/null 2>&1 || fail "domain $DOMNAME disappeared before ready"
+        if domain_gone "$DOMNAME"; then
+            ready_seen "$count" && break
+            fail "domain $DOMNAME ended before its ready marker (shutdown reason: $(reason_name "$(shutdown_reason)"))"
+        fi
         if [ "$(now_cs)" -ge "$deadline" ]; then
+            # Tell a dead PV console apart from a guest that never got ready.
+            if [ "$SUBJECT" = guest ] && xl dmesg 2>/dev/null | grep -q "(d$DOMID) .*ready domid=$DOMID"; then
+                fail "ready marker on port 0xE9 (xl dmesg) but not in the PV console log $CONSOLE_LOG within ${secs}s"
+            fi
             fail "no ready marker from $DOMNAME (domid $DOMID) within ${secs}s"
         fi
         sleep 0.2
@@ -182,6 +211,23 @@ reason_name() {
         0) echo poweroff ;; 1) echo reboot ;; 2) echo suspend ;; 3) echo crash ;;
         4) echo watchdog ;; 5) echo soft_reset ;; '') echo none ;; *) echo "code $1" ;;
     esac
+}
+
+# Exact page counts of domain $1 from Xen (xl list rounds to MiB; HARNESS-NOTES 14):
+# prints "tot_pages max_pages" from the newest `xl debug-keys q` dump.
+domain_pages() {
+    xl debug-keys q >/dev/null 2>&1 || return 1
+    xl dmesg 2>/dev/null | awk -v d="$1" '
+        index($0, "General information for domain " d ":") { grab = 1; next }
+        grab && /pages=/ {
+            tot = ""; max = ""
+            for (i = 1; i <= NF; i++) {
+                if ($i ~ /^(tot|nr)_pages=/) { sub(/.*=/, "", $i); tot = $i }
+                if ($i ~ /^max_pages=/) { sub(/.*=/, "", $i); max = $i }
+            }
+            grab = 0
+        }
+        END { if (tot == "") exit 1; print tot, max }'
 }
 
 domain_gone() {

@@ -237,8 +237,7 @@ mod tests {
     #[test]
     fn arguments_land_in_rdi_rsi_rdx_r10_r8() {
         let _g = LOCK.lock().unwrap();
-        // SAFETY: taking the address of an extern static is fine.
-        let page = unsafe { core::ptr::addr_of!(xb_fake_hypercall_page) } as usize;
+        let page = core::ptr::addr_of!(xb_fake_hypercall_page) as usize;
         set_hypercall_page(page);
         let (a1, a2, a3, a4, a5) = (0x1111, 0x2222, 0x3333, 0x4444, 0x5555);
         // SAFETY: the fake page accepts anything.
@@ -252,8 +251,7 @@ mod tests {
     #[test]
     fn typed_wrappers_pick_their_op_and_pass_pointers() {
         let _g = LOCK.lock().unwrap();
-        // SAFETY: taking the address of an extern static is fine.
-        let page = unsafe { core::ptr::addr_of!(xb_fake_hypercall_page) } as usize;
+        let page = core::ptr::addr_of!(xb_fake_hypercall_page) as usize;
         set_hypercall_page(page);
         let mut buf = [0u8; 8];
         let p = buf.as_mut_ptr();

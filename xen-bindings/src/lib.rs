@@ -7,7 +7,14 @@
 //!   the hypercall page, and typed wrappers.
 //! * [`traits`]: the small interfaces the guest's logic is written against, so that the
 //!   logic runs on the host against [`sim`] (feature `sim`) and in the kernel against Xen.
-#![cfg_attr(not(any(test, feature = "sim")), no_std)]
+//!
+//! The crate is `no_std` in every build, `sim` included (it needs only `alloc`): the kernel
+//! binary shares its dependency graph with the host tests, so a `std` here would reach the
+//! kernel through feature unification.
+#![cfg_attr(not(test), no_std)]
+
+#[cfg(feature = "sim")]
+extern crate alloc;
 
 pub mod abi;
 pub mod error;

@@ -6,7 +6,9 @@ use core::arch::asm;
 pub fn outb(port: u16, val: u8) {
     // SAFETY: port I/O has no memory effects; the ports we use (0xE9 debug console,
     // 0xF4 isa-debug-exit) are harmless to write.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags))
+    }
 }
 
 pub fn cpuid(leaf: u32) -> [u32; 4] {
@@ -46,7 +48,9 @@ pub fn read_cr3() -> u64 {
 /// Flushes the whole TLB (non-global entries) by reloading CR3.
 pub fn flush_tlb() {
     // SAFETY: rewriting CR3 with its own value only drops cached translations.
-    unsafe { asm!("mov rax, cr3", "mov cr3, rax", out("rax") _, options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("mov rax, cr3", "mov cr3, rax", out("rax") _, options(nostack, preserves_flags))
+    };
 }
 
 /// Stops this CPU for good (interrupts are never enabled in this kernel).

@@ -137,7 +137,8 @@ core::arch::global_asm!(
     "boot_pdpt: .skip 4096",
     "boot_pd: .skip 4096 * 4",
     ".balign 16",
-    "boot_stack: .skip 65536",
+    // 512 KiB: building the memory model moves its 32 KiB section root by value a few times.
+    "boot_stack: .skip 524288",
     "boot_stack_top:",
     ".balign 8",
     "boot_start_info: .skip 8",
@@ -160,10 +161,16 @@ pub fn hypercall_page_paddr() -> u64 {
 
 /// Physical addresses of the boot PML4 and PDPT (built by the entry stub).
 pub fn boot_tables() -> (u64, u64) {
-    (core::ptr::addr_of!(boot_pml4) as u64, core::ptr::addr_of!(boot_pdpt) as u64)
+    (
+        core::ptr::addr_of!(boot_pml4) as u64,
+        core::ptr::addr_of!(boot_pdpt) as u64,
+    )
 }
 
 /// The kernel image's physical extent, `[start, end)`, including .bss.
 pub fn kernel_extent() -> (u64, u64) {
-    (core::ptr::addr_of!(__kernel_start) as u64, core::ptr::addr_of!(__kernel_end) as u64)
+    (
+        core::ptr::addr_of!(__kernel_start) as u64,
+        core::ptr::addr_of!(__kernel_end) as u64,
+    )
 }

@@ -58,8 +58,15 @@ struct IdtEntry {
 }
 const _: () = assert!(core::mem::size_of::<IdtEntry>() == 16);
 
-static mut IDT: [IdtEntry; 32] =
-    [IdtEntry { offset_lo: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_hi: 0, zero: 0 }; 32];
+static mut IDT: [IdtEntry; 32] = [IdtEntry {
+    offset_lo: 0,
+    selector: 0,
+    ist: 0,
+    type_attr: 0,
+    offset_mid: 0,
+    offset_hi: 0,
+    zero: 0,
+}; 32];
 
 #[repr(C, packed)]
 struct DescPtr {
@@ -81,14 +88,38 @@ core::arch::global_asm!(
     "jmp isr_common",
     ".endr",
     "isr_common:",
-    "push %rax", "push %rbx", "push %rcx", "push %rdx", "push %rsi", "push %rdi", "push %rbp",
-    "push %r8", "push %r9", "push %r10", "push %r11", "push %r12", "push %r13", "push %r14",
+    "push %rax",
+    "push %rbx",
+    "push %rcx",
+    "push %rdx",
+    "push %rsi",
+    "push %rdi",
+    "push %rbp",
+    "push %r8",
+    "push %r9",
+    "push %r10",
+    "push %r11",
+    "push %r12",
+    "push %r13",
+    "push %r14",
     "push %r15",
     "mov %rsp, %rdi",
     "cld",
     "call exception_entry",
-    "pop %r15", "pop %r14", "pop %r13", "pop %r12", "pop %r11", "pop %r10", "pop %r9",
-    "pop %r8", "pop %rbp", "pop %rdi", "pop %rsi", "pop %rdx", "pop %rcx", "pop %rbx",
+    "pop %r15",
+    "pop %r14",
+    "pop %r13",
+    "pop %r12",
+    "pop %r11",
+    "pop %r10",
+    "pop %r9",
+    "pop %r8",
+    "pop %rbp",
+    "pop %rdi",
+    "pop %rsi",
+    "pop %rdx",
+    "pop %rcx",
+    "pop %rbx",
     "pop %rax",
     "add $16, %rsp",
     "iretq",
@@ -138,12 +169,37 @@ pub struct TrapFrame {
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == 22 * 8);
 
 const NAMES: [&str; 32] = [
-    "#DE divide error", "#DB debug", "NMI", "#BP breakpoint", "#OF overflow", "#BR bound",
-    "#UD invalid opcode", "#NM device not available", "#DF double fault", "coprocessor overrun",
-    "#TS invalid TSS", "#NP segment not present", "#SS stack fault", "#GP general protection",
-    "#PF page fault", "reserved 15", "#MF x87", "#AC alignment check", "#MC machine check",
-    "#XM SIMD", "#VE virtualization", "#CP control protection", "reserved 22", "reserved 23",
-    "reserved 24", "reserved 25", "reserved 26", "reserved 27", "#HV", "#VC", "#SX security",
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved 15",
+    "#MF x87",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD",
+    "#VE virtualization",
+    "#CP control protection",
+    "reserved 22",
+    "reserved 23",
+    "reserved 24",
+    "reserved 25",
+    "reserved 26",
+    "reserved 27",
+    "#HV",
+    "#VC",
+    "#SX security",
     "reserved 31",
 ];
 
@@ -159,15 +215,49 @@ extern "C" fn exception_entry(f: &mut TrapFrame) {
     }
     let name = NAMES[(f.vector & 31) as usize];
     log::error!("exception {} ({}) error={:#x}", f.vector, name, f.error);
-    log::error!("rip={:#018x} cs={:#x} rflags={:#x} rsp={:#018x} ss={:#x}", f.rip, f.cs, f.rflags, f.rsp, f.ss);
+    log::error!(
+        "rip={:#018x} cs={:#x} rflags={:#x} rsp={:#018x} ss={:#x}",
+        f.rip,
+        f.cs,
+        f.rflags,
+        f.rsp,
+        f.ss
+    );
     if f.vector == 14 {
         log::error!("cr2={:#018x} (faulting address)", super::cpu::read_cr2());
     }
-    log::error!("rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
-    log::error!("rsi={:#018x} rdi={:#018x} rbp={:#018x} r8 ={:#018x}", f.rsi, f.rdi, f.rbp, f.r8);
-    log::error!("r9 ={:#018x} r10={:#018x} r11={:#018x} r12={:#018x}", f.r9, f.r10, f.r11, f.r12);
-    log::error!("r13={:#018x} r14={:#018x} r15={:#018x} cr3={:#018x}", f.r13, f.r14, f.r15, super::cpu::read_cr3());
-    panic!("unhandled CPU exception {} ({}) at rip {:#x}", f.vector, name, f.rip);
+    log::error!(
+        "rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}",
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx
+    );
+    log::error!(
+        "rsi={:#018x} rdi={:#018x} rbp={:#018x} r8 ={:#018x}",
+        f.rsi,
+        f.rdi,
+        f.rbp,
+        f.r8
+    );
+    log::error!(
+        "r9 ={:#018x} r10={:#018x} r11={:#018x} r12={:#018x}",
+        f.r9,
+        f.r10,
+        f.r11,
+        f.r12
+    );
+    log::error!(
+        "r13={:#018x} r14={:#018x} r15={:#018x} cr3={:#018x}",
+        f.r13,
+        f.r14,
+        f.r15,
+        super::cpu::read_cr3()
+    );
+    panic!(
+        "unhandled CPU exception {} ({}) at rip {:#x}",
+        f.vector, name, f.rip
+    );
 }
 
 /// Loads the GDT (with TSS), the TSS and the IDT.
@@ -184,7 +274,10 @@ pub fn init() {
         // Available 64-bit TSS descriptor (type 9, present).
         (*gdt)[3] = limit | (base & 0xff_ffff) << 16 | 0x89 << 40 | ((base >> 24) & 0xff) << 56;
         (*gdt)[4] = base >> 32;
-        let gdtr = DescPtr { limit: (core::mem::size_of::<[u64; 5]>() - 1) as u16, base: gdt as u64 };
+        let gdtr = DescPtr {
+            limit: (core::mem::size_of::<[u64; 5]>() - 1) as u16,
+            base: gdt as u64,
+        };
         core::arch::asm!(
             "lgdt [{gdtr}]",
             // Reload CS through a far return so the new GDT is in use for code too.
@@ -213,7 +306,10 @@ pub fn init() {
                 zero: 0,
             };
         }
-        let idtr = DescPtr { limit: (core::mem::size_of::<[IdtEntry; 32]>() - 1) as u16, base: idt as u64 };
+        let idtr = DescPtr {
+            limit: (core::mem::size_of::<[IdtEntry; 32]>() - 1) as u16,
+            base: idt as u64,
+        };
         core::arch::asm!("lidt [{}]", in(reg) &idtr, options(nostack));
     }
 }

@@ -1,37 +1,34 @@
 //! The kernel's page tables: the entry stub's identity map of the low 4 GiB, extended
-//! (through [`guest::paging`]) for RAM above 4 GiB. Table pages come from a pool in .bss.
+//! (through [`guest::paging`]) for RAM above 4 GiB. New table pages are frames from the
+//! memory model's allocator (state Allocated, so they count as the kernel's RAM).
+
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use guest::paging::{map_identity_2m, MapError, TableStore};
 
-/// Table pages for mappings beyond the boot 4 GiB: each PD covers 1 GiB, so 64 pages map
-/// up to ~62 GiB more. The memory model (issue 4) will hand out table pages instead.
-const POOL_PAGES: usize = 64;
+use crate::kmem::MM;
 
-#[repr(C, align(4096))]
-struct Pool([[u64; 512]; POOL_PAGES]);
-
-static mut POOL: Pool = Pool([[0; 512]; POOL_PAGES]);
-static mut POOL_USED: usize = 0;
+/// Table pages taken from the allocator (a statistic).
+static TABLES: AtomicUsize = AtomicUsize::new(0);
 
 struct KernelTables;
 
 impl TableStore for KernelTables {
     fn table(&mut self, paddr: u64) -> &mut [u64; 512] {
         // SAFETY: every table reachable from CR3 is identity-mapped kernel memory (boot
-        // tables in .bss, or pool pages); callers are serialised by `map`'s &mut.
+        // tables in .bss, or allocator frames below what is mapped); callers are
+        // serialised by `map`'s caller (single vCPU, boot and driver context only).
         unsafe { &mut *(paddr as *mut [u64; 512]) }
     }
+
     fn alloc_table(&mut self) -> Option<u64> {
-        // SAFETY: single vCPU, called only from `map` below.
-        unsafe {
-            let used = &raw mut POOL_USED;
-            if *used == POOL_PAGES {
-                return None;
-            }
-            let page = (&raw mut POOL.0[*used]) as u64;
-            *used += 1;
-            Some(page)
-        }
+        let pfn = MM.get()?.alloc_frames(0).ok()?;
+        let page = pfn.addr() as *mut u8;
+        // SAFETY: a Free frame just allocated to us (backed by Xen, identity-mapped).
+        unsafe { core::ptr::write_bytes(page, 0, 4096) };
+        // Relaxed: a statistic.
+        TABLES.fetch_add(1, Ordering::Relaxed);
+        Some(page as u64)
     }
 }
 
@@ -43,8 +40,8 @@ pub fn map(start: u64, end: u64) -> Result<usize, MapError> {
     Ok(added)
 }
 
-/// Table pages taken from the pool so far.
-pub fn tables_used() -> usize {
-    // SAFETY: plain read of a counter only this vCPU writes.
-    unsafe { *(&raw const POOL_USED) }
+/// Table pages allocated so far.
+pub fn tables_allocated() -> usize {
+    // Relaxed: a statistic.
+    TABLES.load(Ordering::Relaxed)
 }

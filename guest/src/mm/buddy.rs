@@ -36,11 +36,6 @@ impl FreeLists {
         }
     }
 
-    /// Free pages on all lists.
-    pub(crate) fn free_pages(&self) -> u64 {
-        (0..ORDERS).map(|k| self.blocks[k] << k).sum()
-    }
-
     /// Blocks on the list of `order`.
     pub(crate) fn blocks(&self, order: u8) -> u64 {
         self.blocks[order as usize]
@@ -95,14 +90,14 @@ impl FreeLists {
     /// Add the block `[pfn, pfn + 2^order)`, whose pages the caller has already made Free,
     /// merging it with free buddies up to [`MAX_ORDER`].
     pub(crate) fn insert(&mut self, mm: &Memmap<'_>, mut pfn: Pfn, mut order: u8) {
-        debug_assert!(order <= MAX_ORDER && pfn.0 % (1 << order) == 0);
+        debug_assert!(order <= MAX_ORDER && pfn.0.is_multiple_of(1 << order));
         while order < MAX_ORDER {
             let buddy = Pfn(pfn.0 ^ (1 << order));
             match head_of(mm, buddy) {
                 Some(h) if h.order == order => {
+                    // Our block's first page is still a tail (never pushed), and unlinking
+                    // turns the buddy's head into one: the merged block is all tails.
                     self.unlink(mm, buddy, h);
-                    // The higher half's head (if it was ours) is now a tail.
-                    mm.desc(pfn.max(buddy)).store(Raw::Free(None));
                     pfn = pfn.min(buddy);
                     order += 1;
                 }

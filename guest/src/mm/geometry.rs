@@ -126,10 +126,7 @@ impl PfnRange {
     /// Pages of a byte range, rounded outward (a page partly covered is included).
     pub const fn covering_bytes(addr: u64, size: u64) -> PfnRange {
         let end = addr.saturating_add(size);
-        PfnRange::new(
-            Pfn(addr >> PAGE_SHIFT),
-            Pfn(end.div_ceil(PAGE_SIZE)),
-        )
+        PfnRange::new(Pfn(addr >> PAGE_SHIFT), Pfn(end.div_ceil(PAGE_SIZE)))
     }
     /// Pages of a byte range, rounded inward (only pages wholly inside).
     pub const fn inside_bytes(addr: u64, size: u64) -> PfnRange {
@@ -154,7 +151,8 @@ impl PfnRange {
     }
     /// Whether both ends lie on subsection boundaries.
     pub const fn is_subsection_aligned(&self) -> bool {
-        self.start.0 % PAGES_PER_SUBSECTION == 0 && self.end.0 % PAGES_PER_SUBSECTION == 0
+        self.start.0.is_multiple_of(PAGES_PER_SUBSECTION)
+            && self.end.0.is_multiple_of(PAGES_PER_SUBSECTION)
     }
     /// The pfns, in order.
     pub fn iter(&self) -> impl Iterator<Item = Pfn> {

@@ -97,7 +97,10 @@ mod tests {
             })
         };
         std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!done.load(Ordering::SeqCst), "grace period ended under a reader");
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "grace period ended under a reader"
+        );
         // A reader entering now (after the flip) must not hold the remover up.
         let late = g.read();
         drop(token);

@@ -134,7 +134,11 @@ pub struct IllegalTransition {
 
 impl fmt::Display for IllegalTransition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "illegal page transition {} -> {} ({:?})", self.from, self.to, self.phase)
+        write!(
+            f,
+            "illegal page transition {} -> {} ({:?})",
+            self.from, self.to, self.phase
+        )
     }
 }
 
@@ -176,6 +180,7 @@ const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 const ORDER_SHIFT: u32 = 4;
 const ORDER_MASK: u64 = 0xf;
 const HEAD_BIT: u64 = 1 << 8;
+const HOLE_BIT: u64 = 1 << 4;
 const NEXT_SHIFT: u32 = 9;
 /// Links are stored as `pfn + 1` (0 = none) in 35 bits: pfns go up to 2^34.
 const LINK_BITS: u32 = 35;
@@ -215,10 +220,11 @@ const fn decode_link(bits: u64) -> Link {
 /// ```text
 /// word0  bits 0..4    tag: 1 Reserved, 2 Free, 3 Allocated, 4 Offline, 5 Unpopulated,
 ///                     6 Foreign (0 = never initialised, never seen in an active subsection)
-///        Free:    bits 4..8   buddy order of the block (valid when head)
-///                 bit  8      head: first page of a free block on a free list
-///                 bits 9..44  next: pfn+1 of the next block head on the list (0 = none)
-///        Foreign: bits 16..32 domid, bits 32..64 gref
+///        Reserved: bit  4      hole: not RAM (never released to the allocator)
+///        Free:     bits 4..8   buddy order of the block (valid when head)
+///                  bit  8      head: first page of a free block on a free list
+///                  bits 9..44  next: pfn+1 of the next block head on the list (0 = none)
+///        Foreign:  bits 16..32 domid, bits 32..64 gref
 /// word1  bits 0..35   Free: prev link (pfn+1, 0 = none); Foreign: bits 0..32 map handle
 ///        bits 35..64  sequence counter (odd while a writer is updating the descriptor)
 /// ```
@@ -239,6 +245,9 @@ const _: () = assert!(core::mem::size_of::<PageDesc>() == 16);
 pub(crate) enum Raw {
     /// A page that is not Free.
     State(PageState),
+    /// A Reserved page that is not RAM (a hole or firmware range inside a present
+    /// subsection): it can never be released to the allocator.
+    Hole,
     /// A Free page; `head` carries the block's order and links.
     Free(Option<FreeHead>),
 }
@@ -256,6 +265,7 @@ impl Raw {
         match self {
             Raw::State(s) => s.kind(),
             Raw::Free(_) => StateKind::Free,
+            Raw::Hole => StateKind::Reserved,
         }
     }
 
@@ -263,6 +273,7 @@ impl Raw {
     const fn encode(self) -> (u64, u64) {
         match self {
             Raw::Free(None) => (StateKind::Free as u64, 0),
+            Raw::Hole => (StateKind::Reserved as u64 | HOLE_BIT, 0),
             Raw::Free(Some(h)) => (
                 StateKind::Free as u64
                     | ((h.order as u64) & ORDER_MASK) << ORDER_SHIFT
@@ -296,6 +307,7 @@ impl Raw {
                 gref: (w0 >> GREF_SHIFT) as u32,
                 handle: p1 as u32,
             })),
+            StateKind::Reserved if w0 & HOLE_BIT != 0 => Raw::Hole,
             StateKind::Reserved => Raw::State(PageState::Reserved),
             StateKind::Allocated => Raw::State(PageState::Allocated),
             StateKind::Offline => Raw::State(PageState::Offline),
@@ -312,6 +324,11 @@ impl PageDesc {
             w0: AtomicU64::new(w0),
             w1: AtomicU64::new(p1),
         }
+    }
+
+    /// The two words, for bulk initialisation of fresh memmap.
+    pub(crate) fn into_words(self) -> [u64; 2] {
+        [self.w0.into_inner(), self.w1.into_inner()]
     }
 
     /// Consistent snapshot of the descriptor; safe against a concurrent writer.
@@ -357,7 +374,8 @@ impl PageDesc {
         // Relaxed: bracketed by the fence above and the Release store below.
         self.w0.store(w0, Ordering::Relaxed);
         // Release pairs with the first Acquire load in `load`.
-        self.w1.store(((seq + 2) & SEQ_MASK) << SEQ_SHIFT | p1, Ordering::Release);
+        self.w1
+            .store(((seq + 2) & SEQ_MASK) << SEQ_SHIFT | p1, Ordering::Release);
     }
 
     /// The page's state (what walkers see).
@@ -365,7 +383,13 @@ impl PageDesc {
         match self.load() {
             Raw::State(s) => s,
             Raw::Free(_) => PageState::Free,
+            Raw::Hole => PageState::Reserved,
         }
+    }
+
+    /// Whether the page is RAM (false only for non-RAM pages inside a present subsection).
+    pub fn is_ram(&self) -> bool {
+        self.load() != Raw::Hole
     }
 }
 
@@ -392,9 +416,9 @@ mod tests {
             Just(Raw::State(PageState::Offline)),
             Just(Raw::State(PageState::Unpopulated)),
             Just(Raw::Free(None)),
-            (0u8..16, link.clone(), link).prop_map(|(order, next, prev)| Raw::Free(Some(
-                FreeHead { order, next, prev }
-            ))),
+            Just(Raw::Hole),
+            (0u8..16, link.clone(), link)
+                .prop_map(|(order, next, prev)| Raw::Free(Some(FreeHead { order, next, prev }))),
             (any::<u16>(), any::<u32>(), any::<u32>()).prop_map(|(domid, gref, handle)| {
                 Raw::State(PageState::Foreign(ForeignMap {
                     domid,
@@ -469,15 +493,22 @@ mod tests {
         let b = Phase::Boot;
         let r = Phase::Running;
         let mut want = std::vec![
-            (Reserved, Free, b), (Reserved, Free, r),
+            (Reserved, Free, b),
+            (Reserved, Free, r),
             (Free, Reserved, b),
-            (Free, Allocated, b), (Free, Allocated, r),
-            (Free, Offline, b), (Free, Offline, r),
+            (Free, Allocated, b),
+            (Free, Allocated, r),
+            (Free, Offline, b),
+            (Free, Offline, r),
             (Allocated, Reserved, b),
-            (Allocated, Free, b), (Allocated, Free, r),
-            (Offline, Free, b), (Offline, Free, r),
-            (Unpopulated, Foreign, b), (Unpopulated, Foreign, r),
-            (Foreign, Unpopulated, b), (Foreign, Unpopulated, r),
+            (Allocated, Free, b),
+            (Allocated, Free, r),
+            (Offline, Free, b),
+            (Offline, Free, r),
+            (Unpopulated, Foreign, b),
+            (Unpopulated, Foreign, r),
+            (Foreign, Unpopulated, b),
+            (Foreign, Unpopulated, r),
         ];
         want.sort_by_key(|&(f, t, p)| (f, t, p == r));
         legal.sort_by_key(|&(f, t, p)| (f, t, p == r));

@@ -62,7 +62,12 @@ mod tests {
     #[test]
     fn scales_tsc_deltas() {
         // 2 GHz TSC: mul = 2^31 with shift 0 gives 0.5 ns per tick.
-        let t = TimeInfo { tsc_timestamp: 1000, system_time: 5_000, tsc_to_system_mul: 1 << 31, tsc_shift: 0 };
+        let t = TimeInfo {
+            tsc_timestamp: 1000,
+            system_time: 5_000,
+            tsc_to_system_mul: 1 << 31,
+            tsc_shift: 0,
+        };
         assert_eq!(t.ns_at(1000), 5_000);
         assert_eq!(t.ns_at(3000), 6_000);
         // Negative shift halves the delta first.
@@ -76,7 +81,12 @@ mod tests {
 
     #[test]
     fn large_deltas_do_not_overflow() {
-        let t = TimeInfo { tsc_timestamp: 0, system_time: 0, tsc_to_system_mul: u32::MAX, tsc_shift: 4 };
+        let t = TimeInfo {
+            tsc_timestamp: 0,
+            system_time: 0,
+            tsc_to_system_mul: u32::MAX,
+            tsc_shift: 4,
+        };
         let one_hour_at_3ghz = 3_000_000_000u64 * 3600;
         assert!(t.ns_at(one_hour_at_3ghz) > 0);
     }
@@ -94,7 +104,10 @@ mod tests {
             },
             || {
                 reads.set(reads.get() + 1);
-                TimeInfo { system_time: reads.get(), ..Default::default() }
+                TimeInfo {
+                    system_time: reads.get(),
+                    ..Default::default()
+                }
             },
         );
         // 1 (odd, retry) -> 2..4 (changed, retry) -> 4..4 (consistent, 2nd field read).

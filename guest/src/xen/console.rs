@@ -60,7 +60,8 @@ impl ConsoleRing {
         // Release pairs with the consumer's acquire of out_prod: the bytes are visible
         // before the new index is.
         fence(Ordering::Release);
-        self.index(prod_p).store(prod.wrapping_add(n as u32), Ordering::Release);
+        self.index(prod_p)
+            .store(prod.wrapping_add(n as u32), Ordering::Release);
         n
     }
 
@@ -68,9 +69,14 @@ impl ConsoleRing {
     pub fn pending(&self) -> usize {
         // SAFETY: raw field projections of the live page.
         let (c, p) = unsafe {
-            (core::ptr::addr_of_mut!((*self.iface).out_cons), core::ptr::addr_of_mut!((*self.iface).out_prod))
+            (
+                core::ptr::addr_of_mut!((*self.iface).out_cons),
+                core::ptr::addr_of_mut!((*self.iface).out_prod),
+            )
         };
-        self.index(p).load(Ordering::Relaxed).wrapping_sub(self.index(c).load(Ordering::Acquire)) as usize
+        self.index(p)
+            .load(Ordering::Relaxed)
+            .wrapping_sub(self.index(c).load(Ordering::Acquire)) as usize
     }
 }
 

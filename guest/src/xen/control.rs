@@ -32,7 +32,10 @@ mod tests {
     fn values() {
         use ShutdownReason::*;
         assert_eq!(parse_shutdown(b""), ShutdownRequest::None);
-        assert_eq!(parse_shutdown(b"poweroff"), ShutdownRequest::Shutdown(Poweroff));
+        assert_eq!(
+            parse_shutdown(b"poweroff"),
+            ShutdownRequest::Shutdown(Poweroff)
+        );
         assert_eq!(parse_shutdown(b"halt"), ShutdownRequest::Shutdown(Poweroff));
         assert_eq!(parse_shutdown(b"reboot"), ShutdownRequest::Shutdown(Reboot));
         assert_eq!(parse_shutdown(b"suspend"), ShutdownRequest::Unknown);

@@ -1,5 +1,6 @@
 //! Logic of the Xen drivers (host-testable; hypercalls come in through traits).
 
+pub mod balloon;
 pub mod clock;
 pub mod console;
 pub mod control;

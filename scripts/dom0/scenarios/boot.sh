@@ -20,6 +20,10 @@ scenario_boot() {
         [ "$ready" = 1 ] || fail "xenstore data/ready is '$ready', want 1"
     fi
 
+    # Xen's exact view of the domain's memory, for comparison with the guest's own count.
+    pages=$(domain_pages "$DOMID") || fail "no page counts for domid $DOMID in xl debug-keys q"
+    info "xen_tot_pages=${pages% *} xen_max_pages=${pages#* }"
+
     lines=$(wc -l <"$CONSOLE_LOG")
     [ "$lines" -ge 1 ] || fail "console log $CONSOLE_LOG is empty"
     info "console_lines=$lines"

@@ -133,12 +133,14 @@ fn guest_crash_text(line: &str) -> Option<String> {
     // Our guest prints its panic on port 0xE9, which Xen shows as "(dN) PANIC ...".
     if let Some(rest) = line.trim_start().strip_prefix("(d") {
         if let Some(close) = rest.find(") ") {
-            let msg = rest[close + 2..].trim_start();
-            // Our kernel's log prefix "[    1.234567] " may precede it.
-            let msg = match msg.find("] ") {
-                Some(i) if msg.starts_with('[') => &msg[i + 2..],
-                _ => msg,
-            };
+            let mut msg = rest[close + 2..].trim_start();
+            // Xen's console timestamp and our kernel's "[    1.234567] " may precede it.
+            while msg.starts_with('[') {
+                match msg.find("] ") {
+                    Some(i) => msg = msg[i + 2..].trim_start(),
+                    None => break,
+                }
+            }
             if msg.starts_with("PANIC") {
                 return Some(format!("d{} {}", &rest[..close], msg));
             }
@@ -631,6 +633,12 @@ XENCI BEGIN boot t=5.02
         let line = "(d3) [    0.100000] ERROR PANIC at guest/src/x.rs:1:1: boom";
         assert_eq!(guest_crash_text(line), None, "PANIC must start the message");
         let line = "(d3) [    0.100000] PANIC at guest/src/x.rs:1:1: boom";
+        assert_eq!(
+            guest_crash_text(line).as_deref(),
+            Some("d3 PANIC at guest/src/x.rs:1:1: boom")
+        );
+        // With Xen's console_timestamps=boot in front as well.
+        let line = "(d3) [    8.808251] [    0.100000] PANIC at guest/src/x.rs:1:1: boom";
         assert_eq!(
             guest_crash_text(line).as_deref(),
             Some("d3 PANIC at guest/src/x.rs:1:1: boom")

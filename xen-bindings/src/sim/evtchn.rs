@@ -1,7 +1,7 @@
 //! Simulated event channels of the guest domain (2-level ABI semantics: a pending bit and
 //! a mask bit per port; port 0 is never allocated).
 
-use std::collections::BTreeMap;
+use alloc::collections::BTreeMap;
 
 use crate::traits::{DomId, Port};
 use crate::Errno;

@@ -16,10 +16,15 @@
 //! [`evtchn::Service`] and run them from [`SimState::run_backends`].
 
 pub mod evtchn;
+pub mod memory;
 pub mod xenstored;
 pub mod xs_ring;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use spin::{Mutex, MutexGuard};
 
 use crate::abi::xs_wire::XenstoreDomainInterface;
 use crate::traits::{Clock, DomId, EventChannels, Port, Sched, ShutdownReason};
@@ -167,7 +172,7 @@ impl SimXen {
     /// The whole state, locked. Do not hold it across calls into the code under test.
     pub fn lock(&self) -> MutexGuard<'_, SimState> {
         // A panic while locked already failed the test; keep reporting the state.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// The shared xenstore page (what `HVM_PARAM_STORE_PFN` points at). Valid as long as

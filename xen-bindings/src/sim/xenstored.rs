@@ -12,9 +12,12 @@
 //! client: forced EAGAIN on commit, corrupted or oversized replies, arbitrary error strings,
 //! replies trickling in one byte at a time, a silent daemon.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::string::String;
-use std::vec::Vec;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
 
 use super::xs_ring::{PageField, ServerRing, SharedPage};
 use crate::abi::xs_wire::{
@@ -328,6 +331,54 @@ impl Xenstored {
                 (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
             })
             .collect())
+    }
+
+    /// `XS_DIRECTORY_PART` ("path\0offset\0"): the listing's generation, then the names
+    /// (NUL-terminated) from byte `offset` of the full listing that fit in one reply; the
+    /// last part carries an extra NUL.
+    fn op_directory_part(
+        tree: &Tree,
+        dom: DomId,
+        abs: &str,
+        rest: &[u8],
+    ) -> Result<Vec<u8>, Errno> {
+        let a = strings(rest, 1)?;
+        let offset: usize = core::str::from_utf8(a[0])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(Errno::EINVAL)?;
+        let names = Self::op_directory(tree, dom, abs)?;
+        // Changes whenever a child is added (new, higher generation) or removed (count).
+        let prefix = format!("{abs}/");
+        let max_gen = names
+            .iter()
+            .filter_map(|n| tree.get(&format!("{prefix}{n}")).map(|c| c.generation))
+            .chain(tree.get(abs).map(|n| n.generation))
+            .max()
+            .unwrap_or(0);
+        let mut r = format!("{}\0", (max_gen << 20) | names.len() as u64).into_bytes();
+        let mut pos = 0;
+        let mut last = true;
+        for n in &names {
+            let len = n.len() + 1;
+            if pos >= offset {
+                // Room for this name plus the final end marker?
+                if r.len() + len + 1 > XENSTORE_PAYLOAD_MAX {
+                    last = false;
+                    break;
+                }
+                r.extend_from_slice(n.as_bytes());
+                r.push(0);
+            }
+            pos += len;
+        }
+        if offset > pos && last {
+            return Err(Errno::EINVAL);
+        }
+        if last {
+            r.push(0);
+        }
+        Ok(r)
     }
 
     /// Writes (or with `value == None`, makes sure it exists), creating parents.
@@ -704,9 +755,14 @@ impl Xenstored {
             return;
         };
         let result = match t {
-            T::Read | T::Directory | T::GetPerms | T::Write | T::Mkdir | T::Rm | T::SetPerms => {
-                self.node_op(t, h.tx_id, payload)
-            }
+            T::Read
+            | T::Directory
+            | T::DirectoryPart
+            | T::GetPerms
+            | T::Write
+            | T::Mkdir
+            | T::Rm
+            | T::SetPerms => self.node_op(t, h.tx_id, payload),
             T::Watch => self.do_watch(payload),
             T::Unwatch => self.do_unwatch(payload),
             T::TransactionStart => self.do_tx_start(h.tx_id, payload),
@@ -725,7 +781,7 @@ impl Xenstored {
                 Ok(ok_reply())
             }
             T::Introduce | T::Release | T::Resume | T::SetTarget | T::Control => Err(Errno::EACCES),
-            T::IsDomainIntroduced | T::DirectoryPart => Err(Errno::ENOSYS),
+            T::IsDomainIntroduced => Err(Errno::ENOSYS),
             T::WatchEvent | T::Error => Err(Errno::EINVAL),
         };
         let watch = (t == T::Watch && result.is_ok()).then(|| strings(payload, 2));
@@ -744,7 +800,7 @@ impl Xenstored {
         // (SET_PERMS), or nothing.
         let i = payload.iter().position(|&b| b == 0).ok_or(Errno::EINVAL)?;
         let (path, rest) = (&payload[..i], &payload[i + 1..]);
-        if !matches!(t, T::Write | T::SetPerms) && !rest.is_empty() {
+        if !matches!(t, T::Write | T::SetPerms | T::DirectoryPart) && !rest.is_empty() {
             return Err(Errno::EINVAL);
         }
         let abs = self.resolve(path)?;
@@ -792,6 +848,7 @@ impl Xenstored {
                 }
                 (r, false)
             }
+            T::DirectoryPart => (Self::op_directory_part(tree, dom, abs, rest)?, false),
             T::GetPerms => {
                 let mut r = Vec::new();
                 for p in Self::op_get_perms(tree, dom, abs)? {
@@ -964,6 +1021,7 @@ fn lossy(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::xs_wire::XENSTORE_RING_SIZE;
 
     fn x() -> Xenstored {
         Xenstored::new(3, 0)
@@ -1044,5 +1102,130 @@ mod tests {
         assert_eq!(strings(b"a\0b", 2), Err(Errno::EINVAL));
         assert_eq!(strings(b"a\0", 2), Err(Errno::EINVAL));
         assert_eq!(strings_at_least(b"", 0).unwrap().len(), 0);
+    }
+
+    /// Plays the guest: appends `bytes` to `req` (must fit) and publishes them.
+    fn guest_send(x: &Xenstored, bytes: &[u8]) {
+        use core::sync::atomic::Ordering;
+        let prod = x.page.field(PageField::ReqProd).load(Ordering::Relaxed);
+        let p = x.page.as_ptr() as *mut u8;
+        for (i, &b) in bytes.iter().enumerate() {
+            let off = crate::abi::xs_wire::mask_xenstore_idx(prod.wrapping_add(i as u32));
+            // SAFETY: off < XENSTORE_RING_SIZE: a slot of `req` in the live page.
+            unsafe { p.add(off).write_volatile(b) };
+        }
+        x.page
+            .field(PageField::ReqProd)
+            .store(prod.wrapping_add(bytes.len() as u32), Ordering::Release);
+    }
+
+    /// Plays the guest: takes everything in `rsp`.
+    fn guest_recv(x: &Xenstored) -> Vec<u8> {
+        use core::sync::atomic::Ordering;
+        let prod = x.page.field(PageField::RspProd).load(Ordering::Acquire);
+        let cons = x.page.field(PageField::RspCons).load(Ordering::Relaxed);
+        let p = x.page.as_ptr() as *const u8;
+        let v = (0..prod.wrapping_sub(cons))
+            .map(|i| {
+                let off = crate::abi::xs_wire::mask_xenstore_idx(cons.wrapping_add(i));
+                // SAFETY: a slot of `rsp` (offset 1024..2048) in the live page.
+                unsafe { p.add(XENSTORE_RING_SIZE + off).read_volatile() }
+            })
+            .collect();
+        x.page
+            .field(PageField::RspCons)
+            .store(prod, Ordering::Release);
+        v
+    }
+
+    fn msg(t: XsdSockmsgType, req_id: u32, tx_id: u32, payload: &[u8]) -> Vec<u8> {
+        let h = XsdSockmsg {
+            type_: t.as_u32(),
+            req_id,
+            tx_id,
+            len: payload.len() as u32,
+        };
+        let mut v = h.to_bytes().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn requests_split_across_service_steps_and_wrapping_indices_are_answered() {
+        let mut x = Xenstored::new(3, u32::MAX - 5);
+        let req = msg(XsdSockmsgType::Read, 9, 0, b"domid\0");
+        guest_send(&x, &req[..7]);
+        assert!(x.service(), "consumed bytes: the guest may want to know");
+        assert!(guest_recv(&x).is_empty());
+        guest_send(&x, &req[7..]);
+        x.service();
+        assert_eq!(guest_recv(&x), msg(XsdSockmsgType::Read, 9, 0, b"3"));
+        guest_send(&x, &msg(XsdSockmsgType::Read, 10, 0, b"nope\0"));
+        x.service();
+        assert_eq!(
+            guest_recv(&x),
+            msg(XsdSockmsgType::Error, 10, 0, b"ENOENT\0")
+        );
+        assert_eq!(x.requests().len(), 2);
+    }
+
+    #[test]
+    fn an_oversized_request_sets_the_error_field_and_stops_service() {
+        use core::sync::atomic::Ordering;
+        let mut x = Xenstored::new(3, 0);
+        let h = XsdSockmsg {
+            type_: 2,
+            req_id: 1,
+            tx_id: 0,
+            len: 5000,
+        };
+        guest_send(&x, &h.to_bytes());
+        x.service();
+        assert!(x.broken().is_some());
+        assert_eq!(
+            x.page.field(PageField::Error).load(Ordering::Relaxed),
+            XENSTORE_ERROR_PROTO
+        );
+        guest_send(&x, &msg(XsdSockmsgType::Read, 2, 0, b"domid\0"));
+        assert!(!x.service());
+        assert!(guest_recv(&x).is_empty());
+    }
+
+    #[test]
+    fn the_trickle_fault_writes_one_byte_per_step() {
+        let mut x = Xenstored::new(3, 0);
+        x.faults.byte_at_a_time = true;
+        guest_send(&x, &msg(XsdSockmsgType::Read, 1, 0, b"domid\0"));
+        let mut got = Vec::new();
+        for _ in 0..17 {
+            x.service();
+            let b = guest_recv(&x);
+            assert_eq!(b.len(), 1);
+            got.extend(b);
+        }
+        x.service();
+        assert!(guest_recv(&x).is_empty());
+        assert_eq!(got, msg(XsdSockmsgType::Read, 1, 0, b"3"));
+    }
+
+    proptest::proptest! {
+        /// Whatever the guest writes, the daemon answers or stops; it never panics, and
+        /// it never writes a message above the payload limit.
+        #[test]
+        fn garbage_requests_never_panic_the_daemon(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+            start: u32,
+        ) {
+            let mut x = Xenstored::new(3, start);
+            guest_send(&x, &garbage);
+            x.service();
+            let out = guest_recv(&x);
+            let mut rest = &out[..];
+            while rest.len() >= XSD_SOCKMSG_SIZE {
+                let h = XsdSockmsg::from_bytes(rest[..XSD_SOCKMSG_SIZE].try_into().unwrap());
+                proptest::prop_assert!(h.len as usize <= XENSTORE_PAYLOAD_MAX);
+                rest = &rest[(XSD_SOCKMSG_SIZE + h.len as usize).min(rest.len())..];
+            }
+        }
     }
 }

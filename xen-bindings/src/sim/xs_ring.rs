@@ -3,6 +3,8 @@
 //! Written independently of the guest's ring code on purpose: the tests pit one against
 //! the other, so a shared bug would hide.
 
+use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 

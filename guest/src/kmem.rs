@@ -1,0 +1,132 @@
+//! The kernel's memory: the memory model built from start_info, the heap and page tables
+//! drawing frames from it.
+//!
+//! Order at boot: (1) under populate-on-demand, how much RAM may be touched (Xen's
+//! `tot_pages` is the PoD target); (2) build the sparse memmap with storage carved from
+//! touchable RAM below 4 GiB (mapped by the entry stub's tables); (3) only now map RAM
+//! above 4 GiB, with page-table pages from the frame allocator; (4) the heap grows in
+//! 2 MiB frames from the allocator ([`crate::kheap`]).
+
+use core::ptr::NonNull;
+
+use guest::mm::boot::{self, BootConfig, MemmapEntry, MAX_MEMMAP_ENTRIES};
+use guest::mm::{BumpStorage, MemModel, Pfn, PfnRange};
+use xen_bindings::abi::start_info::memmap_type;
+
+use crate::arch::entry;
+use crate::boot::BootInfo;
+
+pub type Model = MemModel<BumpStorage>;
+
+/// The one memory model, set once at boot.
+pub static MM: spin::Once<Model> = spin::Once::new();
+
+/// Extra memmap storage reserved at boot for sections added later (hotplug, device
+/// ranges): 4 MiB is the memmap of 8 sections (1 GiB) plus their section-table chunks.
+const STORAGE_HEADROOM: u64 = 4 << 20;
+
+/// Slack below Xen's PoD target, so that boot never touches the last pages it may touch.
+const POD_SLACK_PAGES: u64 = 256;
+
+const FOUR_G: u64 = 1 << 32;
+
+/// RAM pages we may touch, or None when all of it is backed (no PoD).
+///
+/// With populate-on-demand Xen's `tot_pages` is the PoD target; Xen also accounts the
+/// special pages and ACPI tables (non-RAM ranges of the memmap below 4 GiB) to us.
+pub fn touchable_ram_pages(info: &BootInfo, tot_pages: u64) -> Option<u64> {
+    let ram = info.ram_bytes() >> 12;
+    if tot_pages >= ram {
+        return None;
+    }
+    let nonram: u64 = info
+        .memmap()
+        .iter()
+        .filter(|e| e.type_ != memmap_type::RAM && e.addr < FOUR_G)
+        .map(|e| e.size.div_ceil(4096))
+        .sum();
+    Some(tot_pages.saturating_sub(nonram + POD_SLACK_PAGES))
+}
+
+/// Builds the memory model from start_info and installs it in [`MM`].
+pub fn init(info: &BootInfo, touchable: Option<u64>) -> &'static Model {
+    let mut entries = [MemmapEntry::default(); MAX_MEMMAP_ENTRIES];
+    let n = info.memmap().len().min(MAX_MEMMAP_ENTRIES);
+    for (d, s) in entries.iter_mut().zip(info.memmap()) {
+        *d = s.into();
+    }
+    let (ks, ke) = entry::kernel_extent();
+    let mut reserved = [PfnRange::new(Pfn(0), Pfn(0)); 5];
+    reserved[0] = PfnRange::covering_bytes(ks, ke - ks);
+    for (r, &(addr, len)) in reserved[1..].iter_mut().zip(&info.loader_ranges) {
+        if len != 0 {
+            *r = PfnRange::covering_bytes(addr, len);
+        }
+    }
+    let cfg = BootConfig {
+        memmap: &entries[..n],
+        reserved: &reserved,
+        touchable_ram_pages: touchable,
+    };
+    let mut plan = match boot::plan(&cfg) {
+        Ok(p) => p,
+        Err(e) => panic!("memmap from start_info is unusable: {e}"),
+    };
+    plan.storage_bytes += STORAGE_HEADROOM;
+    let Some(region) = boot::find_storage_region(&cfg, &plan, Pfn(FOUR_G >> 12)) else {
+        panic!(
+            "no touchable RAM below 4 GiB for {} KiB of memmap storage",
+            plan.storage_bytes >> 10
+        )
+    };
+    let base = NonNull::new(region.start.addr() as *mut u8).expect("storage region at pfn 0");
+    // SAFETY: `region` is touchable RAM below 4 GiB (identity-mapped by the boot tables),
+    // clear of the kernel image and loader data, and used by nothing else: the builder
+    // marks it Reserved.
+    let storage = unsafe { BumpStorage::new(base, region) };
+    let mm = match boot::build(&cfg, storage) {
+        Ok(m) => m,
+        Err(e) => panic!("cannot build the memory model: {e}"),
+    };
+    mm.end_boot();
+    let mm = MM.call_once(|| mm);
+    log::info!(
+        "mm: {} RAM pages, {} subsections, memmap storage [{:#x}-{:#x}) ({} KiB incl. {} KiB headroom), touch limit pfn {:#x}",
+        plan.ram_pages,
+        plan.subsections,
+        region.start.addr(),
+        region.end.addr(),
+        (region.len() * 4096) >> 10,
+        STORAGE_HEADROOM >> 10,
+        plan.touch_limit.0
+    );
+    for s in mm.sections() {
+        log::info!("mm: {s}");
+    }
+    mm
+}
+
+/// The entry stub mapped the low 4 GiB; map RAM above it too (tables from the allocator).
+pub fn map_ram_above_4g(info: &BootInfo) {
+    for e in info.memmap().iter().filter(|e| e.type_ == memmap_type::RAM) {
+        let end = e.addr.saturating_add(e.size);
+        if end > FOUR_G {
+            let start = e.addr.max(FOUR_G);
+            match crate::arch::paging::map(start, end) {
+                Ok(n) => log::info!(
+                    "paging: mapped RAM [{start:#x}-{end:#x}) above 4 GiB ({n} x 2 MiB, {} table pages)",
+                    crate::arch::paging::tables_allocated()
+                ),
+                Err(err) => log::error!("paging: cannot map RAM [{start:#x}-{end:#x}): {err:?}"),
+            }
+        }
+    }
+}
+
+/// Logs the census, one line each (the Display form is multi-line).
+pub fn log_census(mm: &Model) {
+    let text = alloc::format!("{}", mm.census());
+    for line in text.lines() {
+        log::info!("{line}");
+    }
+}

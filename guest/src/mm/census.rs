@@ -1,0 +1,183 @@
+//! The census: how many pages are in which state, per section kind, and what the model
+//! itself costs. The kernel logs it (`Display`) and publishes [`Census::fields`] under its
+//! xenstore `data/mm/`.
+
+use core::fmt;
+
+use super::buddy::{FreeLists, MAX_ORDER};
+use super::model::Stats;
+use super::page::{Phase, StateKind, STATE_KINDS};
+use super::section::{SectionKind, ROOT_ENTRIES, SECTION_KINDS};
+
+/// Counts at one moment, all exact (taken under the mutation lock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Census {
+    /// Boot or running.
+    pub phase: Phase,
+    /// Pages per `[section kind][state]` (index with `SectionKind::index`,
+    /// `StateKind::index`).
+    pub pages: [[u64; STATE_KINDS.len()]; SECTION_KINDS.len()],
+    /// Of the Reserved pages per kind, those that are not RAM (holes in partly-RAM
+    /// subsections).
+    pub reserved_nonram: [u64; SECTION_KINDS.len()],
+    /// Sections with at least one present subsection.
+    pub sections_present: u64,
+    /// Sections online.
+    pub sections_online: u64,
+    /// Subsections with memmap.
+    pub subsections_present: u64,
+    /// Subsections whose memmap is active.
+    pub subsections_active: u64,
+    /// Bytes of memmap (descriptors).
+    pub memmap_bytes: u64,
+    /// Bytes of section tables (root + chunks).
+    pub section_table_bytes: u64,
+    /// Free blocks per order.
+    pub free_blocks: [u64; MAX_ORDER as usize + 1],
+}
+
+impl Census {
+    pub(crate) fn from_stats(stats: &Stats, free: &FreeLists, phase: Phase) -> Census {
+        let mut free_blocks = [0; MAX_ORDER as usize + 1];
+        for (k, b) in free_blocks.iter_mut().enumerate() {
+            *b = free.blocks(k as u8);
+        }
+        Census {
+            phase,
+            pages: stats.pages,
+            reserved_nonram: stats.holes,
+            sections_present: stats.sections_present,
+            sections_online: stats.sections_online,
+            subsections_present: stats.present_subsections,
+            // Filled in by the model from the sections' active maps.
+            subsections_active: 0,
+            memmap_bytes: stats.memmap_bytes,
+            section_table_bytes: stats.chunk_bytes + (ROOT_ENTRIES * size_of::<usize>()) as u64,
+            free_blocks,
+        }
+    }
+
+    /// Pages of `kind` in `state`.
+    pub fn pages_of(&self, kind: SectionKind, state: StateKind) -> u64 {
+        self.pages[kind.index()][state.index()]
+    }
+
+    /// Pages in `state`, all kinds.
+    pub fn pages_in(&self, state: StateKind) -> u64 {
+        SECTION_KINDS.iter().map(|&k| self.pages_of(k, state)).sum()
+    }
+
+    /// Pages with a descriptor.
+    pub fn pages_total(&self) -> u64 {
+        STATE_KINDS.iter().map(|&s| self.pages_in(s)).sum()
+    }
+
+    /// The domain's own populated RAM as the model sees it: Reserved RAM + Free +
+    /// Allocated. This is what Xen's `tot_pages` should match (rule 5).
+    pub fn ram_pages(&self) -> u64 {
+        let reserved_ram =
+            self.pages_in(StateKind::Reserved) - self.reserved_nonram.iter().sum::<u64>();
+        reserved_ram + self.pages_in(StateKind::Free) + self.pages_in(StateKind::Allocated)
+    }
+
+    /// Every number with a stable key, e.g. `pages/boot-ram/free`, for xenstore.
+    pub fn fields(&self) -> impl Iterator<Item = (CensusKey, u64)> + '_ {
+        let scalar = [
+            (CensusKey::SectionsPresent, self.sections_present),
+            (CensusKey::SectionsOnline, self.sections_online),
+            (CensusKey::SubsectionsPresent, self.subsections_present),
+            (CensusKey::SubsectionsActive, self.subsections_active),
+            (CensusKey::MemmapBytes, self.memmap_bytes),
+            (CensusKey::SectionTableBytes, self.section_table_bytes),
+            (CensusKey::RamPages, self.ram_pages()),
+        ];
+        let pages = SECTION_KINDS.into_iter().flat_map(move |k| {
+            STATE_KINDS
+                .into_iter()
+                .map(move |s| (CensusKey::Pages(k, s), self.pages_of(k, s)))
+                .chain(core::iter::once((
+                    CensusKey::ReservedNonRam(k),
+                    self.reserved_nonram[k.index()],
+                )))
+        });
+        let blocks =
+            (0..=MAX_ORDER).map(|o| (CensusKey::FreeBlocks(o), self.free_blocks[o as usize]));
+        scalar.into_iter().chain(pages).chain(blocks)
+    }
+}
+
+/// The name of one census number; `Display` gives its xenstore key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CensusKey {
+    /// `sections/present`
+    SectionsPresent,
+    /// `sections/online`
+    SectionsOnline,
+    /// `subsections/present`
+    SubsectionsPresent,
+    /// `subsections/active`
+    SubsectionsActive,
+    /// `memmap-bytes`
+    MemmapBytes,
+    /// `section-table-bytes`
+    SectionTableBytes,
+    /// `pages/ram`
+    RamPages,
+    /// `pages/<kind>/<state>`
+    Pages(SectionKind, StateKind),
+    /// `pages/<kind>/reserved-nonram`
+    ReservedNonRam(SectionKind),
+    /// `free-blocks/<order>`
+    FreeBlocks(u8),
+}
+
+impl fmt::Display for CensusKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CensusKey::SectionsPresent => f.write_str("sections/present"),
+            CensusKey::SectionsOnline => f.write_str("sections/online"),
+            CensusKey::SubsectionsPresent => f.write_str("subsections/present"),
+            CensusKey::SubsectionsActive => f.write_str("subsections/active"),
+            CensusKey::MemmapBytes => f.write_str("memmap-bytes"),
+            CensusKey::SectionTableBytes => f.write_str("section-table-bytes"),
+            CensusKey::RamPages => f.write_str("pages/ram"),
+            CensusKey::Pages(k, s) => write!(f, "pages/{k}/{s}"),
+            CensusKey::ReservedNonRam(k) => write!(f, "pages/{k}/reserved-nonram"),
+            CensusKey::FreeBlocks(o) => write!(f, "free-blocks/{o}"),
+        }
+    }
+}
+
+impl fmt::Display for Census {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "mm: {:?}: sections {} present {} online, subsections {} present {} active, \
+             memmap {} KiB, section tables {} KiB",
+            self.phase,
+            self.sections_present,
+            self.sections_online,
+            self.subsections_present,
+            self.subsections_active,
+            self.memmap_bytes / 1024,
+            self.section_table_bytes / 1024,
+        )?;
+        for k in SECTION_KINDS {
+            if STATE_KINDS.iter().all(|&s| self.pages_of(k, s) == 0) {
+                continue;
+            }
+            write!(f, "mm: {k}:")?;
+            for s in STATE_KINDS {
+                write!(f, " {s} {}", self.pages_of(k, s))?;
+            }
+            writeln!(f, " (reserved non-RAM {})", self.reserved_nonram[k.index()])?;
+        }
+        write!(
+            f,
+            "mm: ram {} pages ({} KiB), free blocks by order {:?}",
+            self.ram_pages(),
+            self.ram_pages() * 4,
+            self.free_blocks
+        )
+    }
+}

@@ -1,0 +1,218 @@
+//! Built-in self-tests (`selftest` on the command line), run against the real Xen.
+//!
+//! Each test returns `Ok` or a reason; the verdict is `SUCCESS` when all pass, `FAILURE`
+//! otherwise, printed in XTF's `Test result:` convention by the caller.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use guest::xen::xenstore::{XsError, XsOps};
+use xen_bindings::hypercall;
+use xen_bindings::traits::{Clock, EventChannels, MemoryReservation, Sched};
+use xen_bindings::Errno;
+
+use crate::arch::idt::BREAKPOINTS;
+use crate::boot::BootInfo;
+use crate::hv::Xen;
+use crate::run::Xenstore;
+
+type Outcome = Result<(), String>;
+/// A named self-test; it gets the xenstore connection (most ignore it).
+type Test<'a> = (&'static str, &'a mut dyn FnMut(&mut Xenstore) -> Outcome);
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Outcome {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+pub fn run(xen: &Xen, xs: &mut Xenstore, info: &BootInfo) -> &'static str {
+    let mut x = *xen;
+    let tests: [Test<'_>; 10] = [
+        ("idt-int3-on-ist", &mut |_| int3()),
+        ("heap", &mut |_| heap()),
+        ("memmap", &mut |_| {
+            check(info.ram_bytes() > 0, || {
+                "no RAM in the start_info memmap".into()
+            })
+        }),
+        ("clock-and-poll-timeout", &mut |_| clock(xen)),
+        ("hypercall-errors", &mut |_| hypercall_errors()),
+        ("reservation", &mut |_| reservation(&mut x)),
+        ("event-channel", &mut |_| event_channel(xen)),
+        ("xenstore-rw", &mut xenstore_rw),
+        ("xenstore-transaction", &mut xenstore_tx),
+        ("xenstore-watch", &mut xenstore_watch),
+    ];
+    let mut failed = 0;
+    for (name, t) in tests {
+        match t(xs) {
+            Ok(()) => log::info!("selftest {name}: ok"),
+            Err(why) => {
+                failed += 1;
+                log::error!("selftest {name}: FAILED: {why}");
+            }
+        }
+    }
+    let _ = xs.rm("data/selftest");
+    if failed == 0 {
+        "SUCCESS"
+    } else {
+        "FAILURE"
+    }
+}
+
+fn int3() -> Outcome {
+    // Relaxed: same vCPU; the int3 handler's increment is program-ordered before us.
+    let before = BREAKPOINTS.load(Ordering::Relaxed);
+    // SAFETY: int3 traps to our #BP handler (on IST1), which counts and returns.
+    unsafe { core::arch::asm!("int3") };
+    let after = BREAKPOINTS.load(Ordering::Relaxed);
+    check(after == before + 1, || {
+        format!("breakpoint count {before} -> {after}")
+    })
+}
+
+fn heap() -> Outcome {
+    let n = 1 << 20;
+    let mut v: Vec<u64> = vec![0; n / 8];
+    for (i, w) in v.iter_mut().enumerate() {
+        *w = i as u64 * 0x9e37_79b9;
+    }
+    let bad = v
+        .iter()
+        .enumerate()
+        .filter(|(i, w)| **w != *i as u64 * 0x9e37_79b9)
+        .count();
+    check(bad == 0, || format!("{bad} words corrupted"))
+}
+
+fn clock(xen: &Xen) -> Outcome {
+    let t0 = xen.now_ns();
+    let t1 = xen.now_ns();
+    check(t1 >= t0, || format!("clock went back: {t0} -> {t1}"))?;
+    // SCHEDOP_poll with no ports and a deadline 20 ms ahead must block until then.
+    xen.poll(&[], t0 + 20_000_000)
+        .map_err(|e| format!("poll: {e}"))?;
+    let dt = xen.now_ns() - t0;
+    check((20_000_000..10_000_000_000).contains(&dt), || {
+        format!("poll slept {dt} ns, asked 20 ms")
+    })
+}
+
+fn hypercall_errors() -> Outcome {
+    // SAFETY: an unknown memory_op subcommand is rejected by Xen without side effects.
+    let r = unsafe { hypercall::memory_op(0xdead, core::ptr::null_mut()) };
+    check(r == Err(Errno::ENOSYS), || {
+        format!("memory_op(0xdead) = {r:?}, want ENOSYS")
+    })?;
+    // SAFETY: hypercall 60 does not exist; Xen answers -ENOSYS.
+    let r = Errno::check(unsafe { hypercall::hypercall(60, 0, 0, 0, 0, 0) });
+    check(r == Err(Errno::ENOSYS), || {
+        format!("hypercall 60 = {r:?}, want ENOSYS")
+    })
+}
+
+fn reservation(xen: &mut Xen) -> Outcome {
+    let cur = xen
+        .current_reservation()
+        .map_err(|e| format!("current: {e}"))?;
+    let max = xen
+        .maximum_reservation()
+        .map_err(|e| format!("maximum: {e}"))?;
+    log::info!("reservation: tot_pages {cur}, max_pages {max}");
+    check(cur > 0 && cur <= max, || {
+        format!("tot_pages {cur} vs max_pages {max}")
+    })
+}
+
+fn event_channel(xen: &Xen) -> Outcome {
+    // An unbound port for dom0, closed again: the allocator and close both work.
+    let port = xen
+        .alloc_unbound(0)
+        .map_err(|e| format!("alloc_unbound: {e}"))?;
+    xen.close(port).map_err(|e| format!("close({port}): {e}"))?;
+    let r = xen.close(port);
+    check(r.is_err(), || {
+        format!("closing port {port} twice succeeded")
+    })
+}
+
+fn xenstore_rw(xs: &mut Xenstore) -> Outcome {
+    let e = |what: &str| {
+        let w = String::from(what);
+        move |err| format!("{w}: {err:?}")
+    };
+    xs.write("data/selftest/a", b"hello").map_err(e("write"))?;
+    let v = xs.read("data/selftest/a").map_err(e("read"))?;
+    check(v == b"hello", || format!("read back {v:?}"))?;
+    let dir = xs.directory("data/selftest").map_err(e("directory"))?;
+    check(dir.iter().any(|d| d == "a"), || {
+        format!("directory {dir:?}")
+    })?;
+    let perms = xs.get_perms("data/selftest/a").map_err(e("get_perms"))?;
+    let domid: u16 = xs
+        .read_string("domid")
+        .map_err(e("domid"))?
+        .parse()
+        .map_err(|_| String::from("domid"))?;
+    check(perms.first().is_some_and(|p| p.domid == domid), || {
+        format!("owner of our node: {perms:?}")
+    })?;
+    xs.mkdir("data/selftest/d").map_err(e("mkdir"))?;
+    xs.rm("data/selftest/a").map_err(e("rm"))?;
+    match xs.read("data/selftest/a") {
+        Err(err) if err.is_enoent() => Ok(()),
+        other => Err(format!("read after rm: {other:?}")),
+    }?;
+    Ok(())
+}
+
+fn xenstore_tx(xs: &mut Xenstore) -> Outcome {
+    let v = xs
+        .transaction(|tx| {
+            tx.write("data/selftest/tx", b"42")?;
+            tx.read("data/selftest/tx")
+        })
+        .map_err(|e| format!("transaction: {e:?}"))?;
+    check(v == b"42", || format!("read in transaction {v:?}"))?;
+    let after = xs
+        .read("data/selftest/tx")
+        .map_err(|e| format!("read after commit: {e:?}"))?;
+    check(after == b"42", || format!("after commit {after:?}"))
+}
+
+fn xenstore_watch(xs: &mut Xenstore) -> Outcome {
+    let e = |what: &'static str| move |err| format!("{what}: {err:?}");
+    xs.watch("data/selftest/w", "selftest-w")
+        .map_err(e("watch"))?;
+    // xenstored fires once at registration.
+    let first = next_event_for(xs, "selftest-w").map_err(e("initial event"))?;
+    check(first.is_some(), || "no initial event".into())?;
+    xs.write("data/selftest/w/x", b"1").map_err(e("write"))?;
+    let ev = next_event_for(xs, "selftest-w").map_err(e("event"))?;
+    check(
+        ev.as_ref()
+            .is_some_and(|p| p.ends_with("data/selftest/w/x")),
+        || format!("event {ev:?}"),
+    )?;
+    xs.unwatch("data/selftest/w", "selftest-w")
+        .map_err(e("unwatch"))
+}
+
+/// The path of the next event for `token` within 2 s, skipping other watches' events
+/// (e.g. the initial `control/shutdown` one).
+fn next_event_for(xs: &mut Xenstore, token: &str) -> Result<Option<String>, XsError> {
+    loop {
+        match xs.wait_watch_event(2_000_000_000)? {
+            Some(ev) if ev.token == token => return Ok(Some(ev.path)),
+            Some(ev) => log::debug!("selftest: skipping event {} ({})", ev.path, ev.token),
+            None => return Ok(None),
+        }
+    }
+}

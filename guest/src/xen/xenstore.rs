@@ -1,1 +1,0 @@
-//! Xenstore client: wire codec, ring, requests, watches, transactions.

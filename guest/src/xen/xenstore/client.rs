@@ -1,0 +1,567 @@
+//! The xenstore client: requests over the ring, watch events, transactions.
+
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+use xen_bindings::abi::xs_wire::{
+    XenstoreDomainInterface, XsPerm, XsdSockmsgType, XENSTORE_RING_SIZE,
+};
+use xen_bindings::traits::{Clock, DomId, EventChannels, Port, Sched};
+use xen_bindings::Errno;
+
+use super::codec::{self, Decoder, Message, WatchEvent};
+use super::ring::XsRing;
+use super::XsError;
+
+/// How long a request may wait for its reply by default (Xen system time).
+pub const DEFAULT_TIMEOUT_NS: u64 = 10_000_000_000;
+/// Attempts [`XenstoreClient::transaction`] makes before giving up on conflicts.
+pub const DEFAULT_TX_ATTEMPTS: u32 = 8;
+/// Watch events kept while nobody collects them; older ones are dropped beyond this.
+pub const MAX_QUEUED_EVENTS: usize = 256;
+/// Requests whose late replies are recognised and dropped.
+const MAX_ABANDONED: usize = 32;
+
+/// A transaction id handed out by xenstored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxId(pub u32);
+
+/// Counters of peer misbehaviour the client absorbed without failing a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XsStats {
+    /// Late replies to requests that had already failed (timeout etc.), dropped.
+    pub stale_replies: u64,
+    /// Replies nobody was waiting for, dropped.
+    pub unexpected_replies: u64,
+    /// Watch events dropped because the queue was full.
+    pub dropped_events: u64,
+    /// Watch events that did not parse, dropped.
+    pub malformed_events: u64,
+    /// Messages of unknown type not addressed to a waiting request, skipped.
+    pub unknown_messages: u64,
+}
+
+/// A xenstore connection over the shared ring page.
+///
+/// `H` provides the event channel (notify / take_pending), `SCHEDOP_poll` and the clock:
+/// the kernel's hypercall layer, or `xen_bindings::sim::SimXen` in tests.
+pub struct XenstoreClient<H> {
+    hv: H,
+    ring: XsRing,
+    port: Port,
+    decoder: Decoder,
+    /// Encoded requests not yet (fully) in the ring; `out_pos` bytes are already sent.
+    out: Vec<u8>,
+    out_pos: usize,
+    next_req_id: u32,
+    abandoned: VecDeque<u32>,
+    events: VecDeque<WatchEvent>,
+    timeout_ns: u64,
+    tx_attempts: u32,
+    broken: Option<XsError>,
+    stats: XsStats,
+}
+
+impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
+    /// Connects to xenstored through the shared page and its event channel.
+    ///
+    /// In the kernel: `page` is the mapped address of the frame `HVM_PARAM_STORE_PFN`
+    /// names, `port` the value of `HVM_PARAM_STORE_EVTCHN`.
+    ///
+    /// # Safety
+    /// `page` must point to the mapped, writable xenstore page, stay valid for the
+    /// client's lifetime, and not be accessed by anything else in this domain.
+    pub unsafe fn new(hv: H, page: NonNull<XenstoreDomainInterface>, port: Port) -> Self {
+        XenstoreClient {
+            hv,
+            // SAFETY: forwarded from this function's contract.
+            ring: unsafe { XsRing::new(page) },
+            port,
+            decoder: Decoder::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            next_req_id: 1,
+            abandoned: VecDeque::new(),
+            events: VecDeque::new(),
+            timeout_ns: DEFAULT_TIMEOUT_NS,
+            tx_attempts: DEFAULT_TX_ATTEMPTS,
+            broken: None,
+            stats: XsStats::default(),
+        }
+    }
+
+    /// Sets how long requests wait for a reply.
+    pub fn set_timeout_ns(&mut self, ns: u64) {
+        self.timeout_ns = ns;
+    }
+
+    /// Sets how many attempts [`Self::transaction`] makes (at least 1).
+    pub fn set_transaction_attempts(&mut self, n: u32) {
+        self.tx_attempts = n.max(1);
+    }
+
+    /// The error that made the connection unusable, if any.
+    pub fn broken(&self) -> Option<&XsError> {
+        self.broken.as_ref()
+    }
+
+    pub fn stats(&self) -> XsStats {
+        self.stats
+    }
+
+    /// The hypervisor interface (e.g. to poll other ports alongside).
+    pub fn hv(&self) -> &H {
+        &self.hv
+    }
+
+    pub fn port(&self) -> Port {
+        self.port
+    }
+
+    // ----- transport -----
+
+    fn fail(&mut self, e: XsError) -> XsError {
+        if matches!(
+            e,
+            XsError::Oversized { .. } | XsError::RingCorrupt { .. } | XsError::ServerError(_)
+        ) {
+            self.broken = Some(e.clone());
+        }
+        e
+    }
+
+    /// Moves queued request bytes into the ring and one ring's worth of reply bytes into
+    /// the decoder; notifies xenstored if either moved.
+    fn pump(&mut self) -> Result<(), XsError> {
+        if let Some(code) = self.ring.server_error() {
+            return Err(self.fail(XsError::ServerError(code)));
+        }
+        let mut moved = false;
+        if self.out_pos < self.out.len() {
+            let n = self
+                .ring
+                .write_req(&self.out[self.out_pos..])
+                .map_err(|e| self.fail(e))?;
+            self.out_pos += n;
+            moved |= n > 0;
+            if self.out_pos == self.out.len() {
+                self.out.clear();
+                self.out_pos = 0;
+            }
+        }
+        let mut buf = [0u8; XENSTORE_RING_SIZE];
+        let n = self.ring.read_rsp(&mut buf).map_err(|e| self.fail(e))?;
+        self.decoder.push(&buf[..n]);
+        moved |= n > 0;
+        if moved {
+            // The notify hypercall also orders our index stores before xenstored runs.
+            self.hv.notify(self.port).map_err(XsError::Hypercall)?;
+        }
+        Ok(())
+    }
+
+    /// Processes decoded messages: queues watch events, drops stale replies, returns the
+    /// reply to `want` (if any) when it arrives.
+    fn drain(&mut self, want: Option<u32>) -> Result<Option<Message>, XsError> {
+        while let Some(r) = self.decoder.next_message() {
+            let m = match r {
+                Ok(m) => m,
+                Err(codec::DecodeError::UnknownType { type_, req_id }) => {
+                    if Some(req_id) == want {
+                        return Err(XsError::UnknownType { type_ });
+                    }
+                    self.forget(req_id);
+                    self.stats.unknown_messages += 1;
+                    continue;
+                }
+                Err(e @ codec::DecodeError::Oversized { .. }) => {
+                    return Err(self.fail(e.into()));
+                }
+            };
+            if m.type_ == XsdSockmsgType::WatchEvent {
+                match codec::parse_watch_event(&m.payload) {
+                    Ok(ev) => {
+                        if self.events.len() >= MAX_QUEUED_EVENTS {
+                            self.events.pop_front();
+                            self.stats.dropped_events += 1;
+                        }
+                        self.events.push_back(ev);
+                    }
+                    Err(_) => self.stats.malformed_events += 1,
+                }
+                continue;
+            }
+            if Some(m.req_id) == want {
+                return Ok(Some(m));
+            }
+            if self.forget(m.req_id) {
+                self.stats.stale_replies += 1;
+                continue;
+            }
+            match want {
+                Some(expected) => {
+                    return Err(XsError::UnexpectedReqId {
+                        expected,
+                        got: m.req_id,
+                    })
+                }
+                None => self.stats.unexpected_replies += 1,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes `id` from the abandoned list; true if it was there.
+    fn forget(&mut self, id: u32) -> bool {
+        match self.abandoned.iter().position(|&a| a == id) {
+            Some(i) => {
+                self.abandoned.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn abandon(&mut self, id: u32) {
+        if self.abandoned.len() >= MAX_ABANDONED {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(id);
+    }
+
+    /// Runs the transport until `done` yields a value or the deadline passes.
+    fn wait_until<T>(
+        &mut self,
+        deadline: u64,
+        mut done: impl FnMut(&mut Self) -> Result<Option<T>, XsError>,
+    ) -> Result<Option<T>, XsError> {
+        loop {
+            // Clear the pending bit before looking at the ring: an event raised after
+            // this point stays pending and makes the poll below return at once.
+            self.hv.take_pending(self.port);
+            self.pump()?;
+            if let Some(v) = done(self)? {
+                return Ok(Some(v));
+            }
+            if self.ring.rsp_available().map_err(|e| self.fail(e))? > 0 {
+                continue;
+            }
+            if self.hv.now_ns() >= deadline {
+                return Ok(None);
+            }
+            self.hv
+                .poll(&[self.port], deadline)
+                .map_err(XsError::Hypercall)?;
+        }
+    }
+
+    /// Sends one request and returns the reply payload (type checked, `XS_ERROR`
+    /// turned into an error).
+    fn request(
+        &mut self,
+        type_: XsdSockmsgType,
+        tx: u32,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, XsError> {
+        if self.broken.is_some() {
+            return Err(XsError::Disconnected);
+        }
+        let id = self.next_req_id;
+        // Skip 0: watch events carry req_id 0.
+        self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
+        let bytes = codec::encode(type_, id, tx, payload)?;
+        self.out.extend_from_slice(&bytes);
+        let deadline = self.hv.now_ns().saturating_add(self.timeout_ns);
+        let reply = match self.wait_until(deadline, |c| c.drain(Some(id))) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                self.abandon(id);
+                return Err(XsError::Timeout);
+            }
+            Err(e) => {
+                // The reply may still come; recognise and drop it then.
+                self.abandon(id);
+                return Err(e);
+            }
+        };
+        if reply.type_ == XsdSockmsgType::Error {
+            return Err(codec::parse_error(&reply.payload));
+        }
+        if reply.type_ != type_ {
+            return Err(XsError::UnexpectedType {
+                expected: type_.as_u32(),
+                got: reply.type_.as_u32(),
+            });
+        }
+        Ok(reply.payload)
+    }
+
+    // ----- watches -----
+
+    /// Registers a watch on `path` (and everything below it). xenstored fires one event
+    /// at once, then one per change. Use a token unique to this watch.
+    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        codec::check_arg(path, "path")?;
+        codec::check_arg(token, "token")?;
+        let r = self.request(
+            XsdSockmsgType::Watch,
+            0,
+            &codec::strings_payload(&[path, token]),
+        )?;
+        codec::parse_ok(&r)
+    }
+
+    /// Removes a watch and drops its queued events (matched by token).
+    pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        codec::check_arg(path, "path")?;
+        codec::check_arg(token, "token")?;
+        let r = self.request(
+            XsdSockmsgType::Unwatch,
+            0,
+            &codec::strings_payload(&[path, token]),
+        )?;
+        codec::parse_ok(&r)?;
+        self.events.retain(|e| e.token != token);
+        Ok(())
+    }
+
+    /// A queued watch event, or one that has already arrived in the ring; never waits.
+    pub fn take_watch_event(&mut self) -> Result<Option<WatchEvent>, XsError> {
+        if self.events.is_empty() && self.broken.is_none() {
+            self.pump()?;
+            self.drain(None)?;
+        }
+        Ok(self.events.pop_front())
+    }
+
+    /// The next watch event, waiting up to `timeout_ns` for one (`Ok(None)` on timeout).
+    pub fn wait_watch_event(&mut self, timeout_ns: u64) -> Result<Option<WatchEvent>, XsError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        if self.broken.is_some() {
+            return Err(XsError::Disconnected);
+        }
+        let deadline = self.hv.now_ns().saturating_add(timeout_ns);
+        self.wait_until(deadline, |c| {
+            c.drain(None)?;
+            Ok(c.events.pop_front())
+        })
+    }
+
+    /// Watch events waiting to be collected.
+    pub fn pending_watch_events(&self) -> usize {
+        self.events.len()
+    }
+
+    // ----- transactions -----
+
+    pub fn transaction_start(&mut self) -> Result<TxId, XsError> {
+        let r = self.request(XsdSockmsgType::TransactionStart, 0, b"\0")?;
+        match codec::parse_u32(&r)? {
+            0 => Err(XsError::Malformed("transaction id 0")),
+            id => Ok(TxId(id)),
+        }
+    }
+
+    /// Ends a transaction: `commit` applies it (EAGAIN: it conflicted, nothing applied),
+    /// otherwise it is discarded.
+    pub fn transaction_end(&mut self, tx: TxId, commit: bool) -> Result<(), XsError> {
+        let arg: &[u8] = if commit { b"T\0" } else { b"F\0" };
+        let r = self.request(XsdSockmsgType::TransactionEnd, tx.0, arg)?;
+        codec::parse_ok(&r)
+    }
+
+    /// Operations inside an already started transaction.
+    pub fn in_transaction(&mut self, tx: TxId) -> Transaction<'_, H> {
+        Transaction { client: self, tx }
+    }
+
+    /// Runs `f` in a transaction and commits it, starting over (a bounded number of
+    /// times, see [`Self::set_transaction_attempts`]) when xenstored answers EAGAIN.
+    /// If `f` fails, the transaction is discarded and its error returned (EAGAIN from an
+    /// operation inside also retries). `f` may run several times: keep side effects
+    /// outside it.
+    pub fn transaction<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Transaction<'_, H>) -> Result<T, XsError>,
+    ) -> Result<T, XsError> {
+        for _ in 0..self.tx_attempts {
+            let tx = self.transaction_start()?;
+            let r = f(&mut self.in_transaction(tx));
+            match r {
+                Ok(v) => match self.transaction_end(tx, true) {
+                    Ok(()) => return Ok(v),
+                    Err(e) if e.is_eagain() => continue,
+                    Err(e) => return Err(e),
+                },
+                Err(e) => {
+                    // Discard; the closure's error is the one worth reporting.
+                    let _ = self.transaction_end(tx, false);
+                    if !e.is_eagain() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(XsError::TransactionConflict {
+            attempts: self.tx_attempts,
+        })
+    }
+
+    /// `XS_GET_DOMAIN_PATH`: where `domid`'s home is (`/local/domain/<domid>`).
+    pub fn get_domain_path(&mut self, domid: DomId) -> Result<String, XsError> {
+        let d = alloc::format!("{domid}");
+        let r = self.request(
+            XsdSockmsgType::GetDomainPath,
+            0,
+            &codec::strings_payload(&[&d]),
+        )?;
+        codec::parse_string(&r)
+    }
+}
+
+/// Node operations; implemented by the client (outside any transaction) and by
+/// [`Transaction`]. Relative paths are resolved by xenstored against
+/// `/local/domain/<own domid>`.
+pub trait XsOps {
+    /// Sends a node request (in this context's transaction) and returns the reply payload.
+    fn node_request(&mut self, type_: XsdSockmsgType, payload: &[u8]) -> Result<Vec<u8>, XsError>;
+
+    /// The value of a node.
+    fn read(&mut self, path: &str) -> Result<Vec<u8>, XsError> {
+        codec::check_arg(path, "path")?;
+        self.node_request(XsdSockmsgType::Read, &codec::strings_payload(&[path]))
+    }
+
+    /// The value of a node, as UTF-8 text.
+    fn read_string(&mut self, path: &str) -> Result<String, XsError> {
+        String::from_utf8(self.read(path)?).map_err(|_| XsError::NotUtf8)
+    }
+
+    /// Whether a node exists (and is readable by us).
+    fn exists(&mut self, path: &str) -> Result<bool, XsError> {
+        match self.read(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_enoent() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets a node's value, creating it and missing parents.
+    fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsError> {
+        codec::check_arg(path, "path")?;
+        let mut p = Vec::with_capacity(path.len() + 1 + value.len());
+        p.extend_from_slice(path.as_bytes());
+        p.push(0);
+        p.extend_from_slice(value);
+        codec::parse_ok(&self.node_request(XsdSockmsgType::Write, &p)?)
+    }
+
+    /// Creates a node (and parents) with an empty value; fine if it exists.
+    fn mkdir(&mut self, path: &str) -> Result<(), XsError> {
+        codec::check_arg(path, "path")?;
+        let r = self.node_request(XsdSockmsgType::Mkdir, &codec::strings_payload(&[path]))?;
+        codec::parse_ok(&r)
+    }
+
+    /// Removes a node and everything below it; fine if it is already gone.
+    fn rm(&mut self, path: &str) -> Result<(), XsError> {
+        codec::check_arg(path, "path")?;
+        let r = self.node_request(XsdSockmsgType::Rm, &codec::strings_payload(&[path]))?;
+        codec::parse_ok(&r)
+    }
+
+    /// The names of a node's children. A listing too big for one reply (E2BIG) is
+    /// fetched in parts with `XS_DIRECTORY_PART`.
+    fn directory(&mut self, path: &str) -> Result<Vec<String>, XsError> {
+        codec::check_arg(path, "path")?;
+        match self.node_request(XsdSockmsgType::Directory, &codec::strings_payload(&[path])) {
+            Ok(r) => codec::parse_directory(&r),
+            Err(XsError::Xs(Errno::E2BIG)) => directory_by_parts(self, path),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A node's permissions: owner entry first.
+    fn get_perms(&mut self, path: &str) -> Result<Vec<XsPerm>, XsError> {
+        codec::check_arg(path, "path")?;
+        let r = self.node_request(XsdSockmsgType::GetPerms, &codec::strings_payload(&[path]))?;
+        codec::parse_perms(&r)
+    }
+
+    /// Replaces a node's permissions (we must own it).
+    fn set_perms(&mut self, path: &str, perms: &[XsPerm]) -> Result<(), XsError> {
+        codec::check_arg(path, "path")?;
+        let p = codec::set_perms_payload(path, perms)?;
+        codec::parse_ok(&self.node_request(XsdSockmsgType::SetPerms, &p)?)
+    }
+}
+
+/// Times a part-wise listing starts over because the directory changed meanwhile.
+pub const DIRECTORY_PART_RESTARTS: u32 = 8;
+/// Largest listing accepted in parts (a hostile daemon could otherwise stream forever).
+pub const DIRECTORY_MAX_BYTES: usize = 1 << 20;
+
+fn directory_by_parts<O: XsOps + ?Sized>(o: &mut O, path: &str) -> Result<Vec<String>, XsError> {
+    'restart: for _ in 0..DIRECTORY_PART_RESTARTS {
+        let mut names = Vec::new();
+        let mut generation: Option<Vec<u8>> = None;
+        let mut offset = 0usize;
+        loop {
+            let off = alloc::format!("{offset}");
+            let r = o.node_request(
+                XsdSockmsgType::DirectoryPart,
+                &codec::strings_payload(&[path, &off]),
+            )?;
+            let part = codec::parse_directory_part(&r)?;
+            match &generation {
+                None => generation = Some(part.generation.to_vec()),
+                Some(g) if g.as_slice() != part.generation => continue 'restart,
+                Some(_) => {}
+            }
+            if part.names.is_empty() && !part.last {
+                return Err(XsError::Malformed("directory part makes no progress"));
+            }
+            offset += part.len;
+            if offset > DIRECTORY_MAX_BYTES {
+                return Err(XsError::Malformed("directory listing too large"));
+            }
+            for n in part.names {
+                names.push(String::from_utf8(n.to_vec()).map_err(|_| XsError::NotUtf8)?);
+            }
+            if part.last {
+                return Ok(names);
+            }
+        }
+    }
+    // The directory kept changing under us.
+    Err(XsError::Xs(Errno::EAGAIN))
+}
+
+impl<H: EventChannels + Sched + Clock> XsOps for XenstoreClient<H> {
+    fn node_request(&mut self, type_: XsdSockmsgType, payload: &[u8]) -> Result<Vec<u8>, XsError> {
+        self.request(type_, 0, payload)
+    }
+}
+
+/// Node operations inside a transaction: they see the transaction's view and take effect
+/// together at commit.
+pub struct Transaction<'a, H> {
+    client: &'a mut XenstoreClient<H>,
+    tx: TxId,
+}
+
+impl<H> Transaction<'_, H> {
+    pub fn id(&self) -> TxId {
+        self.tx
+    }
+}
+
+impl<H: EventChannels + Sched + Clock> XsOps for Transaction<'_, H> {
+    fn node_request(&mut self, type_: XsdSockmsgType, payload: &[u8]) -> Result<Vec<u8>, XsError> {
+        self.client.request(type_, self.tx.0, payload)
+    }
+}

@@ -1,0 +1,287 @@
+//! The xenstore client against the simulated xenstored: every operation, its errors,
+//! relative paths, and a model check of random operation sequences.
+
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+
+use guest::xen::xenstore::{XenstoreClient, XsError, XsOps, XsPerm, XsPermKind};
+use proptest::prelude::*;
+use xen_bindings::sim::{SimConfig, SimXen};
+use xen_bindings::Errno;
+
+fn client(sim: &SimXen) -> XenstoreClient<SimXen> {
+    let page = NonNull::new(sim.xs_page()).unwrap();
+    // SAFETY: the page lives as long as any clone of `sim`, and the client holds one; it is
+    // the only guest-side user.
+    unsafe { XenstoreClient::new(sim.clone(), page, sim.xs_port()) }
+}
+
+fn setup() -> (SimXen, XenstoreClient<SimXen>) {
+    let sim = SimXen::new(SimConfig {
+        domid: 5,
+        ..SimConfig::default()
+    });
+    let c = client(&sim);
+    (sim, c)
+}
+
+#[test]
+fn reads_what_the_toolstack_wrote() {
+    let (sim, mut c) = setup();
+    assert_eq!(c.read("domid").unwrap(), b"5");
+    assert_eq!(
+        c.read_string("/local/domain/5/memory/target").unwrap(),
+        "262144"
+    );
+    sim.xs_write("data/k", "v\0with nul").unwrap();
+    assert_eq!(c.read("data/k").unwrap(), b"v\0with nul");
+}
+
+#[test]
+fn write_then_read_relative_and_absolute() {
+    let (sim, mut c) = setup();
+    c.write("data/a/b", b"hello").unwrap();
+    assert_eq!(sim.xs_read("/local/domain/5/data/a/b").unwrap(), b"hello");
+    assert_eq!(c.read("/local/domain/5/data/a/b").unwrap(), b"hello");
+    // The created parent is owned by the guest and empty.
+    assert_eq!(c.read("data/a").unwrap(), b"");
+    assert_eq!(
+        c.get_perms("data/a").unwrap(),
+        vec![XsPerm::new(XsPermKind::None, 5)]
+    );
+    c.write("data/a/b", b"").unwrap();
+    assert_eq!(c.read("data/a/b").unwrap(), b"");
+}
+
+#[test]
+fn missing_nodes_and_forbidden_writes_are_errno_errors() {
+    let (_sim, mut c) = setup();
+    assert_eq!(c.read("data/nope"), Err(XsError::Xs(Errno::ENOENT)));
+    assert!(c.read("data/nope").unwrap_err().is_enoent());
+    assert!(!c.exists("data/nope").unwrap());
+    assert!(c.exists("data").unwrap());
+    // The guest's home itself is read-only for the guest (libxl's perms).
+    assert_eq!(c.write("name", b"x"), Err(XsError::Xs(Errno::EACCES)));
+    assert_eq!(c.write("newnode", b"x"), Err(XsError::Xs(Errno::EACCES)));
+    // Other domains' nodes are invisible.
+    assert_eq!(c.read("/local/domain/0"), Err(XsError::Xs(Errno::ENOENT)));
+    // xenstored rejects bad path syntax.
+    assert_eq!(c.read("data//x"), Err(XsError::Xs(Errno::EINVAL)));
+    assert_eq!(c.read("data/x/"), Err(XsError::Xs(Errno::EINVAL)));
+}
+
+#[test]
+fn bad_arguments_are_refused_before_sending() {
+    let (sim, mut c) = setup();
+    let before = sim.xs_requests().len();
+    assert_eq!(c.read(""), Err(XsError::InvalidArgument("path")));
+    assert_eq!(c.write("a\0b", b"v"), Err(XsError::InvalidArgument("path")));
+    assert_eq!(
+        c.watch("data", "t\0"),
+        Err(XsError::InvalidArgument("token"))
+    );
+    assert_eq!(
+        c.write("data/big", &vec![b'x'; 4096]),
+        Err(XsError::TooLong { len: 4096 + 9 })
+    );
+    assert_eq!(
+        c.set_perms("data", &[]),
+        Err(XsError::InvalidArgument("empty permission list"))
+    );
+    assert_eq!(sim.xs_requests().len(), before, "nothing reached xenstored");
+}
+
+#[test]
+fn mkdir_rm_and_directory() {
+    let (sim, mut c) = setup();
+    c.mkdir("data/d/e").unwrap();
+    c.mkdir("data/d/e").unwrap(); // exists: fine
+    c.write("data/d/f", b"1").unwrap();
+    let mut names = c.directory("data/d").unwrap();
+    names.sort();
+    assert_eq!(names, ["e", "f"]);
+    assert_eq!(c.directory("data/d/e").unwrap(), Vec::<String>::new());
+    c.rm("data/d").unwrap();
+    assert_eq!(sim.xs_read("data/d/f"), Err(Errno::ENOENT));
+    c.rm("data/d").unwrap(); // gone, parent exists: fine
+    assert_eq!(c.rm("data/d/e"), Err(XsError::Xs(Errno::ENOENT)));
+    assert_eq!(c.directory("data/d"), Err(XsError::Xs(Errno::ENOENT)));
+    assert!(c
+        .directory("/local/domain/5")
+        .unwrap()
+        .contains(&"control".to_string()));
+}
+
+#[test]
+fn get_and_set_perms() {
+    let (sim, mut c) = setup();
+    assert_eq!(
+        c.get_perms("").unwrap_err(),
+        XsError::InvalidArgument("path")
+    );
+    assert_eq!(
+        c.get_perms("/local/domain/5").unwrap(),
+        vec![
+            XsPerm::new(XsPermKind::None, 0),
+            XsPerm::new(XsPermKind::Read, 5)
+        ]
+    );
+    c.write("data/shared", b"x").unwrap();
+    let perms = [
+        XsPerm::new(XsPermKind::None, 5),
+        XsPerm::new(XsPermKind::Read, 0),
+        XsPerm::new(XsPermKind::Both, 7),
+    ];
+    c.set_perms("data/shared", &perms).unwrap();
+    assert_eq!(sim.xs_get_perms("data/shared").unwrap(), perms);
+    assert_eq!(c.get_perms("data/shared").unwrap(), perms);
+    // Only the owner may change them.
+    assert_eq!(
+        c.set_perms("memory/target", &perms),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    // Give the node away: now the guest can neither read nor change it.
+    c.set_perms("data/shared", &[XsPerm::new(XsPermKind::None, 0)])
+        .unwrap();
+    assert_eq!(c.read("data/shared"), Err(XsError::Xs(Errno::EACCES)));
+}
+
+#[test]
+fn domain_path_and_non_utf8_values() {
+    let (sim, mut c) = setup();
+    assert_eq!(c.get_domain_path(5).unwrap(), "/local/domain/5");
+    assert_eq!(c.get_domain_path(0).unwrap(), "/local/domain/0");
+    sim.xs_write("data/bin", [0xff, 0xfe]).unwrap();
+    assert_eq!(c.read("data/bin").unwrap(), [0xff, 0xfe]);
+    assert_eq!(c.read_string("data/bin"), Err(XsError::NotUtf8));
+}
+
+#[test]
+fn requests_carry_distinct_nonzero_ids_and_no_transaction() {
+    let (sim, mut c) = setup();
+    for _ in 0..5 {
+        c.read("domid").unwrap();
+    }
+    let reqs = sim.xs_requests();
+    assert_eq!(reqs.len(), 5);
+    let mut ids: Vec<u32> = reqs.iter().map(|r| r.req_id).collect();
+    assert!(ids.iter().all(|&i| i != 0));
+    ids.dedup();
+    assert_eq!(ids.len(), 5);
+    assert!(reqs.iter().all(|r| r.tx_id == 0 && r.payload == b"domid\0"));
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write(usize, Vec<u8>),
+    Rm(usize),
+    Read(usize),
+    Dir,
+}
+
+const KEYS: [&str; 4] = ["data/m/a", "data/m/b", "data/m/a/x", "data/m/c"];
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..KEYS.len(), prop::collection::vec(any::<u8>(), 0..40))
+            .prop_map(|(k, v)| Op::Write(k, v)),
+        (0..KEYS.len()).prop_map(Op::Rm),
+        (0..KEYS.len()).prop_map(Op::Read),
+        Just(Op::Dir),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random writes/removes/reads agree with a map model, across ring wrap-around.
+    #[test]
+    fn random_ops_match_a_model(
+        ops in prop::collection::vec(op(), 1..40),
+        start in prop_oneof![Just(0u32), (u32::MAX - 2048)..=u32::MAX],
+    ) {
+        let sim = SimXen::new(SimConfig { domid: 5, xs_ring_start: start, ..SimConfig::default() });
+        let mut c = client(&sim);
+        c.mkdir("data/m").unwrap();
+        let mut model: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+        for o in ops {
+            match o {
+                Op::Write(k, v) => {
+                    c.write(KEYS[k], &v).unwrap();
+                    // Parent created implicitly.
+                    if KEYS[k] == "data/m/a/x" {
+                        model.entry("data/m/a").or_default();
+                    }
+                    model.insert(KEYS[k], v);
+                }
+                Op::Rm(k) => {
+                    let r = c.rm(KEYS[k]);
+                    if KEYS[k] == "data/m/a/x" && !model.contains_key("data/m/a") {
+                        prop_assert_eq!(r, Err(XsError::Xs(Errno::ENOENT)));
+                    } else {
+                        r.unwrap();
+                    }
+                    model.retain(|key, _| !(*key == KEYS[k] || key.starts_with(&format!("{}/", KEYS[k]))));
+                }
+                Op::Read(k) => match model.get(KEYS[k]) {
+                    Some(v) => prop_assert_eq!(&c.read(KEYS[k]).unwrap(), v),
+                    None => prop_assert_eq!(c.read(KEYS[k]), Err(XsError::Xs(Errno::ENOENT))),
+                },
+                Op::Dir => {
+                    let mut got = c.directory("data/m").unwrap();
+                    got.sort();
+                    let want: Vec<String> = model
+                        .keys()
+                        .filter_map(|k| k.strip_prefix("data/m/"))
+                        .filter(|k| !k.contains('/'))
+                        .map(String::from)
+                        .collect();
+                    prop_assert_eq!(got, want);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn big_directories_are_listed_in_parts() {
+    let (sim, mut c) = setup();
+    let mut want: Vec<String> = (0..300)
+        .map(|i| format!("entry-with-a-long-name-{i:04}"))
+        .collect();
+    for n in &want {
+        sim.xs_write(&format!("data/big/{n}"), "").unwrap();
+    }
+    let mut got = c.directory("data/big").unwrap();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    let t = xen_bindings::abi::xs_wire::XsdSockmsgType::DirectoryPart.as_u32();
+    let parts = sim.xs_requests().iter().filter(|r| r.type_ == t).count();
+    assert!(parts >= 2, "{parts} parts");
+    // Inside a transaction too.
+    let n = c.transaction(|t| t.directory("data/big")).unwrap().len();
+    assert_eq!(n, 300);
+}
+
+#[test]
+fn a_directory_changing_between_parts_is_listed_again() {
+    let (sim, mut c) = setup();
+    for i in 0..300 {
+        sim.xs_write(&format!("data/big/name-long-enough-to-need-parts-{i}"), "")
+            .unwrap();
+    }
+    // The plain listing is too big (E2BIG); the first part then claims another
+    // generation and a phantom entry, so the second part's generation differs.
+    sim.xs_faults(|f| {
+        f.reply_faults
+            .push_back(xen_bindings::sim::ReplyFault::Error("E2BIG".into()));
+        f.reply_faults
+            .push_back(xen_bindings::sim::ReplyFault::Payload(
+                b"1\0phantom\0".to_vec(),
+            ));
+    });
+    let got = c.directory("data/big").unwrap();
+    assert_eq!(got.len(), 300);
+    assert!(!got.contains(&"phantom".to_string()));
+}
