@@ -17,6 +17,9 @@ use xen_bindings::Errno;
 
 use crate::arch::{cpu, entry};
 
+/// RAM pages whose frames Xen took back by mapping something over them (shared_info).
+pub const SHARED_INFO_PAGES: u64 = 1;
+
 /// The page Xen's shared_info is mapped over (its RAM frame goes back to Xen).
 #[repr(C, align(4096))]
 struct SharedInfoPage([u8; 4096]);

@@ -39,13 +39,25 @@ pub fn touchable_ram_pages(info: &BootInfo, tot_pages: u64) -> Option<u64> {
     if tot_pages >= ram {
         return None;
     }
-    let nonram: u64 = info
-        .memmap()
+    Some(tot_pages.saturating_sub(nonram_pages(info) + POD_SLACK_PAGES))
+}
+
+/// Pages of the non-RAM memmap entries below 4 GiB: for a PVH domU the special pages
+/// (console, xenstore, ...) and the ACPI tables, which the toolstack populates and Xen
+/// accounts to the domain.
+fn nonram_pages(info: &BootInfo) -> u64 {
+    info.memmap()
         .iter()
         .filter(|e| e.type_ != memmap_type::RAM && e.addr < FOUR_G)
         .map(|e| e.size.div_ceil(4096))
-        .sum();
-    Some(tot_pages.saturating_sub(nonram + POD_SLACK_PAGES))
+        .sum()
+}
+
+/// How far Xen's `tot_pages` lies above the census' own RAM (`pages/ram`): the non-RAM
+/// pages Xen accounts to us, minus the RAM page the shared_info mapping replaced (Xen
+/// frees the frame that was there; the descriptor stays Reserved as part of the image).
+pub fn xen_extra_pages(info: &BootInfo) -> u64 {
+    nonram_pages(info).saturating_sub(crate::hv::SHARED_INFO_PAGES)
 }
 
 /// Builds the memory model from start_info and installs it in [`MM`].

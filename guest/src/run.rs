@@ -39,7 +39,11 @@ pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model) -> ! {
         domid.map_or("?".into(), |d| format!("{d}")),
         target.map_or("?".into(), |t| format!("{t}"))
     );
-    publish_census(&mut xs, mm);
+    let extra = crate::kmem::xen_extra_pages(info);
+    log::info!(
+        "mm: Xen should account {extra} pages beyond our RAM (special pages + ACPI - shared_info)"
+    );
+    publish_census(&mut xs, mm, extra);
     match cmdline.mode {
         Mode::Selftest => {
             let verdict = selftest::run(&xen, &mut xs, info);
@@ -165,13 +169,20 @@ pub fn shutdown(xen: &Xen, reason: ShutdownReason) -> ! {
 
 /// Publishes the memory census under `data/mm/` in one transaction, so a reader never sees
 /// numbers from two different moments.
-pub fn publish_census(xs: &mut Xenstore, mm: &Model) {
+///
+/// `data/mm/expected-tot-pages` is what Xen's `tot_pages` for the domain must be: our RAM
+/// plus `xen_extra` ([`crate::kmem::xen_extra_pages`]).
+pub fn publish_census(xs: &mut Xenstore, mm: &Model, xen_extra: u64) {
     let census = mm.census();
+    let expected = census.ram_pages() + xen_extra;
     let r = xs.transaction(|tx| {
         for (key, value) in census.fields() {
             tx.write(&format!("data/mm/{key}"), format!("{value}").as_bytes())?;
         }
-        Ok(())
+        tx.write(
+            "data/mm/expected-tot-pages",
+            format!("{expected}").as_bytes(),
+        )
     });
     if let Err(e) = r {
         log::warn!("cannot publish the census under data/mm: {e:?}");

@@ -9,7 +9,12 @@
 //! * An extent order above the limit for domUs does nothing (0 extents done).
 //! * PoD: gfns in the PoD set have no frame yet. Touching one takes a page from the PoD
 //!   cache; with the cache empty Xen kills the domain ("out of PoD memory"). Releasing a
-//!   PoD gfn with `decrease_reservation` drops the entry and shrinks what must be backed.
+//!   PoD gfn with `decrease_reservation` drops the entry and shrinks what must be backed;
+//!   once fewer entries than cache pages are left, the cache is trimmed to the entries.
+//!   Releasing a populated gfn while entries outnumber the cache puts its frame in the
+//!   cache instead of freeing it (`steal_for_cache`): `tot_pages` does not drop.
+//! * `xl mem-set` on a PoD domain sets the PoD target ([`SimMemory::set_pod_target`],
+//!   `p2m_pod_set_mem_target`): Xen resizes the cache itself, before the guest balloons.
 
 use alloc::collections::BTreeSet;
 use alloc::format;
@@ -66,6 +71,41 @@ impl SimMemory {
         }
     }
 
+    /// Also populate `ranges` (non-RAM pages the toolstack backs: special pages, ACPI
+    /// tables), which Xen counts in `tot_pages`.
+    pub fn with_populated(mut self, ranges: &[(Gfn, u64)]) -> Self {
+        self.populated
+            .extend(ranges.iter().flat_map(|&(s, n)| s..s + n));
+        self
+    }
+
+    /// Frames behind populated gfns (PoD cache excluded).
+    pub fn populated_pages(&self) -> u64 {
+        self.populated.len() as u64
+    }
+
+    /// `XEN_DOMCTL_set_pod_target` as libxl issues it on `xl mem-set` (arch/x86/mm/
+    /// p2m-pod.c `p2m_pod_set_mem_target`): with outstanding PoD entries, resize the cache
+    /// to `target - populated`, at most the outstanding entries. Frames leaving the cache
+    /// go back to the host.
+    pub fn set_pod_target(&mut self, target_pages: u64) {
+        if self.pod.is_empty() {
+            return;
+        }
+        let populated = self.populated.len() as u64;
+        let want = target_pages
+            .saturating_sub(populated)
+            .min(self.pod.len() as u64);
+        if want < self.pod_cache {
+            self.host_free_pages += self.pod_cache - want;
+            self.pod_cache = want;
+        } else {
+            let add = (want - self.pod_cache).min(self.host_free_pages);
+            self.host_free_pages -= add;
+            self.pod_cache += add;
+        }
+    }
+
     /// A PoD domain (`memory < maxmem`): every gfn of `ranges` is a PoD entry, and
     /// `target_pages` frames stand behind them.
     pub fn new_pod(ranges: &[(Gfn, u64)], target_pages: u64, max_pages: u64) -> Self {
@@ -82,6 +122,10 @@ impl SimMemory {
 
     pub fn is_populated(&self, gfn: Gfn) -> bool {
         self.populated.contains(&gfn)
+    }
+
+    pub fn is_pod(&self, gfn: Gfn) -> bool {
+        self.pod.contains(&gfn)
     }
 
     pub fn pod_entries(&self) -> u64 {
@@ -153,15 +197,25 @@ impl MemoryReservation for SimMemory {
             {
                 return Ok(done);
             }
+            // p2m_pod_decrease_reservation: while entries outnumber the cache, populated
+            // frames are stolen for the cache rather than freed.
+            let steal = self.pod.len() as u64 > self.pod_cache;
             for p in g..g + n {
                 if self.populated.remove(&p) {
-                    self.host_free_pages += 1;
+                    if steal {
+                        self.pod_cache += 1;
+                    } else {
+                        self.host_free_pages += 1;
+                    }
                 } else {
                     self.pod.remove(&p);
                 }
             }
             // Xen trims the PoD cache so it never exceeds the outstanding entries.
-            self.pod_cache = self.pod_cache.min(self.pod.len() as u64);
+            if self.pod_cache > self.pod.len() as u64 {
+                self.host_free_pages += self.pod_cache - self.pod.len() as u64;
+                self.pod_cache = self.pod.len() as u64;
+            }
         }
         Ok(gfns.len())
     }
@@ -219,5 +273,56 @@ mod tests {
         assert_eq!(m.decrease_reservation(&excess, 0), Ok(990));
         assert_eq!((m.pod_entries(), m.pod_cache), (10, 10));
         assert!((0..10).all(|g| m.touch(g)) && m.killed.is_none());
+    }
+
+    #[test]
+    fn pod_cache_is_trimmed_and_stolen_like_xen() {
+        // 1000 entries, 600 cache frames, 4 special pages.
+        let mut m = SimMemory::new_pod(&[(0, 1000)], 600, 2000).with_populated(&[(5000, 4)]);
+        assert_eq!(m.tot_pages(), 604);
+        assert!((0..10).all(|g| m.touch(g)));
+        assert_eq!((m.pod_entries(), m.pod_cache, m.tot_pages()), (990, 590, 604));
+        // Entries outnumber the cache: a released populated frame goes into the cache.
+        assert_eq!(m.decrease_reservation(&[0], 0), Ok(1));
+        assert_eq!((m.pod_cache, m.tot_pages()), (591, 604));
+        // Release entries until they are fewer than the cache: trimmed, frames freed.
+        let excess: Vec<Gfn> = (500..1000).collect();
+        let host = m.host_free_pages;
+        assert_eq!(m.decrease_reservation(&excess, 0), Ok(500));
+        assert_eq!((m.pod_entries(), m.pod_cache), (490, 490));
+        assert_eq!(m.host_free_pages - host, 101);
+        // Now entries == cache: releasing a populated frame frees it.
+        assert_eq!(m.decrease_reservation(&[1], 0), Ok(1));
+        assert_eq!((m.pod_cache, m.populated_pages()), (490, 4 + 8));
+    }
+
+    #[test]
+    fn set_pod_target_resizes_the_cache_within_the_entries() {
+        let mut m = SimMemory::new_pod(&[(0, 1000)], 600, 2000);
+        m.host_free_pages = 1000;
+        assert!((0..100).all(|g| m.touch(g)));
+        m.set_pod_target(400);
+        assert_eq!((m.pod_cache, m.tot_pages(), m.host_free_pages), (300, 400, 1200));
+        m.set_pod_target(5000);
+        assert_eq!(m.pod_cache, 900, "never more than the outstanding entries");
+        assert_eq!(m.host_free_pages, 600);
+        let mut plain = SimMemory::new(&[(0, 10)], 20);
+        plain.set_pod_target(5);
+        assert_eq!(plain.tot_pages(), 10, "no PoD entries: nothing to do");
+    }
+
+    #[test]
+    fn populate_respects_order_limit_faults_and_host_memory() {
+        let mut m = SimMemory::new(&[], 1 << 20);
+        m.max_order = 0;
+        assert_eq!(m.populate_physmap(&[0], 9), Ok(0));
+        assert_eq!(m.populate_physmap(&[0, 1], 0), Ok(2));
+        m.faults.max_extents_per_call = Some(1);
+        assert_eq!(m.populate_physmap(&[2, 3], 0), Ok(1));
+        m.faults.max_extents_per_call = None;
+        m.host_free_pages = 1;
+        assert_eq!(m.populate_physmap(&[4, 5], 0), Ok(1));
+        assert_eq!(m.populate_physmap(&[3], 0), Ok(0), "host out of memory");
+        assert_eq!(m.calls, 5);
     }
 }

@@ -1,0 +1,172 @@
+//! Memory-model benchmarks (issue 4). Numbers, not assertions: `cargo bench -p guest --bench mm`.
+//!
+//! 1. memmap init for 1 GiB of RAM vs a plain memset of the same memmap bytes (the
+//!    physical limit of writing the descriptors);
+//! 2. `pfn_to_online_page` ns per call over a sparse 1 TiB space;
+//! 3. the walker's pfns per second;
+//! 4. descriptor bytes per 4 KiB page.
+
+use std::hint::black_box;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use guest::mm::boot::{self, BootConfig, MemmapEntry, E820_RAM};
+use guest::mm::{BumpStorage, HeapStorage, PageState, Pfn, PfnRange, MEMMAP_BYTES_PER_SUBSECTION};
+
+const GIB: u64 = 1 << 30;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ram(addr: u64, size: u64) -> MemmapEntry {
+    MemmapEntry {
+        addr,
+        size,
+        kind: E820_RAM,
+    }
+}
+
+fn main() {
+    // 1. memmap init for 1 GiB.
+    let one_gib = [ram(0, GIB)];
+    let cfg = BootConfig {
+        memmap: &one_gib,
+        reserved: &[],
+        touchable_ram_pages: None,
+    };
+    // As the kernel does it: storage bumped from one region (claimed at the top of RAM).
+    let plan = boot::plan(&cfg).expect("plan");
+    let pages = plan.storage_pages();
+    let mut region = vec![0u8; (pages as usize + 1) * 4096];
+    let base = (region.as_mut_ptr() as usize).next_multiple_of(4096);
+    let claimed = PfnRange::new(Pfn(GIB / 4096 - pages), Pfn(GIB / 4096));
+    let init_bump = median(
+        (0..15)
+            .map(|_| {
+                // SAFETY: `region` outlives the model and holds `pages` aligned pages at base.
+                let storage =
+                    unsafe { BumpStorage::new(NonNull::new(base as *mut u8).unwrap(), claimed) };
+                let t = Instant::now();
+                let mm = boot::build(&cfg, storage).expect("build 1 GiB (bump storage)");
+                let d = t.elapsed();
+                black_box(&mm);
+                d
+            })
+            .collect(),
+    );
+    let init = median(
+        (0..15)
+            .map(|_| {
+                let t = Instant::now();
+                let mm = boot::build(&cfg, HeapStorage).expect("build 1 GiB");
+                let d = t.elapsed();
+                black_box(&mm);
+                d
+            })
+            .collect(),
+    );
+    let memmap_bytes = (GIB / 4096) as usize * (MEMMAP_BYTES_PER_SUBSECTION / 512);
+    // The fair limit writes fresh memory too (init's storage is newly allocated, so it
+    // pays the first-touch faults); the hot memset is the bare bandwidth bound.
+    let memset_fresh = median(
+        (0..15)
+            .map(|i| {
+                let t = Instant::now();
+                let mut v: Vec<u8> = Vec::with_capacity(memmap_bytes);
+                // SAFETY: capacity is memmap_bytes; the bytes are written before any read.
+                unsafe {
+                    std::ptr::write_bytes(black_box(v.as_mut_ptr()), i as u8, memmap_bytes);
+                    v.set_len(memmap_bytes);
+                }
+                let d = t.elapsed();
+                black_box(&v);
+                d
+            })
+            .collect(),
+    );
+    let mut buf = vec![1u8; memmap_bytes];
+    let memset_hot = median(
+        (0..15)
+            .map(|i| {
+                let t = Instant::now();
+                // SAFETY: buf is memmap_bytes long.
+                unsafe {
+                    std::ptr::write_bytes(black_box(buf.as_mut_ptr()), i as u8, memmap_bytes)
+                };
+                let d = t.elapsed();
+                black_box(&buf);
+                d
+            })
+            .collect(),
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "memmap init, 1 GiB, storage bumped from one region as in the kernel: {:.3} ms ({:.0} % of memset)",
+        ms(init_bump),
+        100.0 * memset_hot.as_secs_f64() / init_bump.as_secs_f64()
+    );
+    println!(
+        "memmap init, 1 GiB ({} KiB of descriptors): {:.3} ms; memset of as many fresh bytes: {:.3} ms ({:.0} %); hot memset: {:.3} ms ({:.0} %)",
+        memmap_bytes >> 10,
+        ms(init),
+        ms(memset_fresh),
+        100.0 * memset_fresh.as_secs_f64() / init.as_secs_f64(),
+        ms(memset_hot),
+        100.0 * memset_hot.as_secs_f64() / init.as_secs_f64()
+    );
+
+    // 2. Lookups over a sparse 1 TiB: one 128 MiB RAM section every 8 GiB.
+    let sparse: Vec<MemmapEntry> = (0..128).map(|i| ram(i * 8 * GIB, 128 << 20)).collect();
+    let cfg = BootConfig {
+        memmap: &sparse,
+        reserved: &[],
+        touchable_ram_pages: None,
+    };
+    let mm = boot::build(&cfg, HeapStorage).expect("build sparse 1 TiB");
+    let span = 1u64 << 28; // pfns in 1 TiB
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let pfns: Vec<Pfn> = (0..1_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Pfn(x % span)
+        })
+        .collect();
+    let g = mm.read();
+    let t = Instant::now();
+    let mut hits = 0u64;
+    for &p in &pfns {
+        hits += g.pfn_to_online_page(black_box(p)).is_some() as u64;
+    }
+    let per = t.elapsed().as_secs_f64() * 1e9 / pfns.len() as f64;
+    println!(
+        "pfn_to_online_page over a sparse 1 TiB (128 sections): {per:.1} ns per call ({} of {} random pfns online)",
+        hits,
+        pfns.len()
+    );
+
+    // 3. Walker throughput over the whole sparse space.
+    let t = Instant::now();
+    let mut n = 0u64;
+    let mut free = 0u64;
+    for page in g.active_pages(PfnRange::new(Pfn(0), Pfn(span))) {
+        n += 1;
+        free += (page.state() == PageState::Free) as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "walker: {n} active pfns in {:.2} ms = {:.0} Mpfn/s ({free} free)",
+        secs * 1e3,
+        n as f64 / secs / 1e6
+    );
+    drop(g);
+
+    // 4. Descriptor size.
+    println!(
+        "descriptor: {} bytes per 4 KiB page (Linux struct page: 64)",
+        MEMMAP_BYTES_PER_SUBSECTION / 512
+    );
+}

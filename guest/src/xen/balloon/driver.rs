@@ -1,0 +1,848 @@
+//! The balloon driver: follows `memory/target` by handing frames back to Xen
+//! (`XENMEM_decrease_reservation`) and taking them again (`XENMEM_populate_physmap`).
+//!
+//! Pure logic: Xen comes in as `&mut impl MemoryReservation`, the memory model as
+//! `&MemModel`, time as `now_ns`. The kernel's loop is
+//!
+//! ```text
+//! let mut b = Balloon::new(BalloonConfig::default());
+//! b.adopt_boot_offline(mm, xen, now)?;         // PoD excess: release before anything else
+//! on memory/target watch: b.set_target(value, static_max_kib, now);
+//! loop: match b.step(mm, xen, now) {
+//!     Progress               => call again soon (yield to other work first),
+//!     BackingOff { until_ns } => poll with deadline until_ns (or a new target),
+//!     Done | NeedHotplug { .. } | Error => wait for a new target,
+//! }
+//! after each step: write b.status(mm).fields() under data/balloon/
+//! ```
+//!
+//! Units: targets are KiB (as xenstore has them); the driver counts 4 KiB pages and
+//! compares the target with the model's own RAM, [`crate::mm::Census::ram_pages`]
+//! (Reserved RAM + Free + Allocated). For PVH, libxl builds the memmap's RAM as
+//! `max_memkb - video_memkb` with no video memory, and writes `memory/target` as
+//! `target_memkb - video_memkb`: both count the same pages, so the offset Linux computes
+//! at its first target (`static-max - initial pages`) is zero here and the target is used
+//! as it is. What is left over — pages Xen accounts to the domain outside its RAM map — is
+//! the constant [accounting offset](Balloon::check_accounting).
+//!
+//! Ballooned-out pages are kept as a list of extents (Linux's `ballooned_pages`), order 9
+//! (a whole 2 MiB subsection, the largest extent a domU may use) where possible, order 0
+//! otherwise. Their pages are Offline in the model: no frame behind them, never touched.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use xen_bindings::traits::{Gfn, MemoryReservation};
+use xen_bindings::Errno;
+
+use super::backoff::Backoff;
+use super::target::{self, Target, TargetError};
+use crate::mm::geometry::{MAX_PFN, PAGES_PER_SUBSECTION, SUBSECTION_SHIFT};
+use crate::mm::{MemModel, MemmapStorage, MmError, PageState, Pfn, PfnRange};
+
+/// Order of a whole-subsection extent (2 MiB).
+pub const ORDER_SUBSECTION: u32 = SUBSECTION_SHIFT;
+const KIB_PER_PAGE: u64 = 4;
+
+/// Default floor: 32 MiB. What this kernel needs to stay alive with room to spare: the
+/// image and boot data (~3 MiB), memmap storage (8 KiB per 2 MiB of RAM: 4 MiB for a
+/// 1 GiB maxmem, plus 4 MiB of hotplug headroom), the heap (grows in 2 MiB frames;
+/// xenstore, console and balloon buffers), page tables, and headroom for the allocator.
+/// Linux has no floor and can balloon itself into an OOM panic.
+pub const DEFAULT_FLOOR_KIB: u64 = 32 * 1024;
+
+/// Extents per hypercall at order 9: 64 × 2 MiB = 128 MiB per call.
+pub const DEFAULT_BATCH_ORDER9: usize = 64;
+/// Extents per hypercall at order 0: 512 (2 MiB), as Linux's balloon does.
+pub const DEFAULT_BATCH_ORDER0: usize = 512;
+
+/// Tuning of the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BalloonConfig {
+    /// The driver never goes below this much RAM (KiB); lower targets are clamped.
+    pub floor_kib: u64,
+    /// Order-9 extents per hypercall.
+    pub batch_order9: usize,
+    /// Order-0 extents per hypercall.
+    pub batch_order0: usize,
+}
+
+impl Default for BalloonConfig {
+    fn default() -> Self {
+        BalloonConfig {
+            floor_kib: DEFAULT_FLOOR_KIB,
+            batch_order9: DEFAULT_BATCH_ORDER9,
+            batch_order0: DEFAULT_BATCH_ORDER0,
+        }
+    }
+}
+
+/// What [`Balloon::step`] says to do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// At the target exactly (or clamped at the floor), or no target yet: wait for one.
+    Done,
+    /// Work was done and more is left: call again soon.
+    Progress,
+    /// Xen refused or nothing could be done: do not call before `until_ns` (a new
+    /// target may come earlier and is acted on at once).
+    BackingOff { until_ns: u64 },
+    /// The target is above everything the guest has ever had: only hotplug can add the
+    /// missing `pages`. Wait for a new target.
+    NeedHotplug { pages: u64 },
+    /// The memory model refused a transition (a bug); see the status' last error. The
+    /// driver backs off before trying again.
+    Error,
+}
+
+/// The driver's state as published in `data/balloon/state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BalloonState {
+    /// No valid target read yet.
+    Waiting,
+    Done,
+    Working,
+    BackingOff,
+    /// At the floor, above the requested target.
+    Clamped,
+    /// The last `memory/target` value was rejected, or the model refused a step.
+    Error,
+    /// The target needs memory hotplug.
+    NeedHotplug,
+}
+
+impl BalloonState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Done => "done",
+            Self::Working => "working",
+            Self::BackingOff => "backing-off",
+            Self::Clamped => "clamped",
+            Self::Error => "error",
+            Self::NeedHotplug => "need-hotplug",
+        }
+    }
+}
+
+impl fmt::Display for BalloonState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counters since boot; index `[0]` is order 0, `[1]` order 9.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Extents Xen took back (decrease_reservation), boot PoD excess included.
+    pub released: [u64; 2],
+    /// Extents Xen backed again (populate_physmap).
+    pub populated: [u64; 2],
+    /// Pages of the boot populate-on-demand excess released.
+    pub boot_excess_pages: u64,
+    /// populate_physmap + decrease_reservation calls.
+    pub hypercalls: u64,
+    /// Times the driver started or extended a backoff.
+    pub backoffs: u64,
+    /// `memory/target` values rejected.
+    pub rejected_targets: u64,
+    /// Accounting checks that found the offset changed.
+    pub accounting_mismatches: u64,
+}
+
+/// Why the accounting check failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountingError {
+    /// `XENMEM_current_reservation` failed.
+    Xen(Errno),
+    /// `tot_pages - ram_pages` is not the offset measured at init.
+    Mismatch { expected: i64, found: i64 },
+}
+
+impl fmt::Display for AccountingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Xen(e) => write!(f, "current_reservation: {e}"),
+            Self::Mismatch { expected, found } => write!(
+                f,
+                "accounting: Xen tot_pages - model RAM = {found} pages, expected {expected}"
+            ),
+        }
+    }
+}
+
+/// A step that could not finish; decides the outcome.
+enum Failure {
+    /// The hypercall failed.
+    Xen(&'static str, Errno),
+    /// Nothing could be done (Xen did 0 extents, or no free page to give).
+    Stuck(&'static str),
+    /// The model refused a transition.
+    Model(&'static str, MmError),
+}
+
+fn idx(order: u32) -> usize {
+    (order == ORDER_SUBSECTION) as usize
+}
+
+/// The balloon driver's state.
+pub struct Balloon {
+    cfg: BalloonConfig,
+    target: Option<Target>,
+    /// Effective target in pages (`effective_kib / 4`).
+    target_pages: u64,
+    /// Ballooned-out extents by order (`[0]` order 0, `[1]` order 9): Offline in the
+    /// model, no frame in Xen. Used LIFO, like Linux.
+    ballooned: [Vec<Gfn>; 2],
+    /// Boot-time Offline extents (populate-on-demand excess) not yet released to Xen:
+    /// still PoD entries there. Released before any other work; never populated.
+    unreleased: [Vec<Gfn>; 2],
+    /// Whether the boot Offline pages were collected.
+    adopted: bool,
+    /// Whether any boot page was Offline: a populate-on-demand domain.
+    pod: bool,
+    backoff: Backoff,
+    /// Xen did 0 order-9 extents while order 0 worked (host fragmented, order limit,
+    /// or near max_pages): skip order 9 until the target changes or a backoff ends.
+    order9_refused: bool,
+    state: BalloonState,
+    /// The last `memory/target` write was rejected (state shows `error` until a valid one).
+    target_rejected: bool,
+    last_error: String,
+    counters: Counters,
+    /// `tot_pages - ram_pages` measured once the boot excess is gone.
+    offset: Option<i64>,
+    /// The last measured `tot_pages - ram_pages`.
+    last_delta: Option<i64>,
+    target_set_ns: u64,
+    /// Nanoseconds from the last target to reaching it.
+    reached_after_ns: Option<u64>,
+    need_hotplug_pages: u64,
+    /// Reused hypercall argument buffer.
+    batch: Vec<Gfn>,
+}
+
+impl Balloon {
+    pub fn new(cfg: BalloonConfig) -> Balloon {
+        Balloon {
+            cfg: BalloonConfig {
+                batch_order9: cfg.batch_order9.max(1),
+                batch_order0: cfg.batch_order0.max(1),
+                ..cfg
+            },
+            target: None,
+            target_pages: 0,
+            ballooned: [Vec::new(), Vec::new()],
+            unreleased: [Vec::new(), Vec::new()],
+            adopted: false,
+            pod: false,
+            backoff: Backoff::default(),
+            order9_refused: false,
+            state: BalloonState::Waiting,
+            target_rejected: false,
+            last_error: String::new(),
+            counters: Counters::default(),
+            offset: None,
+            last_delta: None,
+            target_set_ns: 0,
+            reached_after_ns: None,
+            need_hotplug_pages: 0,
+            batch: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &BalloonConfig {
+        &self.cfg
+    }
+
+    /// The target being worked towards, if any.
+    pub fn target(&self) -> Option<Target> {
+        self.target
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Pages ballooned out (in Xen's hands), boot excess not yet released excluded.
+    pub fn ballooned_pages(&self) -> u64 {
+        self.ballooned[0].len() as u64 + ((self.ballooned[1].len() as u64) << ORDER_SUBSECTION)
+    }
+
+    /// Boot Offline pages still to be released.
+    pub fn unreleased_pages(&self) -> u64 {
+        self.unreleased[0].len() as u64 + ((self.unreleased[1].len() as u64) << ORDER_SUBSECTION)
+    }
+
+    /// The accounting offset measured at init, once known.
+    pub fn accounting_offset(&self) -> Option<i64> {
+        self.offset
+    }
+
+    /// A new `memory/target` value (raw xenstore bytes, KiB). Garbage and values above
+    /// `static_max_kib` are rejected with a typed error: the current target and work are
+    /// kept, the status shows `error` and the reason. A value below the floor is clamped.
+    /// A valid target resets the backoff so it is acted on at once.
+    pub fn set_target(
+        &mut self,
+        raw: &[u8],
+        static_max_kib: u64,
+        now_ns: u64,
+    ) -> Result<Target, TargetError> {
+        let shown = &raw[..raw.len().min(40)];
+        match target::parse_target(raw, self.cfg.floor_kib, static_max_kib) {
+            Err(e) => {
+                self.counters.rejected_targets += 1;
+                self.target_rejected = true;
+                self.last_error = format!("memory/target \"{}\": {e}", shown.escape_ascii());
+                log::warn!(
+                    "balloon: rejected {}; keeping target {:?} KiB",
+                    self.last_error,
+                    self.target.map(|t| t.effective_kib)
+                );
+                Err(e)
+            }
+            Ok(t) => {
+                if t.clamped() {
+                    log::warn!(
+                        "balloon: target {} KiB is below the floor, clamped to {} KiB",
+                        t.requested_kib,
+                        t.effective_kib
+                    );
+                } else {
+                    log::info!("balloon: target {} KiB", t.requested_kib);
+                }
+                self.target = Some(t);
+                self.target_pages = t.effective_kib / KIB_PER_PAGE;
+                self.target_rejected = false;
+                self.backoff.reset();
+                self.order9_refused = false;
+                self.target_set_ns = now_ns;
+                self.reached_after_ns = None;
+                self.need_hotplug_pages = 0;
+                self.state = BalloonState::Working;
+                Ok(t)
+            }
+        }
+    }
+
+    /// Collect the pages boot left Offline (RAM beyond the populate-on-demand touch limit)
+    /// and release them to Xen before anything else happens: under PoD they are entries
+    /// Xen must back if touched, and the domain would be killed once they outnumber its
+    /// target. Whole Offline subsections go as order-9 extents, the rest as order 0. Only
+    /// memmap descriptors are read; the frames themselves are never touched.
+    ///
+    /// Returns the pages released. What Xen did not take (error or no progress) stays
+    /// queued, and [`Balloon::step`] releases it first. Calling it again does nothing.
+    pub fn adopt_boot_offline<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        xen: &mut X,
+        now_ns: u64,
+    ) -> Result<u64, Errno> {
+        self.collect_boot_offline(mm);
+        let before = self.unreleased_pages();
+        while self.unreleased_pages() != 0 {
+            match self.release_boot_batch(xen) {
+                Ok(0) => {
+                    self.back_off(now_ns, "boot excess: Xen released none".into());
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.back_off(now_ns, format!("boot excess: decrease_reservation: {e}"));
+                    return Err(e);
+                }
+            }
+        }
+        let released = before - self.unreleased_pages();
+        if released != 0 {
+            log::info!(
+                "balloon: released {} KiB of populate-on-demand excess ({} left)",
+                released * KIB_PER_PAGE,
+                self.unreleased_pages() * KIB_PER_PAGE
+            );
+        }
+        self.measure_offset_once(mm, xen);
+        Ok(released)
+    }
+
+    fn collect_boot_offline<S: MemmapStorage>(&mut self, mm: &MemModel<S>) {
+        if self.adopted {
+            return;
+        }
+        self.adopted = true;
+        let guard = mm.read();
+        let mut sub = u64::MAX;
+        let mut offline: Vec<Gfn> = Vec::new();
+        let flush = |offline: &mut Vec<Gfn>, unreleased: &mut [Vec<Gfn>; 2]| {
+            if offline.len() as u64 == PAGES_PER_SUBSECTION {
+                unreleased[1].push(offline[0]);
+            } else {
+                unreleased[0].extend_from_slice(offline);
+            }
+            offline.clear();
+        };
+        for page in guard.active_pages(PfnRange::new(Pfn(0), Pfn(MAX_PFN))) {
+            if !page.section_kind().is_ram() || page.state() != PageState::Offline {
+                continue;
+            }
+            let pfn = page.pfn();
+            if pfn.subsection() != sub {
+                flush(&mut offline, &mut self.unreleased);
+                sub = pfn.subsection();
+            }
+            offline.push(pfn.0);
+        }
+        flush(&mut offline, &mut self.unreleased);
+        // Released lowest first; lists are used from the end.
+        self.unreleased[0].reverse();
+        self.unreleased[1].reverse();
+        self.pod = self.unreleased_pages() != 0;
+    }
+
+    /// One decrease_reservation of queued boot extents (order 9 first). Released extents
+    /// join the ballooned list; the rest stay queued (still PoD entries: never populate
+    /// them into the allocator).
+    fn release_boot_batch<X: MemoryReservation>(&mut self, xen: &mut X) -> Result<usize, Errno> {
+        let (order, max) = if self.unreleased[1].is_empty() {
+            (0, self.cfg.batch_order0)
+        } else {
+            (ORDER_SUBSECTION, self.cfg.batch_order9)
+        };
+        let list = &mut self.unreleased[idx(order)];
+        let n = max.min(list.len());
+        self.batch.clear();
+        self.batch.extend(list.drain(list.len() - n..).rev());
+        self.counters.hypercalls += 1;
+        let r = xen.decrease_reservation(&self.batch, order);
+        let k = r.map_or(0, |k| k.min(self.batch.len()));
+        self.ballooned[idx(order)].extend_from_slice(&self.batch[..k]);
+        self.counters.released[idx(order)] += k as u64;
+        self.counters.boot_excess_pages += (k as u64) << order;
+        self.unreleased[idx(order)].extend(self.batch[k..].iter().rev());
+        r.map(|_| k)
+    }
+
+    /// Do a bounded amount of work (at most two hypercalls) toward the target.
+    pub fn step<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        xen: &mut X,
+        now_ns: u64,
+    ) -> StepOutcome {
+        self.collect_boot_offline(mm);
+        if !self.backoff.ready(now_ns) {
+            let until_ns = self.backoff.deadline().unwrap_or(now_ns);
+            return StepOutcome::BackingOff { until_ns };
+        }
+        if self.backoff.backing_off() {
+            // A retry after a backoff: order 9 may work again (limit raised, host freed).
+            self.order9_refused = false;
+        }
+        let result = if self.unreleased_pages() != 0 {
+            match self.release_boot_batch(xen) {
+                Ok(0) => Err(Failure::Stuck("boot excess: Xen released none")),
+                Ok(_) => Ok(StepOutcome::Progress),
+                Err(e) => Err(Failure::Xen("boot excess: decrease_reservation", e)),
+            }
+        } else {
+            self.toward_target(mm, xen, now_ns)
+        };
+        let outcome = match result {
+            Ok(o) => {
+                if o == StepOutcome::Progress {
+                    self.backoff.reset();
+                }
+                o
+            }
+            Err(Failure::Xen(what, e)) => self.back_off(now_ns, format!("{what}: {e}")),
+            Err(Failure::Stuck(what)) => self.back_off(now_ns, what.into()),
+            Err(Failure::Model(what, e)) => {
+                let msg = format!("{what}: memory model refused: {e}");
+                log::error!("balloon: {msg}");
+                self.last_error = msg;
+                self.backoff.failed(now_ns);
+                self.counters.backoffs += 1;
+                StepOutcome::Error
+            }
+        };
+        self.state = match outcome {
+            StepOutcome::Done if self.target.is_none() => BalloonState::Waiting,
+            StepOutcome::Done if self.target.is_some_and(|t| t.clamped()) => BalloonState::Clamped,
+            StepOutcome::Done => BalloonState::Done,
+            StepOutcome::Progress => BalloonState::Working,
+            StepOutcome::BackingOff { .. } => BalloonState::BackingOff,
+            StepOutcome::NeedHotplug { .. } => BalloonState::NeedHotplug,
+            StepOutcome::Error => BalloonState::Error,
+        };
+        self.measure_offset_once(mm, xen);
+        // Under PoD Xen itself moves tot_pages when the toolstack sets a new target
+        // (p2m_pod_set_mem_target shrinks the PoD cache before the guest has ballooned),
+        // so there the offset only holds once the driver is at rest.
+        let at_rest = matches!(outcome, StepOutcome::Done | StepOutcome::NeedHotplug { .. });
+        if self.offset.is_some() && (!self.pod || at_rest) {
+            // A mismatch is logged and recorded in the status by the check itself.
+            let _ = self.check_accounting(mm, xen);
+        }
+        outcome
+    }
+
+    fn back_off(&mut self, now_ns: u64, why: String) -> StepOutcome {
+        let until_ns = self.backoff.failed(now_ns);
+        self.counters.backoffs += 1;
+        log::warn!(
+            "balloon: {why}; retrying in {} ms",
+            self.backoff.delay_ns() / 1_000_000
+        );
+        self.last_error = why;
+        StepOutcome::BackingOff { until_ns }
+    }
+
+    fn toward_target<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        xen: &mut X,
+        now_ns: u64,
+    ) -> Result<StepOutcome, Failure> {
+        if self.target.is_none() {
+            return Ok(StepOutcome::Done);
+        }
+        let current = mm.census().ram_pages();
+        let goal = self.target_pages;
+        if current > goal {
+            self.need_hotplug_pages = 0;
+            self.balloon_down(mm, xen, current - goal)
+        } else if current < goal {
+            self.balloon_up(mm, xen, goal - current)
+        } else {
+            self.need_hotplug_pages = 0;
+            if self.reached_after_ns.is_none() {
+                let took = now_ns.saturating_sub(self.target_set_ns);
+                self.reached_after_ns = Some(took);
+                log::info!(
+                    "balloon: at target {} KiB after {} ms",
+                    goal * KIB_PER_PAGE,
+                    took / 1_000_000
+                );
+            }
+            Ok(StepOutcome::Done)
+        }
+    }
+
+    /// Give `need` pages back to Xen: whole free subsections as order-9 extents while at
+    /// least 512 pages must go, then order-0 pages.
+    fn balloon_down<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        xen: &mut X,
+        need: u64,
+    ) -> Result<StepOutcome, Failure> {
+        if need >= PAGES_PER_SUBSECTION && !self.order9_refused {
+            let n = (need >> ORDER_SUBSECTION).min(self.cfg.batch_order9 as u64) as usize;
+            self.take_free(mm, ORDER_SUBSECTION, n)?;
+            if !self.batch.is_empty() {
+                match self.decrease(mm, xen, ORDER_SUBSECTION)? {
+                    Ok(0) => self.order9_refused = true,
+                    Ok(_) => return Ok(StepOutcome::Progress),
+                    Err(e) => return Err(Failure::Xen("decrease_reservation order 9", e)),
+                }
+            }
+        }
+        let n = need.min(self.cfg.batch_order0 as u64) as usize;
+        self.take_free(mm, 0, n)?;
+        if self.batch.is_empty() {
+            return Err(Failure::Stuck("no free page to balloon out"));
+        }
+        match self.decrease(mm, xen, 0)? {
+            Ok(0) => Err(Failure::Stuck("decrease_reservation: Xen released none")),
+            Ok(_) => Ok(StepOutcome::Progress),
+            Err(e) => Err(Failure::Xen("decrease_reservation", e)),
+        }
+    }
+
+    /// Fill the batch with up to `n` free blocks of `order`, now Offline.
+    fn take_free<S: MemmapStorage>(
+        &mut self,
+        mm: &MemModel<S>,
+        order: u32,
+        n: usize,
+    ) -> Result<(), Failure> {
+        self.batch.clear();
+        while self.batch.len() < n {
+            match mm.balloon_out(order as u8) {
+                Ok(pfn) => self.batch.push(pfn.0),
+                Err(MmError::OutOfMemory { .. }) => break,
+                Err(e) => {
+                    self.undo_take(mm, order)?;
+                    return Err(Failure::Model("balloon_out", e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Return the whole batch to the allocator (it was never given to Xen).
+    fn undo_take<S: MemmapStorage>(&mut self, mm: &MemModel<S>, order: u32) -> Result<(), Failure> {
+        for &g in &self.batch {
+            mm.populate(Pfn(g), order as u8)
+                .map_err(|e| Failure::Model("populate (undo)", e))?;
+        }
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// decrease_reservation of the batch. Xen took a prefix of k extents: those stay
+    /// Offline and join the ballooned list; the rest were never given away — their frames
+    /// are still backed — so they go straight back to the allocator (Offline -> Free).
+    /// The outer error is the model's, the inner one Xen's.
+    fn decrease<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        xen: &mut X,
+        order: u32,
+    ) -> Result<Result<usize, Errno>, Failure> {
+        self.counters.hypercalls += 1;
+        let r = xen.decrease_reservation(&self.batch, order);
+        let k = r.map_or(0, |k| k.min(self.batch.len()));
+        self.ballooned[idx(order)].extend_from_slice(&self.batch[..k]);
+        self.counters.released[idx(order)] += k as u64;
+        for &g in &self.batch[k..] {
+            mm.populate(Pfn(g), order as u8)
+                .map_err(|e| Failure::Model("populate (not released)", e))?;
+        }
+        Ok(r.map(|_| k))
+    }
+
+    /// Take `need` pages back from Xen into ballooned extents: order 9 while at least 512
+    /// pages are wanted, then order 0 (splitting an order-9 extent if needed: its pages
+    /// are all Offline, so any of them may be populated alone).
+    fn balloon_up<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        xen: &mut X,
+        need: u64,
+    ) -> Result<StepOutcome, Failure> {
+        if self.ballooned_pages() == 0 {
+            if self.need_hotplug_pages != need {
+                log::warn!(
+                    "balloon: target is {} KiB above all memory this guest has had; \
+                     needs hotplug",
+                    need * KIB_PER_PAGE
+                );
+            }
+            self.need_hotplug_pages = need;
+            return Ok(StepOutcome::NeedHotplug { pages: need });
+        }
+        let o9 = idx(ORDER_SUBSECTION);
+        if need >= PAGES_PER_SUBSECTION && !self.order9_refused && !self.ballooned[o9].is_empty() {
+            let n = (need >> ORDER_SUBSECTION)
+                .min(self.cfg.batch_order9 as u64)
+                .min(self.ballooned[o9].len() as u64) as usize;
+            let list = &mut self.ballooned[o9];
+            self.batch.clear();
+            self.batch.extend(list.drain(list.len() - n..).rev());
+            match self.populate(mm, xen, ORDER_SUBSECTION)? {
+                Ok(0) => self.order9_refused = true,
+                Ok(_) => return Ok(StepOutcome::Progress),
+                Err(e) => return Err(Failure::Xen("populate_physmap order 9", e)),
+            }
+        }
+        let want = need.min(self.cfg.batch_order0 as u64) as usize;
+        while self.ballooned[0].len() < want {
+            let Some(first) = self.ballooned[o9].pop() else {
+                break;
+            };
+            // Highest first, so the list (used from the end) populates ascending.
+            self.ballooned[0].extend((first..first + PAGES_PER_SUBSECTION).rev());
+        }
+        let list = &mut self.ballooned[0];
+        let n = want.min(list.len());
+        self.batch.clear();
+        self.batch.extend(list.drain(list.len() - n..).rev());
+        match self.populate(mm, xen, 0)? {
+            Ok(0) => Err(Failure::Stuck(
+                "populate_physmap: Xen populated none (domain at max_pages or host out of memory)",
+            )),
+            Ok(_) => Ok(StepOutcome::Progress),
+            Err(e) => Err(Failure::Xen("populate_physmap", e)),
+        }
+    }
+
+    /// populate_physmap of the batch: the first k extents have frames now and join the
+    /// allocator (Offline -> Free); the rest stay ballooned.
+    fn populate<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        xen: &mut X,
+        order: u32,
+    ) -> Result<Result<usize, Errno>, Failure> {
+        self.counters.hypercalls += 1;
+        let r = xen.populate_physmap(&self.batch, order);
+        let k = r.map_or(0, |k| k.min(self.batch.len()));
+        self.counters.populated[idx(order)] += k as u64;
+        // Back on the list first so the bookkeeping is whole even if the model refuses.
+        self.ballooned[idx(order)].extend(self.batch[k..].iter().rev());
+        for &g in &self.batch[..k] {
+            mm.populate(Pfn(g), order as u8)
+                .map_err(|e| Failure::Model("populate", e))?;
+        }
+        Ok(r.map(|_| k))
+    }
+
+    fn measure_offset_once<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        xen: &mut X,
+    ) {
+        if self.offset.is_some() || !self.adopted || self.unreleased_pages() != 0 {
+            return;
+        }
+        if let Ok(tot) = xen.current_reservation() {
+            let delta = tot as i64 - mm.census().ram_pages() as i64;
+            self.offset = Some(delta);
+            self.last_delta = Some(delta);
+            log::info!(
+                "balloon: accounting offset {delta} pages (Xen tot_pages {tot} - model RAM)"
+            );
+        }
+    }
+
+    /// Rule 5 of the memory model: Xen's `tot_pages` minus the model's RAM pages is a
+    /// constant, measured once the boot populate-on-demand excess is released (releasing
+    /// it may trim Xen's PoD cache, a one-time change). The offset is what Xen accounts to
+    /// the domain outside its RAM map: the special pages (xenstore and console rings,
+    /// ...), the ACPI tables, the PoD cache not yet handed out, minus the RAM page whose
+    /// frame shared_info's mapping replaced. A mismatch is logged, counted, and shown in
+    /// the status; it is never corrected silently. Before the offset is known this
+    /// returns `Ok`.
+    pub fn check_accounting<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        xen: &mut X,
+    ) -> Result<(), AccountingError> {
+        let Some(expected) = self.offset else {
+            return Ok(());
+        };
+        let tot = xen.current_reservation().map_err(AccountingError::Xen)?;
+        let found = tot as i64 - mm.census().ram_pages() as i64;
+        self.last_delta = Some(found);
+        if found == expected {
+            return Ok(());
+        }
+        self.counters.accounting_mismatches += 1;
+        let e = AccountingError::Mismatch { expected, found };
+        log::error!("balloon: {e}");
+        self.last_error = format!("{e}");
+        Err(e)
+    }
+
+    /// A snapshot for `data/balloon/`.
+    pub fn status<S: MemmapStorage>(&self, mm: &MemModel<S>) -> BalloonStatus {
+        BalloonStatus {
+            current_kib: mm.census().ram_pages() * KIB_PER_PAGE,
+            target_kib: self.target.map(|t| t.requested_kib),
+            effective_target_kib: self.target.map(|t| t.effective_kib),
+            ballooned_kib: (self.ballooned_pages() + self.unreleased_pages()) * KIB_PER_PAGE,
+            state: if self.target_rejected {
+                BalloonState::Error
+            } else {
+                self.state
+            },
+            last_error: self.last_error.clone(),
+            counters: self.counters,
+            backoff_ms: self.backoff.delay_ns() / 1_000_000,
+            need_hotplug_kib: self.need_hotplug_pages * KIB_PER_PAGE,
+            reached_ms: self.reached_after_ns.map(|ns| ns / 1_000_000),
+            accounting_offset: self.offset,
+            accounting_delta: self.last_delta,
+        }
+    }
+}
+
+/// The driver's numbers as published under the guest's `data/balloon/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalloonStatus {
+    /// The model's RAM (Reserved RAM + Free + Allocated) in KiB.
+    pub current_kib: u64,
+    /// The last valid `memory/target` (KiB).
+    pub target_kib: Option<u64>,
+    /// What the driver aims at: the target, or the floor if higher.
+    pub effective_target_kib: Option<u64>,
+    /// Memory ballooned out (boot PoD excess included).
+    pub ballooned_kib: u64,
+    pub state: BalloonState,
+    pub last_error: String,
+    pub counters: Counters,
+    /// Current backoff delay (0: not backing off).
+    pub backoff_ms: u64,
+    /// Memory only hotplug could add (0 unless the state is `need-hotplug`).
+    pub need_hotplug_kib: u64,
+    /// From the last target to reaching it.
+    pub reached_ms: Option<u64>,
+    /// Xen `tot_pages - ram_pages` measured at init.
+    pub accounting_offset: Option<i64>,
+    /// The same, at the last check.
+    pub accounting_delta: Option<i64>,
+}
+
+impl BalloonStatus {
+    /// (key under `data/balloon/`, value). Keys:
+    ///
+    /// | key | value |
+    /// |---|---|
+    /// | `current-kib` | model RAM, KiB |
+    /// | `target-kib` | last valid `memory/target` (empty before one) |
+    /// | `effective-target-kib` | target after the floor (empty before one) |
+    /// | `ballooned-kib` | memory handed back to Xen |
+    /// | `state` | `waiting` `done` `working` `backing-off` `clamped` `error` `need-hotplug` |
+    /// | `last-error` | text of the last rejection or failure (empty if none) |
+    /// | `extents/released/order-9`, `extents/released/order-0` | extents Xen took |
+    /// | `extents/populated/order-9`, `extents/populated/order-0` | extents Xen backed |
+    /// | `boot-excess-kib` | populate-on-demand excess released at boot |
+    /// | `hypercalls` | populate_physmap + decrease_reservation calls |
+    /// | `backoffs` | backoffs started or extended |
+    /// | `backoff-ms` | current backoff delay |
+    /// | `rejected-targets` | `memory/target` values rejected |
+    /// | `need-hotplug-kib` | memory only hotplug could add |
+    /// | `reached-ms` | time from the last target to reaching it (empty until reached) |
+    /// | `accounting/offset-pages` | Xen `tot_pages` − model RAM at init (empty until known) |
+    /// | `accounting/delta-pages` | the same at the last check |
+    /// | `accounting/mismatches` | checks where the two differed |
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        let opt = |v: Option<u64>| v.map_or(String::new(), |v| format!("{v}"));
+        let opti = |v: Option<i64>| v.map_or(String::new(), |v| format!("{v}"));
+        let c = &self.counters;
+        [
+            ("current-kib", format!("{}", self.current_kib)),
+            ("target-kib", opt(self.target_kib)),
+            ("effective-target-kib", opt(self.effective_target_kib)),
+            ("ballooned-kib", format!("{}", self.ballooned_kib)),
+            ("state", String::from(self.state.as_str())),
+            ("last-error", self.last_error.clone()),
+            ("extents/released/order-9", format!("{}", c.released[1])),
+            ("extents/released/order-0", format!("{}", c.released[0])),
+            ("extents/populated/order-9", format!("{}", c.populated[1])),
+            ("extents/populated/order-0", format!("{}", c.populated[0])),
+            (
+                "boot-excess-kib",
+                format!("{}", c.boot_excess_pages * KIB_PER_PAGE),
+            ),
+            ("hypercalls", format!("{}", c.hypercalls)),
+            ("backoffs", format!("{}", c.backoffs)),
+            ("backoff-ms", format!("{}", self.backoff_ms)),
+            ("rejected-targets", format!("{}", c.rejected_targets)),
+            ("need-hotplug-kib", format!("{}", self.need_hotplug_kib)),
+            ("reached-ms", opt(self.reached_ms)),
+            ("accounting/offset-pages", opti(self.accounting_offset)),
+            ("accounting/delta-pages", opti(self.accounting_delta)),
+            (
+                "accounting/mismatches",
+                format!("{}", c.accounting_mismatches),
+            ),
+        ]
+        .into_iter()
+    }
+}
