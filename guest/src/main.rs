@@ -20,7 +20,8 @@ mod selftest;
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use xen_bindings::traits::{MemoryReservation, Sched, ShutdownReason};
+use guest::xen::balloon::driver::{Balloon, BalloonConfig};
+use xen_bindings::traits::{Clock, MemoryReservation, Sched, ShutdownReason};
 
 use arch::cpu;
 
@@ -76,6 +77,23 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
         );
     }
     let mm = kmem::init(&info, touchable);
+    // The populate-on-demand excess goes back to Xen before anything else happens: it is
+    // Offline in the model, so nothing touches it, and releasing it now keeps Xen's PoD
+    // entries within the cache that backs them.
+    let mut balloon = Balloon::new(BalloonConfig::default());
+    if let Some(mut x) = xen {
+        let now = x.now_ns();
+        match balloon.adopt_boot_offline(mm, &mut x, now) {
+            Ok(0) => {}
+            Ok(pages) => log::info!(
+                "populate-on-demand: released {} KiB beyond the target to Xen",
+                pages * 4
+            ),
+            Err(e) => log::error!(
+                "populate-on-demand: releasing the excess failed ({e}); the balloon retries"
+            ),
+        }
+    }
     kmem::map_ram_above_4g(&info);
     kmem::log_census(mm);
 
@@ -97,7 +115,7 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
                 xen.cpuid.base,
                 arch::entry::hypercall_page_paddr()
             );
-            run::run(xen, &info, &cmdline, mm)
+            run::run(xen, &info, &cmdline, mm, &mut balloon)
         }
     }
 }

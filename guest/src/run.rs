@@ -4,10 +4,11 @@ use alloc::format;
 use core::ptr::NonNull;
 
 use guest::cmdline::{Cmdline, Mode};
+use guest::xen::balloon::driver::{Balloon, StepOutcome};
 use guest::xen::control::{parse_shutdown, ShutdownRequest};
 use guest::xen::xenstore::{XenstoreClient, XsError, XsOps};
 use xen_bindings::abi::hvm::param;
-use xen_bindings::traits::{Sched, ShutdownReason};
+use xen_bindings::traits::{Clock, Sched, ShutdownReason};
 
 use crate::boot::BootInfo;
 use crate::hv::Xen;
@@ -19,7 +20,7 @@ pub type Xenstore = XenstoreClient<Xen>;
 /// Watch token for `control/shutdown`.
 const TOKEN_SHUTDOWN: &str = "control/shutdown";
 
-pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model) -> ! {
+pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: &mut Balloon) -> ! {
     attach_console(&xen);
     let mut xs = match connect_xenstore(&xen) {
         Ok(xs) => xs,
@@ -54,7 +55,7 @@ pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model) -> ! {
             panic!("SCHEDOP_shutdown(poweroff) returned: {e:?}")
         }
         Mode::Panic => panic!("deliberate panic (command line \"panic\")"),
-        Mode::Normal => event_loop(&xen, &mut xs),
+        Mode::Normal => event_loop(&xen, &mut xs, mm, balloon, extra),
     }
 }
 
@@ -110,11 +111,41 @@ fn announce_features(xs: &mut Xenstore) {
     }
 }
 
-/// Serves watches until the toolstack asks us to go.
-fn event_loop(xen: &Xen, xs: &mut Xenstore) -> ! {
+/// Watch token for `memory/target`.
+const TOKEN_TARGET: &str = "memory/target";
+
+/// Longest the loop sleeps with nothing to do (it also wakes on every watch event).
+const IDLE_NS: u64 = 1_000_000_000;
+
+/// Serves the control and balloon watches until the toolstack asks us to go.
+fn event_loop(
+    xen: &Xen,
+    xs: &mut Xenstore,
+    mm: &Model,
+    balloon: &mut Balloon,
+    xen_extra: u64,
+) -> ! {
+    let mut hv = *xen;
+    if let Err(e) = xs.watch("memory/target", TOKEN_TARGET) {
+        log::error!("cannot watch memory/target ({e:?}): xl mem-set will not work");
+    }
+    let mut outcome = StepOutcome::Done;
     loop {
-        match xs.wait_watch_event(1_000_000_000) {
+        // While the balloon makes progress only peek at xenstore; otherwise sleep until
+        // its backoff ends or something happens.
+        let now = xen.now_ns();
+        let timeout = match outcome {
+            StepOutcome::Progress => 0,
+            StepOutcome::BackingOff { until_ns } => until_ns.saturating_sub(now).min(IDLE_NS),
+            _ => IDLE_NS,
+        };
+        match xs.wait_watch_event(timeout) {
             Ok(Some(ev)) if ev.token == TOKEN_SHUTDOWN => handle_shutdown(xen, xs),
+            Ok(Some(ev)) if ev.token == TOKEN_TARGET => {
+                if new_target(xen, xs, balloon) {
+                    outcome = StepOutcome::Progress;
+                }
+            }
             Ok(Some(ev)) => log::debug!("watch event {} ({}) not for us", ev.path, ev.token),
             Ok(None) => {}
             Err(XsError::Disconnected) => {
@@ -124,6 +155,85 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore) -> ! {
             }
             Err(e) => log::warn!("xenstore: {e:?}"),
         }
+        let was_working = matches!(outcome, StepOutcome::Progress);
+        let due = match outcome {
+            StepOutcome::BackingOff { until_ns } => xen.now_ns() >= until_ns,
+            _ => true,
+        };
+        if due {
+            outcome = balloon.step(mm, &mut hv, xen.now_ns());
+        }
+        if was_working && !matches!(outcome, StepOutcome::Progress) {
+            settled(xs, mm, balloon, &mut hv, xen_extra, outcome);
+        }
+    }
+}
+
+/// Reads `memory/target` (and `memory/static-max`, which `xl mem-max` may have raised) and
+/// hands the raw value to the balloon, which parses it strictly. True if it took it.
+fn new_target(xen: &Xen, xs: &mut Xenstore, balloon: &mut Balloon) -> bool {
+    let raw = match xs.read("memory/target") {
+        Ok(v) => v,
+        Err(e) => {
+            log::warn!("cannot read memory/target: {e:?}");
+            return false;
+        }
+    };
+    let static_max = read_u64(xs, "memory/static-max").unwrap_or(u64::MAX);
+    match balloon.set_target(&raw, static_max, xen.now_ns()) {
+        Ok(_) => {
+            let _ = xs.write("data/balloon/state", b"working");
+            true
+        }
+        Err(_) => {
+            // Rejected and logged by the balloon; the state it keeps is unchanged.
+            publish_balloon(xs, balloon, None);
+            false
+        }
+    }
+}
+
+/// The balloon stopped working (target reached, clamped, backing off, ...): check the
+/// accounting against Xen and publish the numbers.
+fn settled(
+    xs: &mut Xenstore,
+    mm: &Model,
+    balloon: &mut Balloon,
+    hv: &mut Xen,
+    xen_extra: u64,
+    outcome: StepOutcome,
+) {
+    // A mismatch is logged and counted by the balloon and shows in its status.
+    let _ = balloon.check_accounting(mm, hv);
+    let status = balloon.status(mm);
+    match outcome {
+        StepOutcome::Done => log::info!(
+            "balloon: target {} KiB reached in {} ms ({} KiB ballooned out)",
+            status.effective_target_kib.unwrap_or(0),
+            status.reached_ms.unwrap_or(0),
+            status.ballooned_kib
+        ),
+        other => log::info!("balloon: {} ({other:?})", status.state),
+    }
+    publish_balloon(xs, balloon, Some(mm));
+    publish_census(xs, mm, xen_extra);
+}
+
+/// Publishes the balloon's status under `data/balloon/` in one transaction.
+fn publish_balloon(xs: &mut Xenstore, balloon: &Balloon, mm: Option<&Model>) {
+    let Some(mm) = mm.or_else(|| crate::kmem::MM.get()) else {
+        return;
+    };
+    let status = balloon.status(mm);
+    let floor = format!("{}", balloon.config().floor_kib);
+    let r = xs.transaction(|tx| {
+        for (key, value) in status.fields() {
+            tx.write(&format!("data/balloon/{key}"), value.as_bytes())?;
+        }
+        tx.write("data/balloon/floor-kib", floor.as_bytes())
+    });
+    if let Err(e) = r {
+        log::warn!("cannot publish the balloon status under data/balloon: {e:?}");
     }
 }
 

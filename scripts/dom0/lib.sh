@@ -255,3 +255,255 @@ cleanup_scenario() {
         done
     fi
 }
+
+# ---------------------------------------------------------------- memory and the balloon
+# Helpers for the mm-* and balloon-* scenarios. Units: Xen counts 4 KiB pages, xenstore's
+# memory/target is KiB, `xl mem-set`/`xl list` speak MiB. "At target" as judged from Xen
+# (the same measure for our guest and the Linux peer): tot_pages within 1 MiB of the target.
+
+# wait_every STEP SECONDS DESCRIPTION COMMAND...: wait_for with a poll interval of STEP
+# seconds, for conditions that are costly to evaluate (an `xl debug-keys q` each).
+wait_every() {
+    local step=$1 secs=$2 what=$3 deadline
+    shift 3
+    deadline=$(($(now_cs) + secs * 100))
+    while ! "$@" >/dev/null 2>&1; do
+        if [ "$(now_cs)" -ge "$deadline" ]; then
+            say "timeout after ${secs}s waiting for $what"
+            return 1
+        fi
+        sleep "$step"
+    done
+}
+
+# A key of the domain under test in xenstore, relative to /local/domain/$DOMID.
+dom_read() {
+    xenstore-read "/local/domain/$DOMID/$1" 2>/dev/null
+}
+
+# The guest's own reports (README "The guest contract"): data/mm/*, data/balloon/*.
+data_read() {
+    dom_read "data/$1"
+}
+
+# Write a raw value to the domain's memory/target (KiB) behind the toolstack's back, as a
+# buggy or hostile toolstack could. `--`: a value like -5 is not an option (HARNESS-NOTES 13).
+write_target() {
+    echo "+ xenstore-write memory/target '$1'" >>"$WORK/tools.log"
+    xenstore-write -- "/local/domain/$DOMID/memory/target" "$1" 2>>"$WORK/tools.log"
+}
+
+# Xen's exact view of domain $1 from the newest `xl debug-keys q` dump:
+# prints "tot_pages max_pages pod_entries pod_cache" (the PoD numbers are 0 without PoD).
+domain_mem() {
+    xl debug-keys q >/dev/null 2>&1 || return 1
+    xl dmesg 2>/dev/null | awk -v d="$1" '
+        index($0, "General information for domain " d ":") {
+            grab = 1; tot = ""; max = ""; ents = 0; cache = 0; next
+        }
+        grab && index($0, "General information for domain ") { grab = 0 }
+        grab && /pages=/ {
+            for (i = 1; i <= NF; i++) {
+                if ($i ~ /^(tot|nr)_pages=/) { sub(/.*=/, "", $i); tot = $i }
+                if ($i ~ /^max_pages=/) { sub(/.*=/, "", $i); max = $i }
+            }
+        }
+        grab && /PoD entries=/ {
+            for (i = 1; i <= NF; i++) {
+                if ($i ~ /^entries=/) { sub(/.*=/, "", $i); ents = $i }
+                if ($i ~ /^cachesize=/) { sub(/.*=/, "", $i); cache = $i }
+            }
+            grab = 0
+        }
+        END { if (tot == "") exit 1; print tot, max, ents, cache }'
+}
+
+# xl list's Mem column of the domain under test: floor(tot_pages / 256) MiB.
+domain_mib() {
+    xl list "$DOMNAME" 2>/dev/null | awk 'NR == 2 { print $3 }'
+}
+
+# Xen's CPU seconds for the domain under test (xl list's Time(s), 0.1 s resolution).
+domain_cpu_secs() {
+    xl list "$DOMNAME" 2>/dev/null | awk 'NR == 2 { print $6 }'
+}
+
+# Cheap test, fit for polling: is tot_pages within 1 MiB of MIB MiB? An `xl list` Mem of
+# MIB or MIB-1 means MIB*1024-1024 <= tot_kib < MIB*1024+1024.
+near_target_mib() {
+    local m
+    m=$(domain_mib)
+    [ -n "$m" ] && [ "$m" -ge $(($1 - 1)) ] && [ "$m" -le "$1" ]
+}
+
+# The exact version of near_target_mib (one `xl debug-keys q`): sets TOT MAX POD_ENTRIES
+# POD_CACHE and fails when |tot_pages*4 - MIB*1024| > 1024 KiB.
+exact_near_target_mib() {
+    local mem d
+    mem=$(domain_mem "$DOMID") || return 1
+    set -- "$1" $mem
+    TOT=$2 MAX=$3 POD_ENTRIES=$4 POD_CACHE=$5
+    d=$((TOT * 4 - $1 * 1024))
+    [ "$d" -ge -1024 ] && [ "$d" -le 1024 ]
+}
+
+# A PoD domain is safe once every outstanding PoD entry has a page in its cache (Xen
+# kills a domain that touches a PoD entry it cannot back). Sets the same variables.
+pod_balanced() {
+    local mem
+    mem=$(domain_mem "$DOMID") || return 1
+    set -- $mem
+    TOT=$1 MAX=$2 POD_ENTRIES=$3 POD_CACHE=$4
+    [ "$POD_ENTRIES" -le "$POD_CACHE" ]
+}
+
+# Fail at once when the domain crashed or vanished: a PoD guest touching more than its
+# target is killed by Xen ("out of PoD memory" in xl dmesg).
+check_alive() {
+    local st pod
+    st=$(domain_state "$DOMNAME")
+    case $st in
+        *c* | '')
+            pod=$(xl dmesg 2>/dev/null | grep -m1 "Dom$DOMID out of PoD memory" | sed 's/^(XEN) *\[[^]]*\] *//')
+            if [ -n "$pod" ]; then
+                # A scenario may declare this a known limitation of the Linux peer.
+                [ "$SUBJECT" = linux ] && [ -n "${LINUX_POD_KILL_SKIP:-}" ] \
+                    && { info "linux_killed=yes"; skip "$LINUX_POD_KILL_SKIP: $pod"; }
+                fail "Xen killed the domain: $pod"
+            fi
+            [ -n "$st" ] && fail "domain crashed: $(panic_line || echo 'no PANIC line in the console log')"
+            fail "domain vanished (shutdown reason: $(reason_name "$(shutdown_reason)"))"
+            ;;
+    esac
+}
+
+# wait_reach MIB SECONDS: poll (every 0.2 s, xl list) until Xen's tot_pages is within
+# 1 MiB of MIB, failing at once on a crash; then confirm with the exact count. Sets
+# REACH_CS (centiseconds from the call to the cheap test's success) and TOT/MAX/POD_*.
+wait_reach() {
+    local mib=$1 secs=$2 t0 deadline
+    t0=$(now_cs)
+    deadline=$((t0 + secs * 100))
+    while ! near_target_mib "$mib"; do
+        check_alive
+        if [ "$(now_cs)" -ge "$deadline" ]; then
+            domain_mem "$DOMID" >"$WORK/mem" 2>/dev/null
+            fail "Xen's tot_pages not within 1 MiB of $mib MiB ${secs}s after the request: xl list shows $(domain_mib) MiB (tot max pod_entries pod_cache: $(cat "$WORK/mem"))"
+        fi
+        sleep 0.2
+    done
+    REACH_CS=$(($(now_cs) - t0))
+    exact_near_target_mib "$mib" \
+        || fail "xl list showed $mib MiB but the exact tot_pages is $TOT ($((TOT * 4)) KiB, target $((mib * 1024)) KiB)"
+}
+
+# xl mem-set the domain under test to MIB MiB (this also lowers Xen's maxmem to the new
+# target + slack; DESIGN.md §4). Records MEMSET_CS.
+mem_set() {
+    MEMSET_CS=$(now_cs)
+    tool xl mem-set "$DOMNAME" "${1}m" \
+        || fail "xl mem-set $DOMNAME ${1}m failed: $(tail -n 1 "$WORK/tools.log")"
+}
+
+# Our guest only: the balloon reports it has settled at TARGET_KIB (its effective target)
+# with state STATE (default done).
+balloon_settled() {
+    local want=$1 state=${2:-done} st cur eff
+    st=$(data_read balloon/state) || return 1
+    cur=$(data_read balloon/current-kib) || return 1
+    eff=$(data_read balloon/effective-target-kib) || return 1
+    [ "$st" = "$state" ] && [ "$eff" = "$want" ] && [ "$cur" = "$want" ]
+}
+
+# The balloon's status in one line, for reasons and the log.
+balloon_status() {
+    local k out=
+    for k in state target-kib effective-target-kib current-kib floor-kib rejected-targets \
+        hypercalls accounting last-error; do
+        out="$out $k=$(data_read "balloon/$k" || echo '?')"
+    done
+    echo "${out# }"
+}
+
+# Our guest only: the balloon driver publishes data/balloon (contract). Fails if not.
+require_balloon() {
+    wait_for "${1:-15}" "data/balloon/state" data_read balloon/state \
+        || fail "no data/balloon/state from the guest $((${1:-15}))s after ready (balloon driver not running?)"
+}
+
+# Our guest only: the guest's census and Xen agree exactly, after a settle. Xen's tot_pages
+# must equal data/mm/expected-tot-pages (= pages/ram + pages Xen accounts outside the RAM
+# map - 1), and current-kib must be pages/ram * 4. The guest republishes data/mm after each
+# settle, so this waits (an `xl debug-keys q` per second) up to SECONDS for them to agree.
+# Reports the raw difference tot_pages - pages/ram.
+census_matches_xen() {
+    local mem exp ram cur acc
+    mem=$(domain_mem "$DOMID") || return 1
+    set -- $mem
+    TOT=$1 MAX=$2
+    exp=$(data_read mm/expected-tot-pages) || return 1
+    ram=$(data_read mm/pages/ram) || return 1
+    CENSUS="xen tot_pages=$TOT max_pages=$MAX, guest expected-tot-pages=$exp pages/ram=$ram"
+    [ "$TOT" = "$exp" ] || return 1
+    # Before the balloon driver exists there is no current-kib to compare.
+    if cur=$(data_read balloon/current-kib); then
+        CENSUS="$CENSUS current-kib=$cur"
+        [ "$cur" = $((ram * 4)) ] || return 1
+        acc=$(data_read balloon/accounting) || return 1
+        [ "$acc" = ok ] || return 1
+    fi
+    CENSUS_RAW_DIFF=$((TOT - ram))
+}
+
+check_census() {
+    local secs=${1:-10} label=${2:-}
+    if ! wait_every 1 "$secs" "census == Xen" census_matches_xen; then
+        census_matches_xen
+        fail "${label:+$label: }census and Xen disagree after ${secs}s: $CENSUS accounting=$(data_read balloon/accounting || echo '?')"
+    fi
+    info "${label:+${label}_}tot_pages=$TOT expected_tot_pages=$TOT raw_diff=$CENSUS_RAW_DIFF"
+}
+
+# balloon_step LABEL MIB SECONDS: xl mem-set to MIB and wait until Xen shows the domain
+# within 1 MiB of it (fail after SECONDS); report LABEL_secs (mem-set → reached, the same
+# measure for both subjects). Our guest: then the balloon must say done at exactly the
+# target and its census must match Xen. The Linux peer: report its exact offset from the
+# target (HARNESS-NOTES: it settles at target + 16 pages).
+balloon_step() {
+    local label=$1 mib=$2 secs=$3
+    say "$label: xl mem-set ${mib}m"
+    mem_set "$mib"
+    wait_reach "$mib" "$secs"
+    info "${label}_secs=$(fmt_cs "$REACH_CS") target_mib=$mib tot_pages=$TOT"
+    balloon_settled_at "$label" "$mib"
+}
+
+# The subject-specific half of balloon_step, also used after boot: our guest's own report
+# must say done at exactly MIB and its census must match Xen; for Linux, the settled
+# tot_pages offset from the target is reported.
+balloon_settled_at() {
+    local label=$1 mib=$2
+    case $SUBJECT in
+        guest)
+            if ! wait_for 30 "balloon done at $mib MiB" balloon_settled $((mib * 1024)); then
+                check_alive
+                fail "$label: Xen shows the target but the guest does not report done at $((mib * 1024)) KiB: $(balloon_status)"
+            fi
+            check_census 10 "$label"
+            ;;
+        linux)
+            # Linux keeps working a little after Xen's count is within 1 MiB; give it a
+            # moment to settle, then report where it stopped.
+            linux_settled() {
+                local a b
+                a=$(domain_mem "$DOMID") || return 1
+                sleep 1
+                b=$(domain_mem "$DOMID") || return 1
+                [ "$a" = "$b" ]
+            }
+            wait_for 20 "Linux to settle" linux_settled || true
+            exact_near_target_mib "$mib" || true
+            info "${label}_linux_offset_pages=$((TOT - mib * 256))"
+            ;;
+    esac
+}

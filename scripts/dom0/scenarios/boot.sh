@@ -5,6 +5,9 @@
 # xenci-about: xl create reaches ready; xl list shows it running; log visible in the console log
 scenario_boot() {
     create_domain "xenci-boot-$SUBJECT"
+    # xl create -> the first line in the PV console log (what `xl console` shows).
+    wait_for 45 "a first console line" test -s "$CONSOLE_LOG" || fail "console log $CONSOLE_LOG stays empty"
+    info "first_line_secs=$(fmt_cs $(($(now_cs) - CREATE_CS)))"
     wait_ready 45
 
     state=$(domain_state "$DOMNAME")

@@ -281,7 +281,10 @@ mod tests {
         let mut m = SimMemory::new_pod(&[(0, 1000)], 600, 2000).with_populated(&[(5000, 4)]);
         assert_eq!(m.tot_pages(), 604);
         assert!((0..10).all(|g| m.touch(g)));
-        assert_eq!((m.pod_entries(), m.pod_cache, m.tot_pages()), (990, 590, 604));
+        assert_eq!(
+            (m.pod_entries(), m.pod_cache, m.tot_pages()),
+            (990, 590, 604)
+        );
         // Entries outnumber the cache: a released populated frame goes into the cache.
         assert_eq!(m.decrease_reservation(&[0], 0), Ok(1));
         assert_eq!((m.pod_cache, m.tot_pages()), (591, 604));
@@ -302,7 +305,10 @@ mod tests {
         m.host_free_pages = 1000;
         assert!((0..100).all(|g| m.touch(g)));
         m.set_pod_target(400);
-        assert_eq!((m.pod_cache, m.tot_pages(), m.host_free_pages), (300, 400, 1200));
+        assert_eq!(
+            (m.pod_cache, m.tot_pages(), m.host_free_pages),
+            (300, 400, 1200)
+        );
         m.set_pod_target(5000);
         assert_eq!(m.pod_cache, 900, "never more than the outstanding entries");
         assert_eq!(m.host_free_pages, 600);

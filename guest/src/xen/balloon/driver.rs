@@ -846,3 +846,591 @@ impl BalloonStatus {
         .into_iter()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::boot::{self, BootConfig, MemmapEntry, E820_ACPI, E820_RAM, E820_RESERVED};
+    use crate::mm::HeapStorage;
+    use proptest::prelude::*;
+    use xen_bindings::sim::memory::SimMemory;
+
+    const MIB: u64 = 1 << 20;
+    const SEC: u64 = 1_000_000_000;
+    /// What Xen populates outside the RAM map of a PVH domU: ACPI tables at 0xfc000000
+    /// and the special pages (xenstore, console, ...) at 0xfeff8000.
+    const ACPI: (Gfn, u64) = (0xfc000, 11);
+    const SPECIAL: (Gfn, u64) = (0xfeff8, 8);
+    const NONRAM: u64 = ACPI.1 + SPECIAL.1;
+
+    struct World {
+        mm: MemModel<HeapStorage>,
+        xen: SimMemory,
+        now: u64,
+    }
+
+    fn build(ram_mib: u64, touchable: Option<u64>) -> MemModel<HeapStorage> {
+        let map = [
+            MemmapEntry { addr: 0, size: ram_mib * MIB, kind: E820_RAM },
+            MemmapEntry { addr: ACPI.0 << 12, size: ACPI.1 << 12, kind: E820_ACPI },
+            MemmapEntry { addr: SPECIAL.0 << 12, size: SPECIAL.1 << 12, kind: E820_RESERVED },
+        ];
+        // Kernel image at 1 MiB, start_info in page 1.
+        let reserved = [
+            PfnRange::covering_bytes(MIB, 2 * MIB + 123),
+            PfnRange::covering_bytes(0x1000, 0x100),
+        ];
+        let cfg = BootConfig { memmap: &map, reserved: &reserved, touchable_ram_pages: touchable };
+        let mm = boot::build(&cfg, HeapStorage).unwrap();
+        mm.end_boot();
+        mm
+    }
+
+    /// memory == maxmem: every RAM page backed; Xen's limit is memory + 1 MiB.
+    fn world(ram_mib: u64) -> World {
+        let pages = ram_mib * 256;
+        let xen = SimMemory::new(&[(0, pages), ACPI, SPECIAL], pages + NONRAM + 256);
+        World { mm: build(ram_mib, None), xen, now: SEC }
+    }
+
+    /// memory < maxmem: populate-on-demand. The touch limit is what the kernel computes
+    /// (`kmem::touchable_ram_pages`: tot_pages - non-RAM - 256 pages of slack).
+    fn pod_world(maxmem_mib: u64, memory_mib: u64) -> World {
+        let pages = maxmem_mib * 256;
+        let xen = SimMemory::new_pod(&[(0, pages)], memory_mib * 256, pages + NONRAM + 256)
+            .with_populated(&[ACPI, SPECIAL]);
+        let touchable = xen.tot_pages() - NONRAM - 256;
+        World { mm: build(maxmem_mib, Some(touchable)), xen, now: SEC }
+    }
+
+    fn kib(mib: u64) -> Vec<u8> {
+        format!("{}", mib * 1024).into_bytes()
+    }
+
+    fn ram(w: &World) -> u64 {
+        w.mm.census().ram_pages()
+    }
+
+    /// The invariants after any step: the census is consistent; the kernel may touch every
+    /// page the model says it owns (Reserved RAM, Free, Allocated) and Xen does not kill
+    /// it; no Offline page has a frame; Xen's tot_pages - model RAM is the init offset.
+    fn check(w: &mut World, b: &Balloon) {
+        let c = w.mm.recount().expect("census consistent");
+        assert_eq!(c.ram_pages(), w.mm.census().ram_pages());
+        let g = w.mm.read();
+        for p in g.active_pages(PfnRange::new(Pfn(0), Pfn(MAX_PFN))) {
+            if !p.is_ram() {
+                continue;
+            }
+            match p.state() {
+                PageState::Offline => assert!(!w.xen.is_populated(p.pfn().0), "{p:?} backed"),
+                PageState::Free | PageState::Allocated | PageState::Reserved => {
+                    assert!(w.xen.touch(p.pfn().0), "{p:?}: {:?}", w.xen.killed)
+                }
+                s => panic!("{p:?} in {s:?}"),
+            }
+        }
+        drop(g);
+        assert!(w.xen.killed.is_none());
+        if let Some(offset) = b.accounting_offset() {
+            assert_eq!(w.xen.tot_pages() as i64 - c.ram_pages() as i64, offset);
+        }
+        assert_eq!(b.counters().accounting_mismatches, 0);
+    }
+
+    /// Step until the driver rests; waits out backoffs. Returns (outcome, steps).
+    fn settle(w: &mut World, b: &mut Balloon, check_each: bool) -> (StepOutcome, u32) {
+        for steps in 1..10_000 {
+            let o = b.step(&w.mm, &mut w.xen, w.now);
+            if check_each {
+                check(w, b);
+            }
+            match o {
+                StepOutcome::Progress => {}
+                StepOutcome::BackingOff { until_ns } => w.now = until_ns,
+                o => return (o, steps),
+            }
+        }
+        panic!("the driver never rested");
+    }
+
+    fn status_field(b: &Balloon, w: &World, key: &str) -> String {
+        b.status(&w.mm).fields().find(|(k, _)| *k == key).unwrap().1
+    }
+
+    #[test]
+    fn down_to_a_quarter_and_back_up_reaches_the_target_exactly() {
+        let mut w = world(256);
+        let mut b = Balloon::new(BalloonConfig::default());
+        assert_eq!(b.adopt_boot_offline(&w.mm, &mut w.xen, w.now), Ok(0));
+        assert_eq!(b.accounting_offset(), Some(NONRAM as i64));
+        assert_eq!(ram(&w), 65536);
+        b.set_target(&kib(64), 256 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 16384);
+        // 49152 pages = 96 whole free subsections: order 9 only, two batches (64 + 32).
+        assert_eq!(b.counters().released, [0, 96]);
+        assert_eq!(b.counters().hypercalls, 2);
+        assert_eq!(b.status(&w.mm).state, BalloonState::Done);
+        assert_eq!(b.status(&w.mm).ballooned_kib, 192 * 1024);
+        b.set_target(&kib(256), 256 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 65536);
+        assert_eq!(b.counters().populated, [0, 96]);
+        assert_eq!(b.counters().hypercalls, 4);
+        // A target that is not a whole number of subsections: order 0 for the rest.
+        b.set_target(b"102412", 256 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 102412 / 4);
+        let c = b.counters();
+        assert_eq!(c.released[1], 96 + (65536 - 25603) / 512);
+        assert_eq!(c.released[0], (65536 - 25603) % 512);
+        b.set_target(b"102416", 256 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 25604);
+        assert_eq!(b.counters().populated[0], 1);
+        assert_eq!(w.xen.tot_pages(), 25604 + NONRAM);
+    }
+
+    #[test]
+    fn fragmented_memory_falls_back_to_order_0() {
+        let mut w = world(128);
+        // The kernel holds one page in every subsection: no whole free subsection left.
+        let mut all = Vec::new();
+        while let Ok(p) = w.mm.alloc_frames(0) {
+            all.push(p);
+        }
+        for p in all.into_iter().filter(|p| p.index_in_subsection() != 7) {
+            w.mm.free_frames(p, 0).unwrap();
+        }
+        let mut b = Balloon::new(BalloonConfig::default());
+        b.adopt_boot_offline(&w.mm, &mut w.xen, w.now).unwrap();
+        b.set_target(&kib(64), 128 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 16384);
+        assert_eq!(b.counters().released, [16384, 0]);
+        assert_eq!(b.counters().hypercalls, 16384 / 512);
+    }
+
+    #[test]
+    fn xen_order_limit_falls_back_to_order_0_without_spinning() {
+        let mut w = world(128);
+        w.xen.max_order = 0;
+        let mut b = Balloon::new(BalloonConfig::default());
+        b.adopt_boot_offline(&w.mm, &mut w.xen, w.now).unwrap();
+        b.set_target(&kib(64), 128 * 1024, w.now).unwrap();
+        let (o, steps) = settle(&mut w, &mut b, true);
+        assert_eq!((o, ram(&w)), (StepOutcome::Done, 16384));
+        assert_eq!(b.counters().released, [16384, 0]);
+        // One refused order-9 call, then order 0 only (the refusal is remembered).
+        assert_eq!(b.counters().hypercalls, 1 + 32);
+        assert_eq!(steps, 33);
+        b.set_target(&kib(128), 128 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 32768);
+        assert_eq!(b.counters().populated, [16384, 0]);
+    }
+
+    #[test]
+    fn partial_completion_converges() {
+        let mut w = world(256);
+        w.xen.faults.max_extents_per_call = Some(3);
+        let mut b = Balloon::new(BalloonConfig::default());
+        b.adopt_boot_offline(&w.mm, &mut w.xen, w.now).unwrap();
+        b.set_target(b"65540", 256 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 16385);
+        assert_eq!(b.counters().backoffs, 0, "partial success is progress");
+        b.set_target(&kib(200), 256 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 200 * 256);
+        assert_eq!(b.counters().backoffs, 0);
+    }
+
+    #[test]
+    fn hypercall_errors_return_pages_and_back_off() {
+        let mut w = world(128);
+        let mut b = Balloon::new(BalloonConfig::default());
+        b.adopt_boot_offline(&w.mm, &mut w.xen, w.now).unwrap();
+        w.xen.faults.fail_calls = Some((Errno::ENOMEM, 3));
+        b.set_target(&kib(64), 128 * 1024, w.now).unwrap();
+        let t0 = w.now;
+        let o = b.step(&w.mm, &mut w.xen, w.now);
+        assert_eq!(o, StepOutcome::BackingOff { until_ns: t0 + SEC });
+        check(&mut w, &b);
+        assert_eq!(ram(&w), 32768, "pages Xen did not take are Free again");
+        assert!(b.status(&w.mm).last_error.contains("ENOMEM"));
+        assert_eq!(b.status(&w.mm).state, BalloonState::BackingOff);
+        // Before the deadline: no hypercall.
+        let calls = w.xen.calls;
+        assert_eq!(b.step(&w.mm, &mut w.xen, t0 + SEC - 1), o);
+        assert_eq!(w.xen.calls, calls);
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 16384);
+        assert_eq!(b.counters().backoffs, 3);
+        assert_eq!(w.now, t0 + (1 + 2 + 4) * SEC);
+    }
+
+    #[test]
+    fn refused_populate_backs_off_without_spinning_then_reaches_the_target() {
+        let mut w = world(256);
+        let mut b = Balloon::new(BalloonConfig::default());
+        b.adopt_boot_offline(&w.mm, &mut w.xen, w.now).unwrap();
+        b.set_target(&kib(64), 256 * 1024, w.now).unwrap();
+        settle(&mut w, &mut b, false);
+        // `xl mem-max` below the next target: Xen stops at 100 MiB (+ its own pages).
+        w.xen.max_pages = 100 * 256 + NONRAM;
+        b.set_target(&kib(200), 256 * 1024, w.now).unwrap();
+        let calls0 = w.xen.calls;
+        let start = w.now;
+        let mut delays = Vec::new();
+        while w.now < start + 600 * SEC {
+            match b.step(&w.mm, &mut w.xen, w.now) {
+                StepOutcome::Progress => {}
+                StepOutcome::BackingOff { until_ns } => {
+                    delays.push((until_ns - w.now) / SEC);
+                    w.now = until_ns;
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+        check(&mut w, &b);
+        assert_eq!(ram(&w), 100 * 256, "what was gained is kept");
+        assert_eq!(&delays[..7], [1, 2, 4, 8, 16, 32, 32]);
+        assert!(delays.iter().all(|&d| d <= 32));
+        // Ten minutes of refusal cost a few dozen hypercalls, not millions.
+        let refused_calls = w.xen.calls - calls0;
+        assert!(refused_calls <= 60, "{refused_calls} hypercalls");
+        let s = b.status(&w.mm);
+        assert_eq!(s.state, BalloonState::BackingOff);
+        assert!(s.last_error.contains("populated none"), "{}", s.last_error);
+        assert_eq!(s.backoff_ms, 32_000);
+        // The limit is raised: the next retry reaches the target.
+        w.xen.max_pages = 256 * 256 + NONRAM + 256;
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 200 * 256);
+        assert_eq!(b.status(&w.mm).backoff_ms, 0);
+        // And a new target is acted on at once even in the middle of a backoff.
+        w.xen.max_pages = 0;
+        b.set_target(&kib(256), 256 * 1024, w.now).unwrap();
+        assert!(matches!(b.step(&w.mm, &mut w.xen, w.now), StepOutcome::BackingOff { .. }));
+        w.xen.max_pages = u64::MAX;
+        let calls = w.xen.calls;
+        b.set_target(&kib(250), 256 * 1024, w.now).unwrap();
+        assert_eq!(b.step(&w.mm, &mut w.xen, w.now), StepOutcome::Progress);
+        assert_eq!(w.xen.calls, calls + 1);
+    }
+
+    #[test]
+    fn pod_boot_releases_the_excess_before_touching_it() {
+        // memory=64, maxmem=1024.
+        let mut w = pod_world(1024, 64);
+        let touchable = 64 * 256 - 256;
+        assert_eq!(ram(&w), touchable);
+        // The kernel has touched its image and boot data, nothing else.
+        {
+            let g = w.mm.read();
+            for p in g.active_pages(PfnRange::new(Pfn(0), Pfn(MAX_PFN))) {
+                if p.is_ram() && p.state() == PageState::Reserved {
+                    assert!(w.xen.touch(p.pfn().0));
+                }
+            }
+        }
+        let mut b = Balloon::new(BalloonConfig::default());
+        let released = b.adopt_boot_offline(&w.mm, &mut w.xen, w.now).unwrap();
+        assert_eq!(released, 262144 - touchable);
+        // 16128 = 31.5 subsections: half of subsection 31 goes as order 0.
+        assert_eq!(b.counters().released, [256, (262144 - 16384) / 512]);
+        assert_eq!(b.counters().boot_excess_pages, released);
+        assert_eq!(w.xen.pod_entries() + w.xen.populated_pages() - NONRAM, touchable);
+        assert!(w.xen.pod_cache <= w.xen.pod_entries());
+        assert_eq!(b.accounting_offset(), Some(w.xen.tot_pages() as i64 - touchable as i64));
+        check(&mut w, &b);
+        // The toolstack's first target (64 MiB) is a little above the touch limit.
+        b.set_target(&kib(64), 1024 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 16384);
+        // Up to maxmem and back down.
+        b.set_target(&kib(1024), 1024 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 262144);
+        b.set_target(&kib(64), 1024 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 16384);
+        assert!(w.xen.killed.is_none());
+    }
+
+    #[test]
+    fn pod_release_interrupted_at_boot_finishes_in_step() {
+        let mut w = pod_world(512, 64);
+        w.xen.faults.fail_calls = Some((Errno::EAGAIN, 1));
+        let mut b = Balloon::new(BalloonConfig::default());
+        assert_eq!(b.adopt_boot_offline(&w.mm, &mut w.xen, w.now), Err(Errno::EAGAIN));
+        assert!(b.unreleased_pages() > 0 && b.accounting_offset().is_none());
+        w.xen.faults.max_extents_per_call = Some(5);
+        // Even a target is not acted on before the excess is gone.
+        b.set_target(&kib(32), 512 * 1024, w.now).unwrap();
+        let (o, _) = settle(&mut w, &mut b, false);
+        assert_eq!(o, StepOutcome::Done);
+        assert_eq!(b.unreleased_pages(), 0);
+        assert!(b.accounting_offset().is_some());
+        check(&mut w, &b);
+        assert_eq!(ram(&w), 8192);
+    }
+
+    #[test]
+    fn pod_mem_set_moves_tot_pages_first_and_the_offset_holds_at_rest() {
+        let mut w = pod_world(512, 128);
+        let mut b = Balloon::new(BalloonConfig::default());
+        b.adopt_boot_offline(&w.mm, &mut w.xen, w.now).unwrap();
+        let offset = b.accounting_offset().unwrap();
+        b.set_target(&kib(128), 512 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, false).0, StepOutcome::Done);
+        // `xl mem-set 64`: libxl sets Xen's PoD target before the guest sees the watch.
+        w.xen.set_pod_target(64 * 256 + NONRAM);
+        b.set_target(&kib(64), 512 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, false).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 64 * 256);
+        assert_eq!(b.check_accounting(&w.mm, &mut w.xen), Ok(()));
+        assert_eq!(b.accounting_offset(), Some(offset));
+        check(&mut w, &b);
+    }
+
+    #[test]
+    fn bad_targets_keep_state_and_are_reported() {
+        let mut w = world(256);
+        let mut b = Balloon::new(BalloonConfig::default());
+        b.adopt_boot_offline(&w.mm, &mut w.xen, w.now).unwrap();
+        assert_eq!(status_field(&b, &w, "state"), "waiting");
+        b.set_target(&kib(128), 256 * 1024, w.now).unwrap();
+        settle(&mut w, &mut b, false);
+        let calls = w.xen.calls;
+        let bad: [(&[u8], TargetError); 6] = [
+            (b"", TargetError::Empty),
+            (b"abc", TargetError::NotDecimal),
+            (b"-5", TargetError::NotDecimal),
+            (b"0x4000", TargetError::NotDecimal),
+            (b"1234567890123456789012345", TargetError::Overflow),
+            (b"307200", TargetError::AboveMax { kib: 307200, max_kib: 262144 }),
+        ];
+        for (n, (raw, err)) in bad.into_iter().enumerate() {
+            assert_eq!(b.set_target(raw, 256 * 1024, w.now), Err(err.clone()));
+            let s = b.status(&w.mm);
+            assert_eq!(s.state, BalloonState::Error);
+            assert!(s.last_error.contains(&format!("{err}")), "{}", s.last_error);
+            assert_eq!(s.target_kib, Some(128 * 1024), "target kept");
+            assert_eq!(s.counters.rejected_targets, n as u64 + 1);
+            assert_eq!(b.step(&w.mm, &mut w.xen, w.now), StepOutcome::Done);
+            assert_eq!(ram(&w), 128 * 256);
+        }
+        assert_eq!(w.xen.calls, calls, "garbage caused no hypercall");
+        // Below the floor: clamped at 32 MiB, and shown.
+        let t = b.set_target(b"1024", 256 * 1024, w.now).unwrap();
+        assert!(t.clamped());
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), DEFAULT_FLOOR_KIB / 4);
+        assert_eq!(status_field(&b, &w, "state"), "clamped");
+        assert_eq!(status_field(&b, &w, "target-kib"), "1024");
+        assert_eq!(status_field(&b, &w, "effective-target-kib"), "32768");
+        // Zero too.
+        b.set_target(b"0", 256 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), DEFAULT_FLOOR_KIB / 4);
+        // The next valid mem-set is followed.
+        b.set_target(b"196608\n", 256 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), 192 * 256);
+        assert_eq!(status_field(&b, &w, "state"), "done");
+    }
+
+    #[test]
+    fn target_above_all_memory_needs_hotplug_and_does_not_spin() {
+        let mut w = world(256);
+        let mut b = Balloon::new(BalloonConfig::default());
+        b.adopt_boot_offline(&w.mm, &mut w.xen, w.now).unwrap();
+        b.set_target(&kib(200), 512 * 1024, w.now).unwrap();
+        settle(&mut w, &mut b, false);
+        // After `xl mem-max 512`: 400 MiB is 144 MiB beyond boot RAM.
+        b.set_target(&kib(400), 512 * 1024, w.now).unwrap();
+        w.xen.max_pages = 512 * 256 + NONRAM + 256;
+        let (o, _) = settle(&mut w, &mut b, true);
+        assert_eq!(o, StepOutcome::NeedHotplug { pages: 144 * 256 });
+        assert_eq!(ram(&w), 65536, "everything ballooned came back first");
+        let calls = w.xen.calls;
+        for _ in 0..100 {
+            assert_eq!(
+                b.step(&w.mm, &mut w.xen, w.now),
+                StepOutcome::NeedHotplug { pages: 144 * 256 }
+            );
+        }
+        assert_eq!(w.xen.calls, calls);
+        assert_eq!(status_field(&b, &w, "state"), "need-hotplug");
+        assert_eq!(status_field(&b, &w, "need-hotplug-kib"), format!("{}", 144 * 1024));
+    }
+
+    #[test]
+    fn status_fields_and_accounting_mismatch_are_published() {
+        let mut w = world(128);
+        let mut b = Balloon::new(BalloonConfig::default());
+        let s = b.status(&w.mm);
+        assert_eq!((s.target_kib, s.accounting_offset), (None, None));
+        b.adopt_boot_offline(&w.mm, &mut w.xen, w.now).unwrap();
+        b.set_target(&kib(64), 128 * 1024, 3 * SEC).unwrap();
+        w.now = 5 * SEC;
+        settle(&mut w, &mut b, false);
+        let fields: Vec<(&str, String)> = b.status(&w.mm).fields().collect();
+        let keys: Vec<&str> = fields.iter().map(|f| f.0).collect();
+        assert_eq!(
+            keys,
+            [
+                "current-kib",
+                "target-kib",
+                "effective-target-kib",
+                "ballooned-kib",
+                "state",
+                "last-error",
+                "extents/released/order-9",
+                "extents/released/order-0",
+                "extents/populated/order-9",
+                "extents/populated/order-0",
+                "boot-excess-kib",
+                "hypercalls",
+                "backoffs",
+                "backoff-ms",
+                "rejected-targets",
+                "need-hotplug-kib",
+                "reached-ms",
+                "accounting/offset-pages",
+                "accounting/delta-pages",
+                "accounting/mismatches",
+            ]
+        );
+        let get = |k: &str| fields.iter().find(|f| f.0 == k).unwrap().1.as_str();
+        assert_eq!(get("current-kib"), "65536");
+        assert_eq!(get("target-kib"), "65536");
+        assert_eq!(get("ballooned-kib"), "65536");
+        assert_eq!(get("extents/released/order-9"), "32");
+        assert_eq!(get("hypercalls"), "1");
+        assert_eq!(get("reached-ms"), "2000");
+        assert_eq!(get("accounting/offset-pages"), "19");
+        assert_eq!(get("accounting/mismatches"), "0");
+        // Xen changes the domain behind the model's back (a frame appears that the model
+        // does not know): reported, never absorbed.
+        w.xen.populate_physmap(&[0x100000], 0).unwrap();
+        b.set_target(&kib(60), 128 * 1024, w.now).unwrap();
+        settle(&mut w, &mut b, false);
+        assert_eq!(b.counters().accounting_mismatches, 1);
+        let s = b.status(&w.mm);
+        assert_eq!((s.accounting_offset, s.accounting_delta), (Some(19), Some(20)));
+        assert!(s.last_error.contains("accounting"), "{}", s.last_error);
+        assert_eq!(
+            b.check_accounting(&w.mm, &mut w.xen),
+            Err(AccountingError::Mismatch { expected: 19, found: 20 })
+        );
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Target(u64),
+        Garbage(Vec<u8>),
+        Partial(usize),
+        Fail(u32),
+        MaxPages(u64),
+        OrderLimit(bool),
+        Alloc(u16),
+        FreeAll,
+        Wait(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u64..140 * 1024).prop_map(Op::Target),
+            1 => proptest::collection::vec(any::<u8>(), 0..8).prop_map(Op::Garbage),
+            1 => (1usize..8).prop_map(Op::Partial),
+            1 => (1u32..4).prop_map(Op::Fail),
+            1 => (16u64..160).prop_map(Op::MaxPages),
+            1 => any::<bool>().prop_map(Op::OrderLimit),
+            1 => (0u16..3000).prop_map(Op::Alloc),
+            1 => Just(Op::FreeAll),
+            1 => (0u64..40).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_targets_and_faults_keep_the_invariants(
+            ops in proptest::collection::vec(op(), 1..24),
+            pod in any::<bool>(),
+        ) {
+            let mut w = if pod { pod_world(128, 96) } else { world(128) };
+            let max_kib = 128 * 1024;
+            let floor = DEFAULT_FLOOR_KIB / 4;
+            let mut b = Balloon::new(BalloonConfig::default());
+            let _ = b.adopt_boot_offline(&w.mm, &mut w.xen, w.now);
+            let mut held = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Target(k) => {
+                        let before = b.target();
+                        let r = b.set_target(format!("{k}").as_bytes(), max_kib, w.now);
+                        prop_assert_eq!(r.is_err(), k > max_kib);
+                        if r.is_err() {
+                            prop_assert_eq!(b.target(), before);
+                        }
+                    }
+                    Op::Garbage(raw) => {
+                        let before = b.target();
+                        if b.set_target(&raw, max_kib, w.now).is_err() {
+                            prop_assert_eq!(b.target(), before);
+                        }
+                    }
+                    Op::Partial(n) => w.xen.faults.max_extents_per_call = Some(n),
+                    Op::Fail(n) => w.xen.faults.fail_calls = Some((Errno::ENOMEM, n)),
+                    Op::MaxPages(mib) => w.xen.max_pages = mib * 256 + NONRAM,
+                    Op::OrderLimit(on) => w.xen.max_order = if on { 0 } else { 9 },
+                    Op::Alloc(n) => {
+                        for _ in 0..n {
+                            match w.mm.alloc_frames(0) {
+                                Ok(p) => held.push(p),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Op::FreeAll => {
+                        for p in held.drain(..) {
+                            w.mm.free_frames(p, 0).unwrap();
+                        }
+                    }
+                    Op::Wait(s) => w.now += s * SEC,
+                }
+                let ram_before = ram(&w);
+                for _ in 0..6 {
+                    match b.step(&w.mm, &mut w.xen, w.now) {
+                        StepOutcome::BackingOff { until_ns } => w.now = until_ns,
+                        StepOutcome::Error => prop_assert!(false, "{}", b.status(&w.mm).last_error),
+                        _ => {}
+                    }
+                    let r = ram(&w);
+                    // Never below the floor (unless it started there).
+                    prop_assert!(r >= floor.min(ram_before));
+                }
+                check(&mut w, &b);
+            }
+            // Faults cleared and the limit raised: the last target is reached exactly.
+            w.xen.faults = Default::default();
+            w.xen.max_order = 9;
+            w.xen.max_pages = u64::MAX / 4;
+            for p in held.drain(..) {
+                w.mm.free_frames(p, 0).unwrap();
+            }
+            let (o, _) = settle(&mut w, &mut b, false);
+            check(&mut w, &b);
+            if let Some(t) = b.target() {
+                prop_assert_eq!(o, StepOutcome::Done);
+                prop_assert_eq!(ram(&w), t.effective_kib / 4);
+            }
+        }
+    }
+}
