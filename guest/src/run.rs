@@ -102,9 +102,14 @@ fn read_u64(xs: &mut Xenstore, path: &str) -> Option<u64> {
     }
 }
 
-/// Tells the toolstack which `control/shutdown` requests we honour.
+/// Tells the toolstack which `control/shutdown` requests we honour, and that we follow
+/// `memory/target` (libxl reads `feature-balloon`).
 fn announce_features(xs: &mut Xenstore) {
-    for key in ["control/feature-poweroff", "control/feature-reboot"] {
+    for key in [
+        "control/feature-poweroff",
+        "control/feature-reboot",
+        "control/feature-balloon",
+    ] {
         if let Err(e) = xs.write(key, b"1") {
             log::warn!("cannot write {key}: {e:?}");
         }
@@ -164,7 +169,7 @@ fn event_loop(
             outcome = balloon.step(mm, &mut hv, xen.now_ns());
         }
         if was_working && !matches!(outcome, StepOutcome::Progress) {
-            settled(xs, mm, balloon, &mut hv, xen_extra, outcome);
+            settled(xs, mm, balloon, xen_extra, outcome);
         }
     }
 }
@@ -193,18 +198,10 @@ fn new_target(xen: &Xen, xs: &mut Xenstore, balloon: &mut Balloon) -> bool {
     }
 }
 
-/// The balloon stopped working (target reached, clamped, backing off, ...): check the
-/// accounting against Xen and publish the numbers.
-fn settled(
-    xs: &mut Xenstore,
-    mm: &Model,
-    balloon: &mut Balloon,
-    hv: &mut Xen,
-    xen_extra: u64,
-    outcome: StepOutcome,
-) {
-    // A mismatch is logged and counted by the balloon and shows in its status.
-    let _ = balloon.check_accounting(mm, hv);
+/// The balloon stopped working (target reached, clamped, backing off, ...): publish the
+/// numbers. (`step` has already checked the accounting against Xen; a mismatch shows in
+/// the status.)
+fn settled(xs: &mut Xenstore, mm: &Model, balloon: &Balloon, xen_extra: u64, outcome: StepOutcome) {
     let status = balloon.status(mm);
     match outcome {
         StepOutcome::Done => log::info!(

@@ -382,6 +382,7 @@ pub fn report(verdicts: &[Verdict]) -> String {
             }
         }
     }
+    s.push_str(&comparison(verdicts));
     let count = |st| verdicts.iter().filter(|v| v.status == st).count();
     let _ = writeln!(
         s,
@@ -391,6 +392,87 @@ pub fn report(verdicts: &[Verdict]) -> String {
         count(Status::Skip)
     );
     s
+}
+
+/// Our guest's timings beside the Linux peer's from the same run: for every scenario `NAME`
+/// that ran together with `NAME@linux`, each `*_secs` measurement (`XENCI INFO ... key=secs`)
+/// that both reported, with the ratio linux/ours. Empty when no such pair reported timings.
+/// A key reported more than once (e.g. `ready_secs` before and after a reboot) is numbered
+/// `key#2`, `key#3`, ... in order.
+pub fn comparison(verdicts: &[Verdict]) -> String {
+    let mut s = String::new();
+    for ours in verdicts.iter().filter(|v| !v.name.contains('@')) {
+        let peer_name = format!("{}@linux", ours.name);
+        let Some(linux) = verdicts.iter().find(|v| v.name == peer_name) else {
+            continue;
+        };
+        let theirs = timings(&linux.info);
+        let rows: Vec<(String, f64, f64)> = timings(&ours.info)
+            .into_iter()
+            .filter_map(|(k, x)| {
+                let (_, y) = theirs.iter().find(|(kt, _)| *kt == k)?;
+                Some((k, x, *y))
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "{}: ours ({}) vs Linux ({}), seconds from one Xen run",
+            ours.name,
+            ours.status.as_str(),
+            linux.status.as_str()
+        );
+        let _ = writeln!(
+            s,
+            "    {:<26} {:>8} {:>8} {:>11}",
+            "measure", "ours", "linux", "linux/ours"
+        );
+        for (k, x, y) in rows {
+            let ratio = if x > 0.0 {
+                format!("{:.1}x", y / x)
+            } else {
+                "-".to_string()
+            };
+            let _ = writeln!(s, "    {k:<26} {x:>8.2} {y:>8.2} {ratio:>11}");
+        }
+    }
+    s
+}
+
+/// The `key=<number>` tokens with a key ending in `_secs`, in order, repeats numbered.
+fn timings(info: &[String]) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for token in info.iter().flat_map(|line| line.split_whitespace()) {
+        let Some((key, value)) = token.split_once('=') else {
+            continue;
+        };
+        if !key.ends_with("_secs") {
+            continue;
+        }
+        let Ok(secs) = value.parse::<f64>() else {
+            continue;
+        };
+        let n = match seen.iter_mut().find(|(k, _)| k == key) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                seen.push((key.to_string(), 1));
+                1
+            }
+        };
+        let name = if n == 1 {
+            key.to_string()
+        } else {
+            format!("{key}#{n}")
+        };
+        out.push((name, secs));
+    }
+    out
 }
 
 /// Escape text for XML attribute and element content; drop characters XML 1.0 forbids.
@@ -712,6 +794,97 @@ XENCI DONE pass=0 fail=0 skip=1 t=9.10
         let log = "XENCI START t=1\nXENCI BEGIN boot t=1\nXENCI FAIL boot 1.00 t=2\nXENCI DONE\n";
         let v = judge(log, &names(&["boot"]), &[], &exited_ok());
         assert_eq!(v[0].reason, "the scenario failed without a reason");
+    }
+
+    #[test]
+    fn comparison_pairs_ours_with_the_linux_peer() {
+        let log = "\
+XENCI START t=1 scenarios=balloon-bench,balloon-bench@linux,boot
+XENCI BEGIN balloon-bench t=1
+XENCI INFO balloon-bench ready_secs=1.43 domid=5
+XENCI INFO balloon-bench boot_to_ready_secs=1.50
+XENCI INFO balloon-bench swing1_down_secs=2.00 target_mib=256 tot_pages=65552
+XENCI INFO balloon-bench cpu_secs=0.3->0.3 only_ours_secs=1.00
+XENCI PASS balloon-bench 16.46 t=18
+XENCI BEGIN balloon-bench@linux t=18
+XENCI INFO balloon-bench@linux ready_secs=8.83 domid=6
+XENCI INFO balloon-bench@linux boot_to_ready_secs=9.00
+XENCI INFO balloon-bench@linux swing1_down_secs=10.00 target_mib=256
+XENCI PASS balloon-bench@linux 60.95 t=79
+XENCI BEGIN boot t=79
+XENCI INFO boot ready_secs=0.80 domid=7
+XENCI PASS boot 1.00 t=80
+XENCI DONE pass=3 fail=0 skip=0 t=80
+";
+        let v = judge(
+            log,
+            &names(&["balloon-bench", "balloon-bench@linux", "boot"]),
+            &[],
+            &exited_ok(),
+        );
+        let c = comparison(&v);
+        let lines: Vec<&str> = c.lines().collect();
+        assert_eq!(lines.len(), 5, "{c}");
+        assert_eq!(
+            lines[0],
+            "balloon-bench: ours (PASS) vs Linux (PASS), seconds from one Xen run"
+        );
+        assert!(lines[2].starts_with("    ready_secs "), "{c}");
+        assert!(
+            lines[3].contains("boot_to_ready_secs") && lines[3].ends_with("6.0x"),
+            "{c}"
+        );
+        assert!(
+            lines[4].contains("swing1_down_secs") && lines[4].contains("10.00"),
+            "{c}"
+        );
+        assert!(lines[4].ends_with("5.0x"), "{c}");
+        // Only keys both reported; boot has no peer in this run.
+        assert!(!c.contains("only_ours") && !c.contains("cpu_secs") && !c.contains("boot:"));
+        let r = report(&v);
+        assert!(
+            r.contains(&c) && r.ends_with("3 passed, 0 failed, 0 skipped\n"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn comparison_numbers_repeated_keys_and_skips_pairs_without_timings() {
+        let info = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mk = |name: &str, status, i: Vec<String>| Verdict {
+            name: name.into(),
+            status,
+            secs: None,
+            reason: String::new(),
+            info: i,
+            context: vec![],
+        };
+        let v = vec![
+            mk(
+                "reboot",
+                Status::Pass,
+                info(&["ready_secs=1.00", "ready_secs=3.00"]),
+            ),
+            mk("reboot@linux", Status::Fail, info(&["ready_secs=9.00"])),
+            mk("balloon-pod", Status::Pass, info(&["up_secs=1.00"])),
+            mk(
+                "balloon-pod@linux",
+                Status::Skip,
+                info(&["linux_killed=yes"]),
+            ),
+        ];
+        let c = comparison(&v);
+        assert!(c.starts_with("reboot: ours (PASS) vs Linux (FAIL)"), "{c}");
+        assert!(
+            c.contains("ready_secs ") && !c.contains("ready_secs#2"),
+            "{c}"
+        );
+        assert!(!c.contains("balloon-pod"), "{c}");
+        assert_eq!(
+            timings(&info(&["a_secs=1 b=2", "a_secs=2.5 c_secs=x"])),
+            vec![("a_secs".to_string(), 1.0), ("a_secs#2".to_string(), 2.5)]
+        );
+        assert_eq!(comparison(&v[2..]), "");
     }
 
     #[test]
