@@ -126,7 +126,16 @@ impl FreeLists {
     /// Isolate the single Free page `pfn` (on some list inside a block), splitting its
     /// block. Returns false if `pfn` is not inside any free block.
     pub(crate) fn take(&mut self, mm: &Memmap<'_>, pfn: Pfn) -> bool {
-        let found = (0..=MAX_ORDER).find_map(|k| {
+        self.take_block(mm, pfn, 0)
+    }
+
+    /// Isolate the block `[pfn, pfn + 2^order)` (aligned to its order) from the free block
+    /// that contains it, splitting that block; the pieces around it go back on their
+    /// lists. Its pages stay Free (tails) until the caller gives them their new state.
+    /// Returns false if no free block of at least `order` contains `pfn`.
+    pub(crate) fn take_block(&mut self, mm: &Memmap<'_>, pfn: Pfn, order: u8) -> bool {
+        debug_assert!(order <= MAX_ORDER && pfn.0.is_multiple_of(1 << order));
+        let found = (order..=MAX_ORDER).find_map(|k| {
             let head = Pfn(pfn.0 & !((1u64 << k) - 1));
             head_of(mm, head)
                 .filter(|h| h.order >= k)
@@ -137,7 +146,7 @@ impl FreeLists {
         };
         self.unlink(mm, head, h);
         let mut k = h.order;
-        while k > 0 {
+        while k > order {
             k -= 1;
             let upper = head.add(1 << k);
             if pfn >= upper {
