@@ -7,6 +7,7 @@
 //! | `loglevel=error\|warn\|info\|debug\|trace` | most verbose level logged (default `info`) |
 //! | `selftest` | run the built-in self-tests, print `Test result: ...`, power off |
 //! | `panic` | panic deliberately once ready (proves the crash path) |
+//! | `hotplug-fail=N` | test switch: the memmap allocation of the first N hot-adds fails |
 //!
 //! Unknown words and bad values are collected, not fatal: the kernel logs each one and
 //! carries on with the defaults.
@@ -62,6 +63,8 @@ pub enum Mode {
 pub struct Cmdline {
     pub loglevel: LogLevel,
     pub mode: Mode,
+    /// Hot-adds whose memmap allocation is made to fail (a test switch; 0 normally).
+    pub hotplug_fail: u32,
     /// Words that were not understood, with why; logged by the kernel.
     pub rejected: Vec<(String, &'static str)>,
 }
@@ -71,6 +74,7 @@ impl Default for Cmdline {
         Self {
             loglevel: LogLevel::Info,
             mode: Mode::Normal,
+            hotplug_fail: 0,
             rejected: Vec::new(),
         }
     }
@@ -92,9 +96,18 @@ impl Cmdline {
                     }
                     None => Err("loglevel must be error, warn, info, debug or trace"),
                 },
+                ("hotplug-fail", Some(v)) => match v.parse() {
+                    Ok(n) => {
+                        c.hotplug_fail = n;
+                        Ok(())
+                    }
+                    Err(_) => Err("hotplug-fail must be a count"),
+                },
                 ("selftest", None) => c.set_mode(Mode::Selftest),
                 ("panic", None) => c.set_mode(Mode::Panic),
-                ("loglevel", None) | ("selftest" | "panic", Some(_)) => Err("malformed"),
+                ("loglevel" | "hotplug-fail", None) | ("selftest" | "panic", Some(_)) => {
+                    Err("malformed")
+                }
                 _ => Err("unknown option"),
             };
             if let Err(why) = verdict {
@@ -131,11 +144,14 @@ mod tests {
         assert_eq!((c.loglevel, c.mode), (LogLevel::Debug, Mode::Selftest));
         assert!(c.rejected.is_empty());
         assert_eq!(Cmdline::parse("panic").mode, Mode::Panic);
+        assert_eq!(Cmdline::parse("hotplug-fail=2").hotplug_fail, 2);
     }
 
     #[test]
     fn bad_words_are_reported_and_ignored() {
-        let c = Cmdline::parse("loglevel=loud loglevel foo=1 selftest=yes selftest panic");
+        let c = Cmdline::parse(
+            "loglevel=loud loglevel foo=1 selftest=yes selftest panic hotplug-fail=x",
+        );
         assert_eq!((c.loglevel, c.mode), (LogLevel::Info, Mode::Selftest));
         let words: Vec<_> = c.rejected.iter().map(|(w, _)| w.as_str()).collect();
         assert_eq!(
@@ -145,9 +161,11 @@ mod tests {
                 "loglevel",
                 "foo=1",
                 "selftest=yes",
-                "panic"
+                "panic",
+                "hotplug-fail=x"
             ]
         );
+        assert_eq!(c.hotplug_fail, 0);
     }
 
     proptest! {

@@ -10,13 +10,16 @@
 use core::ptr::NonNull;
 
 use guest::mm::boot::{self, BootConfig, MemmapEntry, MAX_MEMMAP_ENTRIES};
-use guest::mm::{BumpStorage, MemModel, Pfn, PfnRange};
+use guest::mm::{Budgeted, BumpStorage, MemModel, Pfn, PfnRange};
 use xen_bindings::abi::start_info::memmap_type;
 
 use crate::arch::entry;
 use crate::boot::BootInfo;
 
-pub type Model = MemModel<BumpStorage>;
+/// The model's memmap storage: one region carved at boot, behind a budget so the
+/// `hotplug-fail` test switch can make a hot-add's memmap allocation fail.
+pub type Storage = Budgeted<BumpStorage>;
+pub type Model = MemModel<Storage>;
 
 /// The one memory model, set once at boot.
 pub static MM: spin::Once<Model> = spin::Once::new();
@@ -95,7 +98,7 @@ pub fn init(info: &BootInfo, touchable: Option<u64>) -> &'static Model {
     // SAFETY: `region` is touchable RAM below 4 GiB (identity-mapped by the boot tables),
     // clear of the kernel image and loader data, and used by nothing else: the builder
     // marks it Reserved.
-    let storage = unsafe { BumpStorage::new(base, region) };
+    let storage = Budgeted::new(unsafe { BumpStorage::new(base, region) }, usize::MAX);
     let mm = match boot::build(&cfg, storage) {
         Ok(m) => m,
         Err(e) => panic!("cannot build the memory model: {e}"),

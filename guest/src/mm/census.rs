@@ -5,6 +5,8 @@
 use core::fmt;
 
 use super::buddy::{FreeLists, MAX_ORDER};
+use super::geometry::{PAGES_PER_SUBSECTION, PAGE_SIZE};
+use super::memmap::MEMMAP_BYTES_PER_SUBSECTION;
 use super::model::Stats;
 use super::page::{Phase, StateKind, STATE_KINDS};
 use super::section::{SectionKind, ROOT_ENTRIES, SECTION_KINDS};
@@ -34,6 +36,33 @@ pub struct Census {
     pub section_table_bytes: u64,
     /// Free blocks per order.
     pub free_blocks: [u64; MAX_ORDER as usize + 1],
+    /// Sections and subsections per section kind (index with `SectionKind::index`).
+    pub by_kind: [KindCounts; SECTION_KINDS.len()],
+}
+
+/// Sections and subsections of one kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    /// Sections with at least one present subsection.
+    pub sections_present: u64,
+    /// Of those, online.
+    pub sections_online: u64,
+    /// Subsections with memmap.
+    pub subsections_present: u64,
+    /// Subsections whose memmap is active.
+    pub subsections_active: u64,
+}
+
+impl KindCounts {
+    /// Guest-physical space described by memmap, in KiB (2 MiB per present subsection):
+    /// for hotplug RAM, what hotplug added.
+    pub const fn kib(&self) -> u64 {
+        self.subsections_present * (PAGES_PER_SUBSECTION * PAGE_SIZE / 1024)
+    }
+    /// Memmap bytes of these subsections.
+    pub const fn memmap_bytes(&self) -> u64 {
+        self.subsections_present * MEMMAP_BYTES_PER_SUBSECTION as u64
+    }
 }
 
 impl Census {
@@ -54,6 +83,8 @@ impl Census {
             memmap_bytes: stats.memmap_bytes,
             section_table_bytes: stats.chunk_bytes + (ROOT_ENTRIES * size_of::<usize>()) as u64,
             free_blocks,
+            // Filled in by the model from the sections' maps.
+            by_kind: [KindCounts::default(); SECTION_KINDS.len()],
         }
     }
 
@@ -102,7 +133,17 @@ impl Census {
         });
         let blocks =
             (0..=MAX_ORDER).map(|o| (CensusKey::FreeBlocks(o), self.free_blocks[o as usize]));
-        scalar.into_iter().chain(pages).chain(blocks)
+        let kinds = SECTION_KINDS.into_iter().flat_map(move |k| {
+            let c = self.by_kind[k.index()];
+            [
+                (CensusKey::KindSectionsPresent(k), c.sections_present),
+                (CensusKey::KindSectionsOnline(k), c.sections_online),
+                (CensusKey::KindSubsectionsActive(k), c.subsections_active),
+                (CensusKey::KindKib(k), c.kib()),
+                (CensusKey::KindMemmapBytes(k), c.memmap_bytes()),
+            ]
+        });
+        scalar.into_iter().chain(pages).chain(blocks).chain(kinds)
     }
 }
 
@@ -129,6 +170,16 @@ pub enum CensusKey {
     ReservedNonRam(SectionKind),
     /// `free-blocks/<order>`
     FreeBlocks(u8),
+    /// `sections/<kind>/present`
+    KindSectionsPresent(SectionKind),
+    /// `sections/<kind>/online`
+    KindSectionsOnline(SectionKind),
+    /// `subsections/<kind>/active`
+    KindSubsectionsActive(SectionKind),
+    /// `kib/<kind>`: space with memmap, e.g. `kib/hotplug-ram` is what hotplug added
+    KindKib(SectionKind),
+    /// `memmap-bytes/<kind>`
+    KindMemmapBytes(SectionKind),
 }
 
 impl fmt::Display for CensusKey {
@@ -144,6 +195,11 @@ impl fmt::Display for CensusKey {
             CensusKey::Pages(k, s) => write!(f, "pages/{k}/{s}"),
             CensusKey::ReservedNonRam(k) => write!(f, "pages/{k}/reserved-nonram"),
             CensusKey::FreeBlocks(o) => write!(f, "free-blocks/{o}"),
+            CensusKey::KindSectionsPresent(k) => write!(f, "sections/{k}/present"),
+            CensusKey::KindSectionsOnline(k) => write!(f, "sections/{k}/online"),
+            CensusKey::KindSubsectionsActive(k) => write!(f, "subsections/{k}/active"),
+            CensusKey::KindKib(k) => write!(f, "kib/{k}"),
+            CensusKey::KindMemmapBytes(k) => write!(f, "memmap-bytes/{k}"),
         }
     }
 }

@@ -332,12 +332,22 @@ impl<S: MemmapStorage> MemModel<S> {
     pub fn census(&self) -> Census {
         let g = self.inner.lock();
         let mut c = Census::from_stats(&g.stats, &g.free, g.phase);
-        c.subsections_active = self.active_subsections();
+        self.count_sections(&mut c);
         c
     }
 
-    fn active_subsections(&self) -> u64 {
-        self.sections().map(|s| s.active.count_ones() as u64).sum()
+    /// Fill the census numbers read from the sections' maps (lock held, so they agree
+    /// with the counters): active subsections, and sections and subsections per kind.
+    fn count_sections(&self, c: &mut Census) {
+        for s in self.sections() {
+            let Some(kind) = s.kind else { continue };
+            let k = kind.index();
+            c.subsections_active += s.active.count_ones() as u64;
+            c.by_kind[k].sections_present += 1;
+            c.by_kind[k].sections_online += s.online as u64;
+            c.by_kind[k].subsections_present += s.present.count_ones() as u64;
+            c.by_kind[k].subsections_active += s.active.count_ones() as u64;
+        }
     }
 
     /// Counts recomputed by walking every present subsection, plus a check of the free
@@ -389,7 +399,7 @@ impl<S: MemmapStorage> MemModel<S> {
             return Err("free lists do not hold exactly the Free pages");
         }
         let mut c = Census::from_stats(&stats, &g.free, g.phase);
-        c.subsections_active = self.active_subsections();
+        self.count_sections(&mut c);
         Ok(c)
     }
 
@@ -534,6 +544,84 @@ impl<S: MemmapStorage> MemModel<S> {
     /// Take a whole free subsection (an order-9 block) for order-9 ballooning.
     pub fn balloon_out_subsection(&self) -> Result<Pfn, MmError> {
         self.balloon_out(MAX_ORDER)
+    }
+
+    /// Take up to `max` free blocks of `order` lying inside `range` out of the allocator
+    /// (Free -> Offline), highest subsection first: the balloon's way to give back a
+    /// preferred part of RAM (hot-added sections before boot RAM). Larger free blocks are
+    /// split; subsections that are not active online RAM are skipped. Each block goes to
+    /// `sink`; returns how many were taken (0 when the range has no free block of
+    /// `order`). Cost: one descriptor load per `2^order` pages scanned.
+    pub fn balloon_out_from(
+        &self,
+        range: PfnRange,
+        order: u8,
+        max: usize,
+        mut sink: impl FnMut(Pfn),
+    ) -> Result<usize, MmError> {
+        if order > MAX_ORDER {
+            return Err(MmError::BadOrder(order));
+        }
+        let range = PfnRange::new(range.start, Pfn(range.end.0.min(MAX_PFN)));
+        if range.is_empty() || max == 0 {
+            return Ok(0);
+        }
+        let mut g = self.inner.lock();
+        let g = &mut *g;
+        let mm = Memmap::new(&self.root, &g.token);
+        let size = 1u64 << order;
+        let mut taken = 0;
+        let subs = range.start.subsection()..=Pfn(range.end.0 - 1).subsection();
+        for sub in subs.rev() {
+            let first = Pfn(sub * PAGES_PER_SUBSECTION);
+            let kind = match self.placement(first) {
+                Ok((kind, true)) if kind.is_ram() => kind,
+                _ => continue,
+            };
+            let lo = range.start.max(first).0.next_multiple_of(size);
+            let hi = range.end.0.min(first.0 + PAGES_PER_SUBSECTION);
+            let mut p = lo;
+            while p + size <= hi && taken < max {
+                // A free page at an aligned position: the block holding it is either big
+                // enough (take our part of it) or smaller, and then — the buddy merges
+                // every whole free aligned block — this aligned block is not wholly free.
+                if mm.desc(Pfn(p)).load().kind() == StateKind::Free
+                    && g.free.take_block(&mm, Pfn(p), order)
+                {
+                    for q in block_range(Pfn(p), order).iter() {
+                        mm.desc(q).store(Raw::State(PageState::Offline));
+                    }
+                    g.stats
+                        .move_pages(kind, StateKind::Free, StateKind::Offline, size);
+                    sink(Pfn(p));
+                    taken += 1;
+                }
+                p += size;
+            }
+            if taken == max {
+                break;
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Pages of section `nr` per state (index with [`StateKind::index`]), counted by
+    /// walking its present subsections under the mutation lock; `None` if it has none.
+    pub fn section_pages(&self, nr: usize) -> Option<[u64; STATE_KINDS.len()]> {
+        let g = self.inner.lock();
+        let mm = Memmap::new(&self.root, &g.token);
+        let present = self.root.section(nr)?.present();
+        if present == 0 {
+            return None;
+        }
+        let mut counts = [0; STATE_KINDS.len()];
+        for idx in (0..SUBSECTIONS_PER_SECTION).filter(|i| present & (1 << i) != 0) {
+            let first = subsection_start_pfn(nr, idx);
+            for pfn in PfnRange::from_count(first, PAGES_PER_SUBSECTION).iter() {
+                counts[mm.desc(pfn).load().kind().index()] += 1;
+            }
+        }
+        Some(counts)
     }
 
     /// Ballooning out a specific Free page (Free -> Offline), e.g. one a PoD target says
@@ -1049,6 +1137,8 @@ pub struct ReadGuard<'m> {
 pub struct PageRef<'g> {
     pfn: Pfn,
     kind: SectionKind,
+    /// Whether the section was online when the page was reached.
+    online: bool,
     desc: &'g PageDesc,
 }
 
@@ -1060,6 +1150,11 @@ impl PageRef<'_> {
     /// Kind of the page's section.
     pub fn section_kind(&self) -> SectionKind {
         self.kind
+    }
+    /// Whether the page's section was online when the page was reached (for RAM: its
+    /// pages are managed by the kernel and the balloon).
+    pub fn section_online(&self) -> bool {
+        self.online
     }
     /// Current state (a consistent snapshot).
     pub fn state(&self) -> PageState {
@@ -1091,7 +1186,16 @@ impl<'m> ReadGuard<'m> {
         // clears the bit and then waits for this guard before freeing the block. The
         // reference is bound to `&self`, so it cannot outlive the guard.
         let desc = unsafe { base.add(pfn.index_in_subsection()).as_ref() };
-        Some((PageRef { pfn, kind, desc }, s.online()))
+        let online = s.online();
+        Some((
+            PageRef {
+                pfn,
+                kind,
+                online,
+                desc,
+            },
+            online,
+        ))
     }
 
     /// The page of an active subsection, whatever its section (`pfn_active` + memmap).
@@ -1132,8 +1236,8 @@ pub struct ActivePages<'g, 'm> {
     guard: &'g ReadGuard<'m>,
     next: Pfn,
     end: Pfn,
-    /// (subsection number, memmap block, section kind) of the current subsection.
-    cached: Option<(u64, NonNull<PageDesc>, SectionKind)>,
+    /// (subsection number, memmap block, section kind, online) of the current subsection.
+    cached: Option<(u64, NonNull<PageDesc>, SectionKind, bool)>,
 }
 
 impl<'g> Iterator for ActivePages<'g, '_> {
@@ -1142,13 +1246,18 @@ impl<'g> Iterator for ActivePages<'g, '_> {
     fn next(&mut self) -> Option<PageRef<'g>> {
         while self.next < self.end {
             let pfn = self.next;
-            if let Some((sub, base, kind)) = self.cached {
+            if let Some((sub, base, kind, online)) = self.cached {
                 if sub == pfn.subsection() {
                     self.next = pfn.add(1);
                     // SAFETY: as in `ReadGuard::lookup`: `base` was read after seeing the
                     // subsection active under the guard this iterator borrows for 'g.
                     let desc = unsafe { base.add(pfn.index_in_subsection()).as_ref() };
-                    return Some(PageRef { pfn, kind, desc });
+                    return Some(PageRef {
+                        pfn,
+                        kind,
+                        online,
+                        desc,
+                    });
                 }
             }
             self.cached = None;
@@ -1171,7 +1280,9 @@ impl<'g> Iterator for ActivePages<'g, '_> {
                 continue;
             }
             match (s.memmap_ptr(idx), s.kind()) {
-                (Some(base), Some(kind)) => self.cached = Some((pfn.subsection(), base, kind)),
+                (Some(base), Some(kind)) => {
+                    self.cached = Some((pfn.subsection(), base, kind, s.online()))
+                }
                 _ => self.next = pfn.subsection_start().add(PAGES_PER_SUBSECTION),
             }
         }
