@@ -10,6 +10,8 @@
 //!   allocator and the page-state operations.
 //! - [`boot`]: building the model from the start_info memmap.
 //! - [`census`]: counts for logs and xenstore.
+//! - [`hotplug`]: the hot-add window, adding and removing hot-plug RAM sections, the
+//!   saveable-page walker.
 //!
 //! Boot, in the kernel's order (host-runnable with a heap-backed provider):
 //!
@@ -38,6 +40,7 @@ mod buddy;
 pub mod census;
 pub mod geometry;
 mod grace;
+pub mod hotplug;
 mod memmap;
 pub mod model;
 #[cfg(test)]

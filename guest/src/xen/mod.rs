@@ -4,4 +4,5 @@ pub mod balloon;
 pub mod clock;
 pub mod console;
 pub mod control;
+pub mod hotplug;
 pub mod xenstore;

@@ -25,9 +25,11 @@ scenario_balloon_refused() {
     info "backing_off last_error=$err"
 
     # Not spinning: over ~6 s the domain uses well under 20 % of one CPU and few hypercalls.
-    c0=$(domain_cpu_secs) h0=$(data_read balloon/hypercalls) t0=$(now_cs)
+    h0=$(data_read balloon/hypercalls) || fail "no data/balloon/hypercalls"
+    c0=$(domain_cpu_secs) t0=$(now_cs)
     sleep 6
-    c1=$(domain_cpu_secs) h1=$(data_read balloon/hypercalls) t1=$(now_cs)
+    c1=$(domain_cpu_secs) t1=$(now_cs)
+    h1=$(data_read balloon/hypercalls) || fail "no data/balloon/hypercalls"
     check_alive
     pct=$(awk -v a="$c0" -v b="$c1" -v cs=$((t1 - t0)) 'BEGIN { printf "%d", (b - a) * 10000 / cs }')
     info "backoff_cpu_pct=$pct cpu_secs=$c0->$c1 wall_secs=$(fmt_cs $((t1 - t0))) hypercalls=$h0->$h1"
@@ -45,6 +47,13 @@ scenario_balloon_refused() {
         || fail "while refused, current-kib is $cur (want 131072 <= current < 196608)"
     info "refused_at tot_pages=$1 max_pages=$2 current_kib=$cur"
     check_census 10 refused
+
+    # On record (DESIGN.md §4): does xl mem-max accept a value below the current target?
+    if tool xl mem-max "$DOMNAME" 160m; then
+        info "mem_max_below_target=accepted max_pages=$(domain_mem "$DOMID" | cut -d' ' -f2) static_max=$(dom_read memory/static-max)"
+    else
+        info "mem_max_below_target=refused: $(tail -n 1 "$WORK/tools.log")"
+    fi
 
     # Raise Xen's limit without touching memory/target: the guest's own retry must find
     # out (its backoff is at most 32 s).

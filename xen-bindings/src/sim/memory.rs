@@ -124,6 +124,15 @@ impl SimMemory {
         self.populated.contains(&gfn)
     }
 
+    /// Populated gfns in `[start, end)`: e.g. none may be behind a range the guest still
+    /// has to hot-add, populate or has hot-removed.
+    pub fn populated_in(&self, start: Gfn, end: Gfn) -> u64 {
+        if end <= start {
+            return 0;
+        }
+        self.populated.range(start..end).count() as u64
+    }
+
     pub fn is_pod(&self, gfn: Gfn) -> bool {
         self.pod.contains(&gfn)
     }
@@ -245,6 +254,17 @@ mod tests {
             Ok(0),
             "order above the domU limit"
         );
+    }
+
+    #[test]
+    fn populated_in_counts_only_the_range() {
+        let mut m = SimMemory::new(&[(0, 1024)], 1 << 20);
+        assert_eq!(m.populated_in(0, 1024), 1024);
+        assert_eq!(m.populated_in(512, 2048), 512);
+        assert_eq!(m.populated_in(1024, 1 << 20), 0);
+        assert_eq!(m.populate_physmap(&[0x100000], 9), Ok(1));
+        assert_eq!(m.populated_in(0x100000, 0x100200), 512);
+        assert_eq!(m.populated_in(0x100001, 0x100000), 0, "inverted range");
     }
 
     #[test]

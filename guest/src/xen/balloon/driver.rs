@@ -45,7 +45,7 @@ use xen_bindings::Errno;
 use super::backoff::Backoff;
 use super::target::{self, Target, TargetError};
 use crate::mm::geometry::{MAX_PFN, PAGES_PER_SUBSECTION, SUBSECTION_SHIFT};
-use crate::mm::{MemModel, MemmapStorage, MmError, PageState, Pfn, PfnRange};
+use crate::mm::{MemModel, MemmapStorage, MmError, PageState, Pfn, PfnRange, SectionKind};
 
 /// Order of a whole-subsection extent (2 MiB).
 pub const ORDER_SUBSECTION: u32 = SUBSECTION_SHIFT;
@@ -178,6 +178,24 @@ impl fmt::Display for AccountingError {
     }
 }
 
+/// Why [`Balloon::forget_hotplugged`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForgetError {
+    /// Pages of the range are still populated (not on the ballooned lists).
+    InUse { pages: u64 },
+    /// The range is not (inside) a range given to [`Balloon::adopt_hotplugged`].
+    NotHotplugged,
+}
+
+impl fmt::Display for ForgetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InUse { pages } => write!(f, "{pages} pages still populated"),
+            Self::NotHotplugged => f.write_str("not a hot-added range"),
+        }
+    }
+}
+
 /// A step that could not finish; decides the outcome.
 enum Failure {
     /// The hypercall failed.
@@ -225,6 +243,10 @@ pub struct Balloon {
     /// Nanoseconds from the last target to reaching it.
     reached_after_ns: Option<u64>,
     need_hotplug_pages: u64,
+    /// Hot-added ranges handed over by [`Balloon::adopt_hotplugged`], ascending. Going
+    /// down, free memory is taken from these first (highest first), so hot-added sections
+    /// empty out and can be removed; see [`Balloon::adopt_hotplugged`].
+    hotplugged: Vec<PfnRange>,
     /// Reused hypercall argument buffer.
     batch: Vec<Gfn>,
 }
@@ -254,6 +276,7 @@ impl Balloon {
             target_set_ns: 0,
             reached_after_ns: None,
             need_hotplug_pages: 0,
+            hotplugged: Vec::new(),
             batch: Vec::new(),
         }
     }
@@ -381,6 +404,131 @@ impl Balloon {
         Ok(released)
     }
 
+    /// Take over a hot-added range (subsection aligned, every page Offline in an online
+    /// hot-plug RAM section: no frame behind it) as ballooned order-9 extents, so that
+    /// [`Balloon::step`] populates it like memory it gave back earlier. Call only once the
+    /// kernel has mapped the range (populated pages join the allocator and get touched).
+    ///
+    /// Policy (no knob, unlike Linux's `memhp_default_state`): hot-added memory is online
+    /// at once and is the **last** to be populated and the **first** to be given back.
+    /// Its extents go to the bottom of the ballooned stack, so going up repopulates
+    /// boot RAM first; going down takes free blocks from hot-added ranges, highest first,
+    /// before any boot RAM ([`MemModel::balloon_out_from`]). A hot-added section thus
+    /// empties out as early as possible and can be removed (its memmap freed): see
+    /// [`Balloon::ballooned_in`] and [`Balloon::forget_hotplugged`].
+    ///
+    /// Returns the pages adopted. Nothing changes on error.
+    pub fn adopt_hotplugged<S: MemmapStorage>(
+        &mut self,
+        mm: &MemModel<S>,
+        range: PfnRange,
+    ) -> Result<u64, MmError> {
+        if !range.is_subsection_aligned() || range.is_empty() {
+            return Err(MmError::Misaligned {
+                pfn: range.start,
+                order: ORDER_SUBSECTION as u8,
+            });
+        }
+        if self.hotplugged.iter().any(|r| !r.intersect(&range).is_empty()) {
+            return Err(MmError::AlreadyPresent(range.start));
+        }
+        {
+            let guard = mm.read();
+            let mut expect = range.start;
+            for page in guard.active_pages(range) {
+                if page.pfn() != expect {
+                    return Err(MmError::NotActive(expect));
+                }
+                let kind = page.section_kind();
+                if kind != SectionKind::HotplugRam || !page.section_online() {
+                    return Err(MmError::WrongSection {
+                        pfn: expect,
+                        kind,
+                        online: page.section_online(),
+                    });
+                }
+                let state = page.state();
+                if state != PageState::Offline {
+                    return Err(MmError::Busy {
+                        pfn: expect,
+                        state: state.kind(),
+                    });
+                }
+                expect = expect.add(1);
+            }
+            if expect != range.end {
+                return Err(MmError::NotActive(expect));
+            }
+        }
+        // Bottom of the stack (used from the end), lowest subsection last-but-first:
+        // hot-added extents populate after boot RAM's, in ascending order.
+        let n = range.len() >> ORDER_SUBSECTION;
+        let extents: Vec<Gfn> = (0..n)
+            .rev()
+            .map(|i| range.start.0 + (i << ORDER_SUBSECTION))
+            .collect();
+        self.ballooned[1].splice(0..0, extents);
+        let at = self.hotplugged.partition_point(|r| r.start < range.start);
+        self.hotplugged.insert(at, range);
+        if self.state == BalloonState::NeedHotplug {
+            self.state = BalloonState::Working;
+        }
+        self.need_hotplug_pages = 0;
+        self.backoff.reset();
+        log::info!(
+            "balloon: adopted hot-added {:?} ({} KiB) as ballooned",
+            range,
+            range.len() * KIB_PER_PAGE
+        );
+        Ok(range.len())
+    }
+
+    /// Pages of `range` on the ballooned lists (Offline, no frame in Xen).
+    pub fn ballooned_in(&self, range: PfnRange) -> u64 {
+        let o0 = self.ballooned[0].iter().filter(|&&g| range.contains(Pfn(g)));
+        let o9 = self.ballooned[1]
+            .iter()
+            .filter(|&&g| range.contains(Pfn(g)) && range.contains(Pfn(g + PAGES_PER_SUBSECTION - 1)));
+        o0.count() as u64 + ((o9.count() as u64) << ORDER_SUBSECTION)
+    }
+
+    /// Whether the last step reached the target (or the floor): `done` or `clamped`.
+    pub fn at_rest(&self) -> bool {
+        matches!(self.state, BalloonState::Done | BalloonState::Clamped)
+    }
+
+    /// Hot-added ranges the balloon manages, ascending.
+    pub fn hotplugged(&self) -> &[PfnRange] {
+        &self.hotplugged
+    }
+
+    /// Give up a hot-added range that is about to be hot-removed: every page of it must
+    /// be on the ballooned lists (all Offline); its extents are dropped from them and it
+    /// stops being a preferred range. On error nothing changes. Returns the pages dropped.
+    ///
+    /// Undo with [`Balloon::adopt_hotplugged`] if the removal then fails.
+    pub fn forget_hotplugged(&mut self, range: PfnRange) -> Result<u64, ForgetError> {
+        let ballooned = self.ballooned_in(range);
+        if ballooned != range.len() {
+            return Err(ForgetError::InUse {
+                pages: range.len() - ballooned,
+            });
+        }
+        if !self.hotplugged.iter().any(|r| r.start <= range.start && range.end <= r.end) {
+            return Err(ForgetError::NotHotplugged);
+        }
+        self.ballooned[0].retain(|&g| !range.contains(Pfn(g)));
+        self.ballooned[1].retain(|&g| !range.contains(Pfn(g)));
+        let mut kept = Vec::with_capacity(self.hotplugged.len() + 1);
+        for r in self.hotplugged.drain(..) {
+            let left = PfnRange::new(r.start, range.start.min(r.end));
+            let right = PfnRange::new(range.end.max(r.start), r.end);
+            kept.extend([left, right].into_iter().filter(|p| !p.is_empty()));
+        }
+        self.hotplugged = kept;
+        Ok(ballooned)
+    }
+
     fn collect_boot_offline<S: MemmapStorage>(&mut self, mm: &MemModel<S>) {
         if self.adopted {
             return;
@@ -398,7 +546,10 @@ impl Balloon {
             offline.clear();
         };
         for page in guard.active_pages(PfnRange::new(Pfn(0), Pfn(MAX_PFN))) {
-            if !page.section_kind().is_ram() || page.state() != PageState::Offline {
+            // Only boot RAM: hot-added Offline pages never had a frame (nothing to release)
+            // and are adopted by `adopt_hotplugged`.
+            if page.section_kind() != SectionKind::BootRam || page.state() != PageState::Offline
+            {
                 continue;
             }
             let pfn = page.pfn();
@@ -539,45 +690,79 @@ impl Balloon {
     }
 
     /// Give `need` pages back to Xen: whole free subsections as order-9 extents while at
-    /// least 512 pages must go, then order-0 pages.
+    /// least 512 pages must go, then order-0 pages. Free memory of hot-added ranges goes
+    /// first, at either order (see [`Balloon::adopt_hotplugged`]): a fragmented hot-added
+    /// subsection is given back page by page before any boot RAM, so that hot-added
+    /// sections empty out and can be removed. At most two hypercalls.
     fn balloon_down<S: MemmapStorage, X: MemoryReservation>(
         &mut self,
         mm: &MemModel<S>,
         xen: &mut X,
         need: u64,
     ) -> Result<StepOutcome, Failure> {
-        if need >= PAGES_PER_SUBSECTION && !self.order9_refused {
-            let n = (need >> ORDER_SUBSECTION).min(self.cfg.batch_order9 as u64) as usize;
-            self.take_free(mm, ORDER_SUBSECTION, n)?;
-            if !self.batch.is_empty() {
-                match self.decrease(mm, xen, ORDER_SUBSECTION)? {
-                    Ok(0) => self.order9_refused = true,
-                    Ok(_) => return Ok(StepOutcome::Progress),
-                    Err(e) => return Err(Failure::Xen("decrease_reservation order 9", e)),
-                }
+        let order9 = need >= PAGES_PER_SUBSECTION && !self.order9_refused;
+        let n9 = (need >> ORDER_SUBSECTION).min(self.cfg.batch_order9 as u64) as usize;
+        let n0 = need.min(self.cfg.batch_order0 as u64) as usize;
+        // (order, how many, hot-added ranges only)
+        let plan = [
+            (ORDER_SUBSECTION, n9, true),
+            (0, n0, true),
+            (ORDER_SUBSECTION, n9, false),
+            (0, n0, false),
+        ];
+        for (order, n, hot_only) in plan {
+            if order == ORDER_SUBSECTION && (!order9 || self.order9_refused) {
+                continue;
             }
+            if hot_only && self.hotplugged.is_empty() {
+                continue;
+            }
+            self.take_free(mm, order, n, hot_only)?;
+            if self.batch.is_empty() {
+                continue;
+            }
+            return match self.decrease(mm, xen, order)? {
+                Ok(0) if order == ORDER_SUBSECTION => {
+                    // Try order 0 (same preference) in this step; Xen did nothing yet.
+                    self.order9_refused = true;
+                    continue;
+                }
+                Ok(0) => Err(Failure::Stuck("decrease_reservation: Xen released none")),
+                Ok(_) => Ok(StepOutcome::Progress),
+                Err(e) if order == ORDER_SUBSECTION => {
+                    Err(Failure::Xen("decrease_reservation order 9", e))
+                }
+                Err(e) => Err(Failure::Xen("decrease_reservation", e)),
+            };
         }
-        let n = need.min(self.cfg.batch_order0 as u64) as usize;
-        self.take_free(mm, 0, n)?;
-        if self.batch.is_empty() {
-            return Err(Failure::Stuck("no free page to balloon out"));
-        }
-        match self.decrease(mm, xen, 0)? {
-            Ok(0) => Err(Failure::Stuck("decrease_reservation: Xen released none")),
-            Ok(_) => Ok(StepOutcome::Progress),
-            Err(e) => Err(Failure::Xen("decrease_reservation", e)),
-        }
+        Err(Failure::Stuck("no free page to balloon out"))
     }
 
-    /// Fill the batch with up to `n` free blocks of `order`, now Offline.
+    /// Fill the batch with up to `n` free blocks of `order`, now Offline: from hot-added
+    /// ranges first (highest first), then — unless `hot_only` — anywhere.
     fn take_free<S: MemmapStorage>(
         &mut self,
         mm: &MemModel<S>,
         order: u32,
         n: usize,
+        hot_only: bool,
     ) -> Result<(), Failure> {
         self.batch.clear();
-        while self.batch.len() < n {
+        for i in (0..self.hotplugged.len()).rev() {
+            let want = n - self.batch.len();
+            if want == 0 {
+                break;
+            }
+            let batch = &mut self.batch;
+            let r = mm.balloon_out_from(self.hotplugged[i], order as u8, want, |p| {
+                batch.push(p.0)
+            });
+            if let Err(e) = r {
+                self.undo_take(mm, order)?;
+                return Err(Failure::Model("balloon_out_from", e));
+            }
+        }
+        while self.batch.len() < n && !hot_only {
             match mm.balloon_out(order as u8) {
                 Ok(pfn) => self.batch.push(pfn.0),
                 Err(MmError::OutOfMemory { .. }) => break,

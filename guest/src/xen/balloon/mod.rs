@@ -10,7 +10,8 @@ pub mod driver;
 pub mod target;
 
 pub use driver::{
-    AccountingError, Balloon, BalloonConfig, BalloonState, BalloonStatus, Counters, StepOutcome,
+    AccountingError, Balloon, BalloonConfig, BalloonState, BalloonStatus, Counters, ForgetError,
+    StepOutcome,
     DEFAULT_FLOOR_KIB,
 };
 pub use target::{Target, TargetError};

@@ -1,0 +1,365 @@
+//! The memory hotplug driver: turns the balloon's `NeedHotplug` into hot-added sections
+//! and gives emptied hot-added sections back (hot-remove), with retries that never spin.
+//!
+//! The kernel's part (page tables, xenstore, timing) around it:
+//!
+//! ```text
+//! boot:   let window = HotplugWindow::from_memmap(start_info memmap)?;  // log it
+//!         let mut hp = Hotplug::new(window);
+//! new memory/target: hp.new_target();          // a failed add is retried at once
+//! balloon step says NeedHotplug { pages } (or `hp.retry_at()` passed while it still
+//!         does): match hp.on_need_hotplug(mm, &mut balloon, pages, now, |range| map(range)) {
+//!     HotplugOutcome::Added(a)              => step the balloon again (it populates a.ranges)
+//!     HotplugOutcome::BackingOff { until_ns } => wait until then or a new target
+//! }
+//! balloon at rest (Done / Clamped): let r = hp.try_hot_remove(mm, &mut balloon);
+//!         (optionally unmap r.ranges; nothing touches them anyway)
+//! after either: write hp.status(mm).fields() under data/hotplug/, census under data/mm/
+//! ```
+//!
+//! The `map` callback must make the range accessible (direct map / page tables) before it
+//! returns: the balloon populates the range only after the callback succeeded and the
+//! range was adopted, and populated pages join the allocator, whose users touch them. If
+//! it fails, the sections are removed again and the failure is reported like any other.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use super::balloon::backoff::Backoff;
+use super::balloon::Balloon;
+use crate::mm::geometry::{section_start_pfn, PAGES_PER_SECTION};
+use crate::mm::hotplug::{hot_add, hot_remove_section, HotAdded, HotplugError, HotplugWindow};
+use crate::mm::{MemModel, MemmapStorage, PfnRange, SectionKind};
+
+/// What [`Hotplug::on_need_hotplug`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HotplugOutcome {
+    /// Sections were added, mapped and handed to the balloon: step it.
+    Added(HotAdded),
+    /// Nothing was done now (an earlier failure is being backed off, or this attempt
+    /// failed: see [`Hotplug::last_error`]). Try again at `until_ns` or on a new target.
+    BackingOff {
+        /// Do not call before this (Xen system time, ns).
+        until_ns: u64,
+    },
+}
+
+/// What [`Hotplug::try_hot_remove`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HotRemoved {
+    /// Sections removed, highest first.
+    pub sections: Vec<usize>,
+    /// Their ranges.
+    pub ranges: Vec<PfnRange>,
+    /// Memmap bytes given back to the storage provider.
+    pub memmap_bytes: u64,
+}
+
+/// Counters since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HotplugCounters {
+    /// Successful hot-adds (calls).
+    pub adds: u64,
+    /// Sections hot-added.
+    pub sections_added: u64,
+    /// Sections hot-removed.
+    pub sections_removed: u64,
+    /// Failed hot-add attempts (each rolled back).
+    pub failures: u64,
+    /// Calls refused because a backoff was running (no work done).
+    pub deferred: u64,
+    /// Memmap bytes freed by hot-remove.
+    pub memmap_bytes_freed: u64,
+}
+
+/// The hotplug driver's state.
+pub struct Hotplug {
+    window: HotplugWindow,
+    backoff: Backoff,
+    counters: HotplugCounters,
+    last_error: Option<HotplugError>,
+    last_error_text: String,
+}
+
+impl Hotplug {
+    /// A driver adding sections inside `window`.
+    pub fn new(window: HotplugWindow) -> Hotplug {
+        Hotplug {
+            window,
+            backoff: Backoff::default(),
+            counters: HotplugCounters::default(),
+            last_error: None,
+            last_error_text: String::new(),
+        }
+    }
+
+    /// The window sections are added in.
+    pub fn window(&self) -> &HotplugWindow {
+        &self.window
+    }
+
+    /// Counters since boot.
+    pub fn counters(&self) -> &HotplugCounters {
+        &self.counters
+    }
+
+    /// The last failure, if any (kept after later successes, for the status).
+    pub fn last_error(&self) -> Option<HotplugError> {
+        self.last_error
+    }
+
+    /// When a backed-off hot-add may be tried again, if one is backing off.
+    pub fn retry_at(&self) -> Option<u64> {
+        self.backoff.deadline()
+    }
+
+    /// A new `memory/target`: retry at once (the toolstack may have fixed the cause, or
+    /// the new target may need less).
+    pub fn new_target(&mut self) {
+        self.backoff.reset();
+    }
+
+    /// React to the balloon's `NeedHotplug { pages }`: add the sections (every page
+    /// Offline, online), have the kernel `map` each new range, and give the ranges to the
+    /// balloon as ballooned extents ([`Balloon::adopt_hotplugged`]) so its next steps
+    /// populate them at order 9.
+    ///
+    /// On failure everything this call did is undone (sections removed, memmap freed,
+    /// nothing adopted), the error is recorded for the status, and the driver backs off
+    /// (1 s doubling to 32 s): calls before the deadline return `BackingOff` at once
+    /// without trying, so a caller cannot make it spin.
+    pub fn on_need_hotplug<S: MemmapStorage, E: fmt::Display>(
+        &mut self,
+        mm: &MemModel<S>,
+        balloon: &mut Balloon,
+        pages: u64,
+        now_ns: u64,
+        mut map: impl FnMut(PfnRange) -> Result<(), E>,
+    ) -> HotplugOutcome {
+        if !self.backoff.ready(now_ns) {
+            self.counters.deferred += 1;
+            let until_ns = self.backoff.deadline().unwrap_or(now_ns);
+            return HotplugOutcome::BackingOff { until_ns };
+        }
+        let added = match hot_add(mm, &self.window, pages) {
+            Ok(a) => a,
+            Err(e) => return self.fail(now_ns, e, String::new()),
+        };
+        for (n, &range) in added.ranges.iter().enumerate() {
+            if let Err(why) = map(range) {
+                self.undo(mm, balloon, &added, n);
+                return self.fail(now_ns, HotplugError::Map { range }, format!(": {why}"));
+            }
+        }
+        for (n, &range) in added.ranges.iter().enumerate() {
+            if let Err(error) = balloon.adopt_hotplugged(mm, range) {
+                self.undo(mm, balloon, &added, n);
+                return self.fail(now_ns, HotplugError::Adopt { range, error }, String::new());
+            }
+        }
+        self.backoff.reset();
+        self.counters.adds += 1;
+        self.counters.sections_added += added.sections.len() as u64;
+        HotplugOutcome::Added(added)
+    }
+
+    /// Remove what `on_need_hotplug` added after `adopted` of its ranges were adopted.
+    fn undo<S: MemmapStorage>(
+        &mut self,
+        mm: &MemModel<S>,
+        balloon: &mut Balloon,
+        added: &HotAdded,
+        adopted: usize,
+    ) {
+        for &range in &added.ranges[..adopted] {
+            // Just adopted, nothing populated yet: every page is still ballooned.
+            let _ = balloon.forget_hotplugged(range);
+        }
+        for &nr in added.sections.iter().rev() {
+            if let Err(e) = hot_remove_section(mm, nr) {
+                log::error!("hotplug: undo of section {nr:#x} failed: {e}");
+            }
+        }
+    }
+
+    fn fail(&mut self, now_ns: u64, e: HotplugError, detail: String) -> HotplugOutcome {
+        let until_ns = self.backoff.failed(now_ns);
+        self.counters.failures += 1;
+        self.last_error = Some(e);
+        self.last_error_text = format!("{e}{detail}");
+        log::warn!(
+            "hotplug: {}; rolled back, retrying in {} ms",
+            self.last_error_text,
+            self.backoff.delay_ns() / 1_000_000
+        );
+        HotplugOutcome::BackingOff { until_ns }
+    }
+
+    /// Remove every hot-added section whose pages are all ballooned out (Offline, no
+    /// frame), highest first: its extents leave the balloon's lists, then the section
+    /// goes offline -> inactive -> grace period -> memmap freed -> absent. Does nothing
+    /// unless the balloon is at rest (`done` or `clamped`): a balloon still working
+    /// (e.g. going up) would only need the section again.
+    ///
+    /// Policy (see [`Balloon::adopt_hotplugged`]): going down, the balloon empties
+    /// hot-added sections first, highest first, so this removes them in that order and
+    /// boot RAM is never removed.
+    pub fn try_hot_remove<S: MemmapStorage>(
+        &mut self,
+        mm: &MemModel<S>,
+        balloon: &mut Balloon,
+    ) -> HotRemoved {
+        let mut removed = HotRemoved::default();
+        if !balloon.at_rest() {
+            return removed;
+        }
+        for nr in self.window.ram_sections().rev() {
+            let Some(info) = mm.section_info(nr) else {
+                continue;
+            };
+            if info.present == 0 || info.kind != Some(SectionKind::HotplugRam) {
+                continue;
+            }
+            let range = PfnRange::from_count(section_start_pfn(nr), PAGES_PER_SECTION);
+            if balloon.ballooned_in(range) != PAGES_PER_SECTION
+                || balloon.forget_hotplugged(range).is_err()
+            {
+                continue;
+            }
+            match hot_remove_section(mm, nr) {
+                Ok(bytes) => {
+                    removed.sections.push(nr);
+                    removed.ranges.push(range);
+                    removed.memmap_bytes += bytes;
+                }
+                Err(error) => {
+                    // The balloon's lists said all Offline and the model disagrees: a bug.
+                    // Give the range back to the balloon and report it.
+                    log::error!("hotplug: removing section {nr:#x}: {error}");
+                    let _ = balloon.adopt_hotplugged(mm, range);
+                    self.last_error = Some(HotplugError::Model { section: nr, error });
+                    self.last_error_text = format!("hot-remove section {nr:#x}: {error}");
+                }
+            }
+        }
+        if !removed.sections.is_empty() {
+            self.counters.sections_removed += removed.sections.len() as u64;
+            self.counters.memmap_bytes_freed += removed.memmap_bytes;
+            log::info!(
+                "hotplug: removed {} section(s), {} KiB of memmap freed",
+                removed.sections.len(),
+                removed.memmap_bytes / 1024
+            );
+        }
+        removed
+    }
+
+    /// A snapshot for `data/hotplug/`.
+    pub fn status<S: MemmapStorage>(&self, mm: &MemModel<S>) -> HotplugStatus {
+        let c = mm.census().by_kind[SectionKind::HotplugRam.index()];
+        HotplugStatus {
+            window: self.window,
+            backing_off: self.backoff.backing_off(),
+            backoff_ms: self.backoff.delay_ns() / 1_000_000,
+            last_error: self.last_error,
+            last_error_text: self.last_error_text.clone(),
+            counters: self.counters,
+            sections_present: c.sections_present,
+            sections_online: c.sections_online,
+            subsections_active: c.subsections_active,
+            hotplug_kib: c.kib(),
+            memmap_bytes: c.memmap_bytes(),
+        }
+    }
+}
+
+/// The hotplug driver's numbers as published under the guest's `data/hotplug/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HotplugStatus {
+    /// The windows.
+    pub window: HotplugWindow,
+    /// Whether a failed hot-add is being backed off.
+    pub backing_off: bool,
+    /// Current backoff delay.
+    pub backoff_ms: u64,
+    /// The last failure.
+    pub last_error: Option<HotplugError>,
+    /// Its text.
+    pub last_error_text: String,
+    /// Counters.
+    pub counters: HotplugCounters,
+    /// Hot-plug RAM sections present now.
+    pub sections_present: u64,
+    /// Of those, online.
+    pub sections_online: u64,
+    /// Their active subsections.
+    pub subsections_active: u64,
+    /// Hot-added space now (KiB).
+    pub hotplug_kib: u64,
+    /// Memmap bytes of hot-added sections now.
+    pub memmap_bytes: u64,
+}
+
+impl HotplugStatus {
+    /// (key under `data/hotplug/`, value). Keys:
+    ///
+    /// | key | value |
+    /// |---|---|
+    /// | `state` | `idle` or `backing-off` |
+    /// | `last-error` | text of the last failure (empty if none) |
+    /// | `last-error-kind` | `window-full` `storage` `model` `map` `adopt` (empty if none) |
+    /// | `failures` | failed hot-add attempts, each rolled back |
+    /// | `deferred` | calls refused during a backoff |
+    /// | `backoff-ms` | current backoff delay |
+    /// | `adds`, `sections-added`, `sections-removed` | since boot |
+    /// | `memmap-freed-bytes` | memmap given back by hot-remove since boot |
+    /// | `sections/present`, `sections/online`, `subsections/active` | hot-plug RAM now |
+    /// | `kib` | hot-added space now |
+    /// | `memmap-bytes` | memmap of hot-added sections now |
+    /// | `window/ram-start`, `window/ram-kib` | hot-add window (hex address, KiB) |
+    /// | `window/device-start`, `window/device-kib` | device window |
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        let c = &self.counters;
+        let state = if self.backing_off {
+            "backing-off"
+        } else {
+            "idle"
+        };
+        [
+            ("state", String::from(state)),
+            ("last-error", self.last_error_text.clone()),
+            (
+                "last-error-kind",
+                String::from(self.last_error.map_or("", |e| e.name())),
+            ),
+            ("failures", format!("{}", c.failures)),
+            ("deferred", format!("{}", c.deferred)),
+            ("backoff-ms", format!("{}", self.backoff_ms)),
+            ("adds", format!("{}", c.adds)),
+            ("sections-added", format!("{}", c.sections_added)),
+            ("sections-removed", format!("{}", c.sections_removed)),
+            ("memmap-freed-bytes", format!("{}", c.memmap_bytes_freed)),
+            ("sections/present", format!("{}", self.sections_present)),
+            ("sections/online", format!("{}", self.sections_online)),
+            ("subsections/active", format!("{}", self.subsections_active)),
+            ("kib", format!("{}", self.hotplug_kib)),
+            ("memmap-bytes", format!("{}", self.memmap_bytes)),
+            (
+                "window/ram-start",
+                format!("{:#x}", self.window.ram.start.addr()),
+            ),
+            ("window/ram-kib", format!("{}", self.window.ram.len() * 4)),
+            (
+                "window/device-start",
+                format!("{:#x}", self.window.device.start.addr()),
+            ),
+            (
+                "window/device-kib",
+                format!("{}", self.window.device.len() * 4),
+            ),
+        ]
+        .into_iter()
+    }
+}

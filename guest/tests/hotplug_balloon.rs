@@ -1,0 +1,770 @@
+//! Memory hotplug and hot-remove against the simulated Xen: the balloon's NeedHotplug
+//! turned into hot-added sections, populated at order 9, emptied first on the way down,
+//! removed with their memmap freed, re-added; failures rolled back and retried without
+//! spinning; the saveable-page walker interleaved with all of it.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use guest::mm::boot::{self, BootConfig, MemmapEntry, E820_ACPI, E820_RAM, E820_RESERVED};
+use guest::mm::geometry::{section_start_pfn, MAX_PFN, PAGES_PER_SECTION, PAGES_PER_SUBSECTION};
+use guest::mm::hotplug::{hot_add, hot_remove_section, saveable_walk, HotplugError, HotplugWindow};
+use guest::mm::{
+    Budgeted, BumpStorage, HeapStorage, MemModel, MemmapStorage, MmError, PageState, Pfn,
+    PfnRange, SectionKind, StateKind, MEMMAP_BYTES_PER_SUBSECTION,
+};
+use guest::xen::balloon::{Balloon, BalloonConfig, StepOutcome};
+use guest::xen::hotplug::{Hotplug, HotplugOutcome};
+use xen_bindings::sim::memory::SimMemory;
+use xen_bindings::traits::MemoryReservation;
+
+const MIB: u64 = 1 << 20;
+const SEC: u64 = 1_000_000_000;
+const ACPI: (u64, u64) = (0xfc000, 11);
+const SPECIAL: (u64, u64) = (0xfeff8, 8);
+const NONRAM: u64 = ACPI.1 + SPECIAL.1;
+const SECTION_MEMMAP: u64 = 64 * MEMMAP_BYTES_PER_SUBSECTION as u64;
+
+fn memmap(ram_mib: u64) -> [MemmapEntry; 3] {
+    [
+        MemmapEntry {
+            addr: 0,
+            size: ram_mib * MIB,
+            kind: E820_RAM,
+        },
+        MemmapEntry {
+            addr: ACPI.0 << 12,
+            size: ACPI.1 << 12,
+            kind: E820_ACPI,
+        },
+        MemmapEntry {
+            addr: SPECIAL.0 << 12,
+            size: SPECIAL.1 << 12,
+            kind: E820_RESERVED,
+        },
+    ]
+}
+
+struct World<S: MemmapStorage> {
+    mm: MemModel<S>,
+    xen: SimMemory,
+    now: u64,
+    balloon: Balloon,
+    hp: Hotplug,
+    /// Ranges the "kernel" mapped, in order.
+    mapped: Vec<PfnRange>,
+}
+
+/// memory == maxmem == `ram_mib`; `xl mem-max` already raised Xen's limit to `max_mib`.
+fn world<S: MemmapStorage>(ram_mib: u64, max_mib: u64, storage: S) -> World<S> {
+    let map = memmap(ram_mib);
+    let reserved = [
+        PfnRange::covering_bytes(MIB, 2 * MIB + 123),
+        PfnRange::covering_bytes(0x1000, 0x100),
+    ];
+    let cfg = BootConfig {
+        memmap: &map,
+        reserved: &reserved,
+        touchable_ram_pages: None,
+    };
+    let mm = boot::build(&cfg, storage).unwrap();
+    mm.end_boot();
+    let pages = ram_mib * 256;
+    let xen = SimMemory::new(&[(0, pages), ACPI, SPECIAL], max_mib * 256 + NONRAM + 256);
+    let hp = Hotplug::new(HotplugWindow::from_memmap(&map).unwrap());
+    let mut w = World {
+        mm,
+        xen,
+        now: SEC,
+        balloon: Balloon::new(BalloonConfig::default()),
+        hp,
+        mapped: Vec::new(),
+    };
+    w.balloon
+        .adopt_boot_offline(&w.mm, &mut w.xen, w.now)
+        .unwrap();
+    w
+}
+
+fn kib(mib: u64) -> Vec<u8> {
+    format!("{}", mib * 1024).into_bytes()
+}
+
+fn ram<S: MemmapStorage>(w: &World<S>) -> u64 {
+    w.mm.census().ram_pages()
+}
+
+/// Run the kernel's loop until the balloon rests: NeedHotplug goes to the hotplug driver
+/// (whose `map` checks that nothing of the range is backed or in use yet), backoffs are
+/// waited out, and at rest emptied hot-added sections are removed.
+fn settle<S: MemmapStorage>(w: &mut World<S>) -> StepOutcome {
+    let mut backoffs = 0;
+    for _ in 0..20_000 {
+        let o = w.balloon.step(&w.mm, &mut w.xen, w.now);
+        match o {
+            StepOutcome::Progress => continue,
+            StepOutcome::BackingOff { until_ns } => {
+                // Stuck (e.g. nothing free to give back): the caller checks and moves on.
+                backoffs += 1;
+                if backoffs == 12 {
+                    return o;
+                }
+                w.now = until_ns
+            }
+            StepOutcome::NeedHotplug { pages } => {
+                let (mm, xen, mapped) = (&w.mm, &w.xen, &mut w.mapped);
+                let r = w
+                    .hp
+                    .on_need_hotplug(mm, &mut w.balloon, pages, w.now, |range| {
+                        // Mapped before anything is populated or touched.
+                        assert_eq!(xen.populated_in(range.start.0, range.end.0), 0);
+                        let g = mm.read();
+                        assert!(g
+                            .active_pages(range)
+                            .all(|p| p.state() == PageState::Offline));
+                        mapped.push(range);
+                        Ok::<(), &str>(())
+                    });
+                match r {
+                    HotplugOutcome::Added(_) => continue,
+                    HotplugOutcome::BackingOff { .. } => return o,
+                }
+            }
+            StepOutcome::Done | StepOutcome::Error => {
+                w.hp.try_hot_remove(&w.mm, &mut w.balloon);
+                return o;
+            }
+        }
+    }
+    panic!("never rested");
+}
+
+/// Invariants: census consistent; every Offline RAM page unbacked, every Free/Allocated/
+/// Reserved RAM page touchable; the accounting offset constant; every hot-added page is
+/// either populated or on the balloon's lists; the walker reads only backed frames.
+fn check<S: MemmapStorage>(w: &mut World<S>) {
+    let c = w.mm.recount().expect("census consistent");
+    assert_eq!(c, w.mm.census());
+    {
+        let g = w.mm.read();
+        for p in g.active_pages(PfnRange::new(Pfn(0), Pfn(MAX_PFN))) {
+            if !p.is_ram() {
+                continue;
+            }
+            match p.state() {
+                PageState::Offline => assert!(!w.xen.is_populated(p.pfn().0), "{p:?} backed"),
+                PageState::Free | PageState::Allocated | PageState::Reserved => {
+                    assert!(w.xen.touch(p.pfn().0), "{p:?}: {:?}", w.xen.killed)
+                }
+                s => panic!("{p:?} in {s:?}"),
+            }
+        }
+    }
+    assert!(w.xen.killed.is_none());
+    let offset = w.balloon.accounting_offset().unwrap();
+    assert_eq!(w.xen.tot_pages() as i64 - c.ram_pages() as i64, offset);
+    assert_eq!(w.balloon.counters().accounting_mismatches, 0);
+    // Every hot-added section is managed by the balloon: its Offline pages are exactly
+    // the ballooned ones.
+    for s in w.mm.sections() {
+        if s.kind != Some(SectionKind::HotplugRam) {
+            assert!(!w.hp.window().ram_sections().contains(&s.nr));
+            continue;
+        }
+        assert!(s.online && s.active == u64::MAX && s.present == u64::MAX);
+        let range = PfnRange::from_count(section_start_pfn(s.nr), PAGES_PER_SECTION);
+        let counts = w.mm.section_pages(s.nr).unwrap();
+        assert_eq!(
+            counts[StateKind::Offline.index()],
+            w.balloon.ballooned_in(range)
+        );
+        assert_eq!(counts[StateKind::Reserved.index()], 0, "hot-added never Reserved");
+    }
+    // The walker reads exactly the online Free/Allocated pages, all backed.
+    let xen = &mut w.xen;
+    let st = saveable_walk(&w.mm, PfnRange::new(Pfn(0), Pfn(MAX_PFN)), |pfn| {
+        assert!(xen.touch(pfn.0), "walker read an unbacked frame {pfn:?}");
+        pfn.0.wrapping_mul(0x9e37_79b9)
+    });
+    assert_eq!(
+        st.pages,
+        c.pages_in(StateKind::Free) + c.pages_in(StateKind::Allocated)
+    );
+    assert_eq!(st.skipped_in(StateKind::Offline), c.pages_in(StateKind::Offline));
+    assert_eq!(st.seen, c.pages_total());
+}
+
+fn hotplug_sections<S: MemmapStorage>(w: &World<S>) -> Vec<usize> {
+    w.mm
+        .sections()
+        .filter(|s| s.kind == Some(SectionKind::HotplugRam))
+        .map(|s| s.nr)
+        .collect()
+}
+
+fn census_field<S: MemmapStorage>(mm: &MemModel<S>, key: &str) -> u64 {
+    mm.census()
+        .fields()
+        .find(|(k, _)| k.to_string() == key)
+        .unwrap_or_else(|| panic!("no {key}"))
+        .1
+}
+
+fn hp_field<S: MemmapStorage>(w: &World<S>, key: &str) -> String {
+    w.hp.status(&w.mm)
+        .fields()
+        .find(|(k, _)| *k == key)
+        .unwrap_or_else(|| panic!("no {key}"))
+        .1
+}
+
+/// `hotplug-add` then `hotplug-remove`: 256 MiB, mem-max 1024, mem-set 768 → hot-add of
+/// 4 sections at 4 GiB, populated at order 9; down to 128 → hot-added sections emptied
+/// first and removed, memmap freed; up again → re-added on the same storage.
+#[test]
+fn hot_add_populate_remove_and_re_add() {
+    let mut buf = vec![0u64; (8 * MIB / 8) as usize];
+    let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
+    // SAFETY: `buf` is 8 MiB, owned by this test and outlives the model (dropped below).
+    // The provider claims guest pages [128 MiB, 136 MiB): boot marks them Reserved.
+    let storage = unsafe { BumpStorage::new(base, PfnRange::from_count(Pfn(0x8000), 2048)) };
+    let mut w = world(256, 1024, storage);
+    let boot_memmap = w.mm.census().memmap_bytes;
+    w.balloon.set_target(&kib(256), 1024 * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+
+    // xl mem-set 768.
+    w.balloon.set_target(&kib(768), 1024 * 1024, w.now).unwrap();
+    let populated9 = w.balloon.counters().populated[1];
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    assert_eq!(ram(&w), 768 * 256);
+    check(&mut w);
+    let four_g = Pfn::from_addr(4 << 30);
+    assert_eq!(hotplug_sections(&w), [32, 33, 34, 35]);
+    assert_eq!(
+        w.mapped,
+        [PfnRange::from_count(four_g, 4 * PAGES_PER_SECTION)]
+    );
+    assert_eq!(
+        w.balloon.counters().populated[1] - populated9,
+        4 * 64,
+        "order 9 per subsection"
+    );
+    assert_eq!(w.xen.populated_in(four_g.0, four_g.0 + 4 * PAGES_PER_SECTION), 4 * PAGES_PER_SECTION);
+    assert_eq!(census_field(&w.mm, "sections/hotplug-ram/present"), 4);
+    assert_eq!(census_field(&w.mm, "sections/hotplug-ram/online"), 4);
+    assert_eq!(census_field(&w.mm, "subsections/hotplug-ram/active"), 256);
+    assert_eq!(census_field(&w.mm, "kib/hotplug-ram"), 512 * 1024);
+    assert_eq!(census_field(&w.mm, "memmap-bytes/hotplug-ram"), 4 * SECTION_MEMMAP);
+    assert_eq!(census_field(&w.mm, "sections/boot-ram/present"), 2);
+    assert_eq!(w.mm.census().memmap_bytes, boot_memmap + 4 * SECTION_MEMMAP);
+    assert_eq!(hp_field(&w, "sections-added"), "4");
+    assert_eq!(hp_field(&w, "kib"), "524288");
+    assert_eq!(hp_field(&w, "window/ram-start"), "0x100000000");
+    let used = w.mm.with_storage(|s| s.used_bytes());
+
+    // Down to 600: only hot-added memory goes, highest section first.
+    w.balloon.set_target(&kib(600), 1024 * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    check(&mut w);
+    // 168 MiB out: section 35 (128 MiB) emptied and removed, 40 MiB of section 34.
+    let c = w.mm.census();
+    assert_eq!(c.pages_of(SectionKind::BootRam, StateKind::Offline), 0);
+    assert_eq!(c.pages_of(SectionKind::HotplugRam, StateKind::Offline), 40 * 256);
+    assert_eq!(hotplug_sections(&w), [32, 33, 34]);
+    assert_eq!(w.hp.counters().sections_removed, 1);
+    assert_eq!(w.mm.census().memmap_bytes, boot_memmap + 3 * SECTION_MEMMAP);
+    let s34 = w.mm.section_pages(34).unwrap();
+    assert_eq!(s34[StateKind::Offline.index()], 40 * 256);
+
+    // Down to 128: every hot-added section removed, memmap back to the boot amount.
+    w.balloon.set_target(&kib(128), 1024 * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    check(&mut w);
+    assert_eq!(ram(&w), 128 * 256);
+    assert!(hotplug_sections(&w).is_empty());
+    assert_eq!(w.mm.census().memmap_bytes, boot_memmap);
+    assert_eq!(census_field(&w.mm, "memmap-bytes/hotplug-ram"), 0);
+    assert_eq!(census_field(&w.mm, "subsections/hotplug-ram/active"), 0);
+    assert_eq!(hp_field(&w, "memmap-freed-bytes"), format!("{}", 4 * SECTION_MEMMAP));
+    assert_eq!(w.xen.populated_in(four_g.0, four_g.0 + 64 * PAGES_PER_SECTION), 0);
+    assert!(w.balloon.hotplugged().is_empty());
+    assert_eq!(w.balloon.ballooned_pages(), 128 * 256, "only boot RAM is ballooned");
+
+    // Up again: boot RAM first, then a re-add of two sections on the freed memmap blocks.
+    w.balloon.set_target(&kib(512), 1024 * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    check(&mut w);
+    assert_eq!(ram(&w), 512 * 256);
+    assert_eq!(hotplug_sections(&w), [32, 33]);
+    assert_eq!(w.mm.with_storage(|s| s.used_bytes()), used, "storage reused");
+    assert_eq!(w.hp.counters().adds, 2);
+    drop(w);
+    drop(buf);
+}
+
+/// Budget that lets the boot model and `extra` bytes of further memmap be allocated.
+fn budgeted_world(extra: usize) -> World<Budgeted<HeapStorage>> {
+    let mut w = world(256, 2048, Budgeted::new(HeapStorage, usize::MAX));
+    let used = w.mm.with_storage(|s| s.used());
+    w.mm.with_storage(|s| s.set_budget(used + extra));
+    w.balloon.set_target(&kib(256), 2048 * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    w
+}
+
+/// The fault: the memmap of the second of two sections cannot be allocated. The first
+/// is rolled back too; no present/active/online trace; typed error in the status;
+/// retried only after the backoff, and then it works.
+#[test]
+fn storage_failure_rolls_back_and_retries_without_spinning() {
+    // Room for one section and a half of memmap (and the one section-table chunk).
+    let mut w = budgeted_world(SECTION_MEMMAP as usize * 3 / 2 + 64 * 1024);
+    let census0 = w.mm.census();
+    let used0 = w.mm.with_storage(|s| s.used());
+    w.balloon.set_target(&kib(400), 2048 * 1024, w.now).unwrap();
+    let t0 = w.now;
+    assert_eq!(settle(&mut w), StepOutcome::NeedHotplug { pages: 144 * 256 });
+    assert!(hotplug_sections(&w).is_empty());
+    for nr in w.hp.window().ram_sections() {
+        if let Some(s) = w.mm.section_info(nr) {
+            assert_eq!((s.present, s.active, s.online, s.kind), (0, 0, false, None));
+        }
+    }
+    assert!(!w.mm.pfn_active(Pfn::from_addr(4 << 30)));
+    assert!(!w.mm.pfn_valid(Pfn::from_addr((4 << 30) + SECTION_MEMMAP * 512)));
+    let mut c = w.mm.census();
+    // Only the section-table chunk stays (kept for reuse).
+    c.section_table_bytes = census0.section_table_bytes;
+    assert_eq!(c, census0);
+    assert!(w.mm.with_storage(|s| s.used()) - used0 <= 64 * 1024);
+    assert!(w.mapped.is_empty(), "nothing mapped for a failed add");
+    assert!(matches!(
+        w.hp.last_error(),
+        Some(HotplugError::Storage { section: 33, .. })
+    ));
+    assert_eq!(hp_field(&w, "last-error-kind"), "storage");
+    assert_eq!(hp_field(&w, "failures"), "1");
+    assert_eq!(hp_field(&w, "state"), "backing-off");
+    assert_eq!(w.hp.retry_at(), Some(t0 + SEC));
+    check(&mut w);
+
+    // A caller that keeps asking gets BackingOff at once: no attempt, no allocation.
+    for _ in 0..100 {
+        let r = w
+            .hp
+            .on_need_hotplug(&w.mm, &mut w.balloon, 144 * 256, w.now, |_| {
+                Ok::<(), &str>(())
+            });
+        assert_eq!(r, HotplugOutcome::BackingOff { until_ns: t0 + SEC });
+    }
+    assert_eq!(w.hp.counters().failures, 1);
+    assert_eq!(w.hp.counters().deferred, 100);
+    // Still failing when retried: the delay doubles.
+    w.now = t0 + SEC;
+    assert_eq!(settle(&mut w), StepOutcome::NeedHotplug { pages: 144 * 256 });
+    assert_eq!(w.hp.counters().failures, 2);
+    assert_eq!(w.hp.retry_at(), Some(t0 + 3 * SEC));
+    // The storage is freed up (e.g. memory elsewhere released): the retry works.
+    w.mm.with_storage(|s| s.set_budget(usize::MAX));
+    w.now = t0 + 3 * SEC;
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    assert_eq!(ram(&w), 400 * 256);
+    assert_eq!(hotplug_sections(&w), [32, 33]);
+    assert_eq!(hp_field(&w, "state"), "idle");
+    assert_eq!(hp_field(&w, "failures"), "2");
+    check(&mut w);
+}
+
+/// A new target retries a failed add at once; a failing `map` rolls the add back.
+#[test]
+fn map_failure_rolls_back_and_new_target_retries() {
+    let mut w = budgeted_world(usize::MAX / 4);
+    let memmap0 = w.mm.census().memmap_bytes;
+    w.balloon.set_target(&kib(300), 2048 * 1024, w.now).unwrap();
+    let o = w.balloon.step(&w.mm, &mut w.xen, w.now);
+    let StepOutcome::NeedHotplug { pages } = o else {
+        panic!("{o:?}")
+    };
+    let r = w
+        .hp
+        .on_need_hotplug(&w.mm, &mut w.balloon, pages, w.now, |_| Err("no page-table frame"));
+    assert!(matches!(r, HotplugOutcome::BackingOff { .. }));
+    assert!(matches!(w.hp.last_error(), Some(HotplugError::Map { .. })));
+    assert!(hp_field(&w, "last-error").contains("no page-table frame"));
+    assert!(hotplug_sections(&w).is_empty());
+    assert!(w.balloon.hotplugged().is_empty());
+    assert_eq!(w.balloon.ballooned_pages(), 0);
+    assert_eq!(w.mm.census().memmap_bytes, memmap0);
+    // A new target (same value re-written after `xl mem-max`) retries at once.
+    w.balloon.set_target(&kib(300), 2048 * 1024, w.now).unwrap();
+    w.hp.new_target();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    assert_eq!(ram(&w), 300 * 256);
+    check(&mut w);
+}
+
+#[test]
+fn hot_add_takes_the_lowest_free_sections_and_reports_a_full_window() {
+    let map = memmap(256);
+    let window = HotplugWindow::with_sizes(&map, 3 * 128 * MIB, 128 * MIB).unwrap();
+    let mm = boot::build(
+        &BootConfig {
+            memmap: &map,
+            reserved: &[],
+            touchable_ram_pages: None,
+        },
+        HeapStorage,
+    )
+    .unwrap();
+    mm.end_boot();
+    let a = hot_add(&mm, &window, 1).unwrap();
+    assert_eq!((a.sections.as_slice(), a.pages), (&[32][..], PAGES_PER_SECTION));
+    // Every page Offline (never Reserved), section online, every subsection active.
+    let info = mm.section_info(32).unwrap();
+    assert_eq!((info.online, info.active, info.present), (true, u64::MAX, u64::MAX));
+    let counts = mm.section_pages(32).unwrap();
+    assert_eq!(counts[StateKind::Offline.index()], PAGES_PER_SECTION);
+    assert_eq!(mm.census().ram_pages(), 65536, "nothing populated yet");
+    // Exactly one section more than the need: two.
+    let b = hot_add(&mm, &window, PAGES_PER_SECTION + 1).unwrap();
+    assert_eq!((b.sections.as_slice(), b.short_pages), (&[33, 34][..], 0));
+    assert_eq!(b.ranges, [PfnRange::from_count(section_start_pfn(33), 2 * PAGES_PER_SECTION)]);
+    assert_eq!(
+        hot_add(&mm, &window, 5),
+        Err(HotplugError::WindowFull {
+            needed_pages: 5,
+            window_pages: 3 * PAGES_PER_SECTION
+        })
+    );
+    // A removed section's slot is reused first; a short window adds what it has.
+    hot_remove_section(&mm, 33).unwrap();
+    let c = hot_add(&mm, &window, 3 * PAGES_PER_SECTION).unwrap();
+    assert_eq!((c.sections.as_slice(), c.short_pages), (&[33][..], 2 * PAGES_PER_SECTION));
+    assert_eq!(hot_add(&mm, &window, 0).unwrap().pages, 0);
+    // Boot RAM cannot be hot-removed; a section with a populated page cannot either.
+    assert!(matches!(
+        hot_remove_section(&mm, 0),
+        Err(MmError::WrongSection { .. })
+    ));
+    mm.populate(section_start_pfn(34), 0).unwrap();
+    assert!(matches!(hot_remove_section(&mm, 34), Err(MmError::Busy { .. })));
+    let info = mm.section_info(34).unwrap();
+    assert!(info.online && info.active == u64::MAX, "unchanged after refusal");
+    mm.recount().unwrap();
+}
+
+#[test]
+fn balloon_out_from_takes_only_inside_the_range_highest_first() {
+    let mm = MemModel::new(HeapStorage);
+    mm.end_boot();
+    for nr in [0, 1] {
+        mm.add_section(nr, SectionKind::HotplugRam).unwrap();
+        mm.online_section(nr).unwrap();
+    }
+    for sub in 0..4 {
+        mm.populate(Pfn(sub * PAGES_PER_SUBSECTION), 9).unwrap();
+        mm.populate(section_start_pfn(1).add(sub * PAGES_PER_SUBSECTION), 9)
+            .unwrap();
+    }
+    let inside = PfnRange::from_count(section_start_pfn(1), PAGES_PER_SECTION);
+    let mut got = Vec::new();
+    assert_eq!(mm.balloon_out_from(inside, 9, 3, |p| got.push(p)), Ok(3));
+    let s1 = section_start_pfn(1).0;
+    assert_eq!(got, [Pfn(s1 + 3 * 512), Pfn(s1 + 2 * 512), Pfn(s1 + 512)]);
+    assert!(got
+        .iter()
+        .all(|&p| mm.read().pfn_to_online_page(p).unwrap().state() == PageState::Offline));
+    // Order 0 splits the last free subsection of the range, and stops at its end.
+    got.clear();
+    assert_eq!(mm.balloon_out_from(inside, 0, 1000, |p| got.push(p)), Ok(512));
+    assert!(got.iter().all(|&p| PfnRange::from_count(Pfn(s1), 512).contains(p)));
+    assert_eq!(mm.balloon_out_from(inside, 0, 1000, |_| ()), Ok(0));
+    // Nothing outside the range changed state.
+    let c = mm.section_pages(0).unwrap();
+    assert_eq!(c[StateKind::Free.index()], 4 * 512);
+    // A subsection with one allocated page has no free order-9 block, and the
+    // allocated page itself is not taken.
+    let one = mm.alloc_frames(0).unwrap();
+    let sub = PfnRange::from_count(one.subsection_start(), PAGES_PER_SUBSECTION);
+    assert_eq!(mm.balloon_out_from(sub, 9, 5, |_| ()), Ok(0));
+    assert_eq!(mm.balloon_out_from(PfnRange::from_count(one, 1), 0, 5, |_| ()), Ok(0));
+    assert_eq!(mm.balloon_out_from(sub, 10, 5, |_| ()), Err(MmError::BadOrder(10)));
+    // Only part of a subsection: blocks wholly inside the range, aligned to the order.
+    let part = PfnRange::new(sub.start.add(100), sub.start.add(300));
+    got.clear();
+    assert_eq!(mm.balloon_out_from(part, 6, 10, |p| got.push(p)), Ok(2));
+    assert!(got.iter().all(|p| p.0 % 64 == 0 && part.contains(*p) && part.contains(p.add(63))));
+    mm.recount().unwrap();
+}
+
+/// Storage that hands out poisoned blocks (an invalid descriptor tag) and poisons and
+/// quarantines freed ones: a reader that sees an active bit before the descriptors are
+/// initialised, or reads memmap after it was freed, panics.
+#[derive(Clone, Default)]
+struct Poisoned {
+    quarantine: Arc<Mutex<Vec<(usize, Layout)>>>,
+    outstanding: Arc<AtomicU64>,
+}
+
+fn poison(ptr: NonNull<u8>, layout: Layout) {
+    for i in 0..layout.size() / 16 {
+        // SAFETY: the block is `layout.size()` bytes, 16-byte aligned (memmap and chunk
+        // layouts are), and exclusively ours (fresh, or given back by the model).
+        unsafe {
+            let slot = ptr.as_ptr().add(i * 16).cast::<u64>();
+            slot.write(0xf);
+            slot.add(1).write(0);
+        }
+    }
+}
+
+impl MemmapStorage for Poisoned {
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let p = HeapStorage.alloc(layout)?;
+        if layout.size() == MEMMAP_BYTES_PER_SUBSECTION {
+            poison(p, layout);
+        } else {
+            // SAFETY: fresh block of `layout.size()` bytes; section tables start zeroed.
+            unsafe { p.as_ptr().write_bytes(0, layout.size()) };
+        }
+        self.outstanding
+            .fetch_add(layout.size() as u64, Ordering::SeqCst);
+        Some(p)
+    }
+
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        poison(ptr, layout);
+        self.outstanding
+            .fetch_sub(layout.size() as u64, Ordering::SeqCst);
+        self.quarantine
+            .lock()
+            .unwrap()
+            .push((ptr.as_ptr() as usize, layout));
+    }
+}
+
+impl Drop for Poisoned {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.quarantine) == 1 {
+            for (p, l) in self.quarantine.lock().unwrap().drain(..) {
+                // SAFETY: the block came from `HeapStorage.alloc(l)` and nothing uses it.
+                unsafe { HeapStorage.free(NonNull::new(p as *mut u8).unwrap(), l) };
+            }
+        }
+    }
+}
+
+/// Walkers on other threads while the main thread hot-adds, populates, balloons out and
+/// hot-removes sections: they never see a descriptor of an inactive subsection (poison
+/// on allocation) nor freed memmap (poison on free), and never read an Offline frame.
+///
+/// Page *states* change only while no walk is running (the `frames` write lock, as a
+/// hibernation writer freezes the balloon); hot-add and hot-remove run concurrently with
+/// the walks, which is what the active bits and the grace period are for.
+#[test]
+fn walkers_race_hot_add_and_hot_remove() {
+    let storage = Poisoned::default();
+    let mm = Arc::new(MemModel::new(storage.clone()));
+    mm.add_section(0, SectionKind::BootRam).unwrap();
+    mm.online_section(0).unwrap();
+    for sub in 0..8 {
+        mm.populate(Pfn(sub * PAGES_PER_SUBSECTION), 9).unwrap();
+    }
+    mm.end_boot();
+    let window = HotplugWindow::with_sizes(&[], 4 * 128 * MIB, 0).unwrap();
+    let frames = Arc::new(RwLock::new(SimMemory::new(&[(0, 8 * 512)], u64::MAX / 4)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let walkers: Vec<_> = (0..2)
+        .map(|_| {
+            let (mm, stop, frames) = (mm.clone(), stop.clone(), frames.clone());
+            std::thread::spawn(move || {
+                let (mut walks, mut hot, mut read) = (0u64, 0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let f = frames.read().unwrap();
+                    let st = saveable_walk(&mm, PfnRange::new(Pfn(0), Pfn(MAX_PFN)), |pfn| {
+                        assert!(f.is_populated(pfn.0), "walker read unbacked {pfn:?}");
+                        pfn.0
+                    });
+                    drop(f);
+                    hot += st.skipped_in(StateKind::Offline);
+                    read += st.pages;
+                    walks += 1;
+                }
+                (walks, hot, read)
+            })
+        })
+        .collect();
+    for round in 0..60u64 {
+        let want = 1 + (round % 3) * PAGES_PER_SECTION;
+        let added = hot_add(&*mm, &window, want).unwrap();
+        for &nr in &added.sections {
+            let mut f = frames.write().unwrap();
+            for sub in 0..(1 + round % 4) {
+                let p = section_start_pfn(nr).add(sub * PAGES_PER_SUBSECTION);
+                assert_eq!(f.populate_physmap(&[p.0], 9), Ok(1));
+                mm.populate(p, 9).unwrap();
+            }
+        }
+        std::thread::yield_now();
+        for &nr in &added.sections {
+            let range = PfnRange::from_count(section_start_pfn(nr), PAGES_PER_SECTION);
+            let mut f = frames.write().unwrap();
+            let mut out = Vec::new();
+            mm.balloon_out_from(range, 9, 64, |p| out.push(p.0)).unwrap();
+            assert_eq!(f.decrease_reservation(&out, 9), Ok(out.len()));
+        }
+        for &nr in added.sections.iter().rev() {
+            hot_remove_section(&*mm, nr).unwrap();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (walks, hot, read) = walkers
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+    eprintln!("{walks} walks, {hot} hot-added Offline pages skipped, {read} frames read");
+    assert!(walks > 0);
+    assert!(hotplug_sections_of(&mm).is_empty());
+    mm.recount().unwrap();
+    // Only the boot section's memmap is left; every freed block was given back.
+    assert_eq!(mm.census().memmap_bytes, 64 * MEMMAP_BYTES_PER_SUBSECTION as u64);
+    let outstanding = storage.outstanding.load(Ordering::SeqCst);
+    assert_eq!(outstanding, mm.census().memmap_bytes + mm.census().section_table_bytes - 32 * 1024);
+}
+
+fn hotplug_sections_of<S: MemmapStorage>(mm: &MemModel<S>) -> Vec<usize> {
+    mm.sections()
+        .filter(|s| s.kind == Some(SectionKind::HotplugRam))
+        .map(|s| s.nr)
+        .collect()
+}
+
+/// `hotplug-walk`: seeded random walks of 120 steps across the boot/hotplug boundary
+/// (targets from 40 to 640 MiB on a 128 MiB domain), with allocations held across
+/// steps, storage failures, Xen preemption, and the saveable walker and every invariant
+/// checked after each step.
+#[test]
+fn random_walk_across_the_boot_hotplug_boundary() {
+    for seed in [1u64, 42] {
+        random_walk(seed, 120);
+    }
+}
+
+fn random_walk(seed: u64, steps: usize) {
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move |n: u64| {
+        // xorshift64*
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) % n
+    };
+    let mut w = world(128, 640, Budgeted::new(HeapStorage, usize::MAX));
+    let max_kib = 640 * 1024;
+    w.balloon.set_target(&kib(128), max_kib, w.now).unwrap();
+    settle(&mut w);
+    let offset = w.balloon.accounting_offset().unwrap();
+    let mut held: Vec<(Pfn, u8)> = Vec::new();
+    let (mut crossings, mut removed_max) = (0, 0);
+    let mut above = false;
+    for step in 0..steps {
+        match next(10) {
+            0..=4 => {
+                let mib = 40 + next(640 - 40);
+                w.balloon.set_target(&kib(mib), max_kib, w.now).unwrap();
+                w.hp.new_target();
+            }
+            5 => {
+                for _ in 0..next(1500) {
+                    let order = next(3) as u8 * 4;
+                    match w.mm.alloc_frames(order) {
+                        Ok(p) => held.push((p, order)),
+                        Err(_) => break,
+                    }
+                }
+            }
+            6 => {
+                for (p, order) in held.drain(..) {
+                    w.mm.free_frames(p, order).unwrap();
+                }
+            }
+            7 => {
+                // Storage nearly full for a while: hot-adds fail and are rolled back.
+                let used = w.mm.with_storage(|s| s.used());
+                let budget = if next(2) == 0 { used + 100_000 } else { usize::MAX };
+                w.mm.with_storage(|s| s.set_budget(budget));
+            }
+            8 => w.xen.faults.max_extents_per_call = Some(1 + next(40) as usize),
+            _ => w.now += next(40) * SEC,
+        }
+        let o = settle(&mut w);
+        check(&mut w);
+        assert_eq!(w.balloon.accounting_offset(), Some(offset));
+        let hot = !hotplug_sections(&w).is_empty();
+        if hot != above {
+            crossings += 1;
+            above = hot;
+        }
+        removed_max = removed_max.max(w.hp.counters().sections_removed);
+        if let StepOutcome::NeedHotplug { .. } = o {
+            // Only a backing-off hotplug (storage budget) may leave the balloon short.
+            assert!(w.hp.retry_at().is_some(), "step {step}: short without a reason");
+        }
+        assert!(!matches!(o, StepOutcome::Error), "step {step}: {o:?}");
+    }
+    // Held frames may sit in hot-added sections (they then stay, as they must).
+    for (p, order) in held.drain(..) {
+        w.mm.free_frames(p, order).unwrap();
+    }
+    w.mm.with_storage(|s| s.set_budget(usize::MAX));
+    w.xen.faults = Default::default();
+    w.balloon.set_target(&kib(64), max_kib, w.now).unwrap();
+    w.hp.new_target();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    check(&mut w);
+    assert!(hotplug_sections(&w).is_empty(), "all hot-added memory removed");
+    assert_eq!(census_field(&w.mm, "memmap-bytes/hotplug-ram"), 0);
+    assert!(crossings >= 4, "seed {seed}: only {crossings} boundary crossings");
+    assert!(removed_max > 0);
+}
+
+/// The walker alone: what it reads and skips, on a model with every state.
+#[test]
+fn saveable_walk_reads_only_online_free_and_allocated_pages() {
+    let mut w = world(128, 1024, HeapStorage);
+    w.balloon.set_target(&kib(96), 1024 * 1024, w.now).unwrap();
+    settle(&mut w);
+    let window = *w.hp.window();
+    let added = hot_add(&w.mm, &window, 1).unwrap();
+    let dev = PfnRange::from_count(window.device.start, 2 * PAGES_PER_SUBSECTION);
+    w.mm.add_subsections(dev, SectionKind::Device).unwrap();
+    let a = w.mm.alloc_frames(3).unwrap();
+    let mut read = Vec::new();
+    let st = saveable_walk(&w.mm, PfnRange::new(Pfn(0), Pfn(MAX_PFN)), |pfn| {
+        assert!(w.xen.is_populated(pfn.0), "{pfn:?} unbacked");
+        read.push(pfn);
+        7
+    });
+    let c = w.mm.census();
+    assert_eq!(st.pages, read.len() as u64);
+    assert_eq!(st.pages, 96 * 256 - c.pages_in(StateKind::Reserved) + c.reserved_nonram.iter().sum::<u64>());
+    assert!(read.contains(&a) && read.windows(2).all(|p| p[0] < p[1]));
+    assert_eq!(st.skipped_in(StateKind::Offline), 32 * 256 + added.pages);
+    assert_eq!(st.skipped_in(StateKind::Unpopulated), 1024);
+    assert_eq!(st.skipped_in(StateKind::Reserved), c.pages_in(StateKind::Reserved));
+    assert_eq!(st.seen, c.pages_total());
+    // Same pages, same checksum; a different set, a different one.
+    let again = saveable_walk(&w.mm, PfnRange::new(Pfn(0), Pfn(MAX_PFN)), |_| 7);
+    assert_eq!(again, st);
+    w.mm.free_frames(a, 3).unwrap();
+    w.mm.balloon_out_pfn(a).unwrap();
+    let other = saveable_walk(&w.mm, PfnRange::new(Pfn(0), Pfn(MAX_PFN)), |_| 7);
+    assert_ne!(other.checksum, st.checksum);
+    assert_eq!(other.pages, st.pages - 1);
+    // Only the range asked for.
+    let sub = saveable_walk(&w.mm, PfnRange::from_count(Pfn(4096), 100), |_| 0);
+    assert_eq!(sub.seen, 100);
+}
