@@ -2,7 +2,7 @@
 # xenci-ci: no
 # xenci-peer: yes
 # xenci-budget: 120
-# xenci-about: scripts/demo: boot, show xl list / xenstore / the log, shut down (balloon cycle: later)
+# xenci-about: scripts/demo: boot, show xl list / xenstore, a balloon cycle (256 -> 64 -> 256 MiB), the log, shut down
 scenario_demo() {
     create_domain "xenci-demo-$SUBJECT"
     wait_ready 60
@@ -14,7 +14,14 @@ scenario_demo() {
         xenstore-ls "/local/domain/$DOMID/data" 2>&1 | sed "s/^/xenci[$SCENARIO] /" >&3
     fi
     info "target_kib=$(xenstore-read "/local/domain/$DOMID/memory/target" 2>/dev/null)"
-    # The balloon cycle (down, up, beyond boot memory) joins here once the balloon lands.
+    # A visible balloon cycle: down to a quarter, back up (beyond boot memory comes with
+    # the hotplug work).
+    balloon_step balloon_down 64 60
+    balloon_step balloon_up 256 60
+    if [ "$SUBJECT" = guest ]; then
+        say "---- xenstore-ls /local/domain/$DOMID/data/balloon"
+        xenstore-ls "/local/domain/$DOMID/data/balloon" 2>&1 | sed "s/^/xenci[$SCENARIO] /" >&3
+    fi
     say "---- console log ($CONSOLE_LOG)"
     sed "s/^/xenci[$SCENARIO] | /" "$CONSOLE_LOG" >&3
     say "---- xl shutdown"
