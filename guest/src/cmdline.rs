@@ -8,6 +8,7 @@
 //! | `selftest` | run the built-in self-tests, print `Test result: ...`, power off |
 //! | `panic` | panic deliberately once ready (proves the crash path) |
 //! | `hotplug-fail=N` | test switch: the memmap allocation of the first N hot-adds fails |
+//! | `walk` | run the saveable-page walker after every balloon settle (hotplug-walk scenario) |
 //!
 //! Unknown words and bad values are collected, not fatal: the kernel logs each one and
 //! carries on with the defaults.
@@ -65,6 +66,8 @@ pub struct Cmdline {
     pub mode: Mode,
     /// Hot-adds whose memmap allocation is made to fail (a test switch; 0 normally).
     pub hotplug_fail: u32,
+    /// Run the saveable-page walker after every balloon settle.
+    pub walk: bool,
     /// Words that were not understood, with why; logged by the kernel.
     pub rejected: Vec<(String, &'static str)>,
 }
@@ -75,6 +78,7 @@ impl Default for Cmdline {
             loglevel: LogLevel::Info,
             mode: Mode::Normal,
             hotplug_fail: 0,
+            walk: false,
             rejected: Vec::new(),
         }
     }
@@ -103,9 +107,13 @@ impl Cmdline {
                     }
                     Err(_) => Err("hotplug-fail must be a count"),
                 },
+                ("walk", None) => {
+                    c.walk = true;
+                    Ok(())
+                }
                 ("selftest", None) => c.set_mode(Mode::Selftest),
                 ("panic", None) => c.set_mode(Mode::Panic),
-                ("loglevel" | "hotplug-fail", None) | ("selftest" | "panic", Some(_)) => {
+                ("loglevel" | "hotplug-fail", None) | ("selftest" | "panic" | "walk", Some(_)) => {
                     Err("malformed")
                 }
                 _ => Err("unknown option"),
@@ -145,6 +153,7 @@ mod tests {
         assert!(c.rejected.is_empty());
         assert_eq!(Cmdline::parse("panic").mode, Mode::Panic);
         assert_eq!(Cmdline::parse("hotplug-fail=2").hotplug_fail, 2);
+        assert!(Cmdline::parse("walk").walk && !Cmdline::parse("").walk);
     }
 
     #[test]

@@ -63,13 +63,19 @@ pub fn xen_extra_pages(info: &BootInfo) -> u64 {
     nonram_pages(info).saturating_sub(crate::hv::SHARED_INFO_PAGES)
 }
 
+/// The start_info memmap in the memory model's terms.
+pub fn memmap_entries(info: &BootInfo) -> alloc::vec::Vec<MemmapEntry> {
+    info.memmap()
+        .iter()
+        .take(MAX_MEMMAP_ENTRIES)
+        .map(MemmapEntry::from)
+        .collect()
+}
+
 /// Builds the memory model from start_info and installs it in [`MM`].
 pub fn init(info: &BootInfo, touchable: Option<u64>) -> &'static Model {
-    let mut entries = [MemmapEntry::default(); MAX_MEMMAP_ENTRIES];
-    let n = info.memmap().len().min(MAX_MEMMAP_ENTRIES);
-    for (d, s) in entries.iter_mut().zip(info.memmap()) {
-        *d = s.into();
-    }
+    let entries = memmap_entries(info);
+    let n = entries.len();
     let (ks, ke) = entry::kernel_extent();
     let mut reserved = [PfnRange::new(Pfn(0), Pfn(0)); 5];
     reserved[0] = PfnRange::covering_bytes(ks, ke - ks);

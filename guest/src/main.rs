@@ -16,6 +16,7 @@ mod klog;
 mod kmem;
 mod run;
 mod selftest;
+mod walk;
 
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -115,7 +116,7 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
                 xen.cpuid.base,
                 arch::entry::hypercall_page_paddr()
             );
-            run::run(xen, &info, &cmdline, mm, &mut balloon)
+            run::run(xen, &info, &cmdline, mm, balloon)
         }
     }
 }

@@ -1,11 +1,16 @@
 //! After Xen is found: console, xenstore, ready, and the mode the command line asked for.
 
 use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use guest::cmdline::{Cmdline, Mode};
+use guest::mm::hotplug::HotplugWindow;
+use guest::mm::PfnRange;
 use guest::xen::balloon::driver::{Balloon, StepOutcome};
 use guest::xen::control::{parse_shutdown, ShutdownRequest};
+use guest::xen::hotplug::{Hotplug, HotplugOutcome};
 use guest::xen::xenstore::{XenstoreClient, XsError, XsOps};
 use xen_bindings::abi::hvm::param;
 use xen_bindings::traits::{Clock, Sched, ShutdownReason};
@@ -20,7 +25,7 @@ pub type Xenstore = XenstoreClient<Xen>;
 /// Watch token for `control/shutdown`.
 const TOKEN_SHUTDOWN: &str = "control/shutdown";
 
-pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: &mut Balloon) -> ! {
+pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: Balloon) -> ! {
     attach_console(&xen);
     let mut xs = match connect_xenstore(&xen) {
         Ok(xs) => xs,
@@ -55,7 +60,27 @@ pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: &m
             panic!("SCHEDOP_shutdown(poweroff) returned: {e:?}")
         }
         Mode::Panic => panic!("deliberate panic (command line \"panic\")"),
-        Mode::Normal => event_loop(&xen, &mut xs, mm, balloon, extra),
+        Mode::Normal => {
+            let hotplug = match HotplugWindow::from_memmap(&crate::kmem::memmap_entries(info)) {
+                Ok(w) => {
+                    log::info!("hotplug: {w}");
+                    Hotplug::new(w)
+                }
+                Err(e) => panic!("no room for a hotplug window: {e:?}"),
+            };
+            let walk = cmdline
+                .walk
+                .then(|| crate::walk::Walker::new(hotplug.window()));
+            let mut m = Memory {
+                mm,
+                balloon,
+                hotplug,
+                xen_extra: extra,
+                hotplug_fail: cmdline.hotplug_fail,
+                walk,
+            };
+            event_loop(&xen, &mut xs, &mut m)
+        }
     }
 }
 
@@ -103,16 +128,21 @@ fn read_u64(xs: &mut Xenstore, path: &str) -> Option<u64> {
 }
 
 /// Tells the toolstack which `control/shutdown` requests we honour, and that we follow
-/// `memory/target` (libxl reads `feature-balloon`).
+/// `memory/target`.
 fn announce_features(xs: &mut Xenstore) {
-    for key in [
-        "control/feature-poweroff",
-        "control/feature-reboot",
-        "control/feature-balloon",
-    ] {
+    for key in ["control/feature-poweroff", "control/feature-reboot"] {
         if let Err(e) = xs.write(key, b"1") {
             log::warn!("cannot write {key}: {e:?}");
         }
+    }
+    // libxl 4.17 pre-creates feature-poweroff/-reboot/-suspend writable for the guest,
+    // but not feature-balloon (measured: EACCES); data/balloon/ tells the same story.
+    match xs.write("control/feature-balloon", b"1") {
+        Ok(()) => {}
+        Err(e) if e.errno() == Some(xen_bindings::Errno::EACCES) => {
+            log::info!("control/feature-balloon is not writable for us (libxl does not create it)")
+        }
+        Err(e) => log::warn!("cannot write control/feature-balloon: {e:?}"),
     }
 }
 
@@ -122,14 +152,21 @@ const TOKEN_TARGET: &str = "memory/target";
 /// Longest the loop sleeps with nothing to do (it also wakes on every watch event).
 const IDLE_NS: u64 = 1_000_000_000;
 
-/// Serves the control and balloon watches until the toolstack asks us to go.
-fn event_loop(
-    xen: &Xen,
-    xs: &mut Xenstore,
-    mm: &Model,
-    balloon: &mut Balloon,
-    xen_extra: u64,
-) -> ! {
+/// The memory drivers the event loop runs: the balloon and hotplug, over the model.
+pub struct Memory<'a> {
+    pub mm: &'a Model,
+    pub balloon: Balloon,
+    pub hotplug: Hotplug,
+    /// Pages Xen accounts to us beyond our RAM ([`crate::kmem::xen_extra_pages`]).
+    pub xen_extra: u64,
+    /// Test switch `hotplug-fail=N`: hot-adds whose memmap allocation is made to fail.
+    pub hotplug_fail: u32,
+    /// Run the saveable-page walker after every settle (`walk` on the command line).
+    pub walk: Option<crate::walk::Walker>,
+}
+
+/// Serves the control and memory watches until the toolstack asks us to go.
+fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
     let mut hv = *xen;
     if let Err(e) = xs.watch("memory/target", TOKEN_TARGET) {
         log::error!("cannot watch memory/target ({e:?}): xl mem-set will not work");
@@ -137,7 +174,7 @@ fn event_loop(
     let mut outcome = StepOutcome::Done;
     loop {
         // While the balloon makes progress only peek at xenstore; otherwise sleep until
-        // its backoff ends or something happens.
+        // its (or hotplug's) backoff ends or something happens.
         let now = xen.now_ns();
         let timeout = match outcome {
             StepOutcome::Progress => 0,
@@ -147,7 +184,8 @@ fn event_loop(
         match xs.wait_watch_event(timeout) {
             Ok(Some(ev)) if ev.token == TOKEN_SHUTDOWN => handle_shutdown(xen, xs),
             Ok(Some(ev)) if ev.token == TOKEN_TARGET => {
-                if new_target(xen, xs, balloon) {
+                if new_target(xen, xs, &mut m.balloon) {
+                    m.hotplug.new_target();
                     outcome = StepOutcome::Progress;
                 }
             }
@@ -166,10 +204,52 @@ fn event_loop(
             _ => true,
         };
         if due {
-            outcome = balloon.step(mm, &mut hv, xen.now_ns());
+            outcome = m.balloon.step(m.mm, &mut hv, xen.now_ns());
+            if let StepOutcome::NeedHotplug { pages } = outcome {
+                outcome = hot_add(xen, m, pages);
+            }
         }
         if was_working && !matches!(outcome, StepOutcome::Progress) {
-            settled(xs, mm, balloon, xen_extra, outcome);
+            settled(xs, m, outcome);
+        }
+    }
+}
+
+/// The target needs more than boot RAM + ballooned pages: add sections (memmap built,
+/// subsections active, section online, page tables mapped — in that order, before the
+/// balloon populates anything), then let the balloon fill them.
+fn hot_add(xen: &Xen, m: &mut Memory<'_>, pages: u64) -> StepOutcome {
+    let now = xen.now_ns();
+    if m.hotplug.retry_at().is_none_or(|t| now >= t) {
+        // The test switch: no memmap storage left for this attempt.
+        let fail = m.hotplug_fail > 0;
+        m.hotplug_fail = m.hotplug_fail.saturating_sub(1);
+        m.mm.with_storage(|s| s.set_budget(if fail { s.used() } else { usize::MAX }));
+        if fail {
+            log::warn!(
+                "hotplug: test switch hotplug-fail: this hot-add's memmap allocation will fail"
+            );
+        }
+    }
+    let map = |r: PfnRange| {
+        crate::arch::paging::map(r.start.addr(), r.end.addr())
+            .map(drop)
+            .map_err(|e| format!("page tables: {e:?}"))
+    };
+    match m
+        .hotplug
+        .on_need_hotplug(m.mm, &mut m.balloon, pages, now, map)
+    {
+        // The hotplug driver logs what it added.
+        HotplugOutcome::Added(_) => StepOutcome::Progress,
+        HotplugOutcome::BackingOff { until_ns } => {
+            if let Some(e) = m.hotplug.last_error() {
+                log::warn!(
+                    "hotplug: {e}; retrying in {} ms",
+                    until_ns.saturating_sub(now) / 1_000_000
+                );
+            }
+            StepOutcome::BackingOff { until_ns }
         }
     }
 }
@@ -198,11 +278,24 @@ fn new_target(xen: &Xen, xs: &mut Xenstore, balloon: &mut Balloon) -> bool {
     }
 }
 
-/// The balloon stopped working (target reached, clamped, backing off, ...): publish the
-/// numbers. (`step` has already checked the accounting against Xen; a mismatch shows in
-/// the status.)
-fn settled(xs: &mut Xenstore, mm: &Model, balloon: &Balloon, xen_extra: u64, outcome: StepOutcome) {
-    let status = balloon.status(mm);
+/// The balloon stopped working (target reached, clamped, backing off, ...): remove
+/// hot-added sections that are entirely ballooned out, then publish the numbers. (`step`
+/// has already checked the accounting against Xen; a mismatch shows in the status.)
+fn settled(xs: &mut Xenstore, m: &mut Memory<'_>, outcome: StepOutcome) {
+    if matches!(outcome, StepOutcome::Done) {
+        let r = m.hotplug.try_hot_remove(m.mm, &mut m.balloon);
+        for range in &r.ranges {
+            log::info!(
+                "hotplug: removed [{:#x}-{:#x}): inactive, memmap freed",
+                range.start.addr(),
+                range.end.addr()
+            );
+        }
+        if !r.sections.is_empty() {
+            log::info!("hotplug: {} KiB of memmap given back", r.memmap_bytes >> 10);
+        }
+    }
+    let status = m.balloon.status(m.mm);
     match outcome {
         StepOutcome::Done => log::info!(
             "balloon: target {} KiB reached in {} ms ({} KiB ballooned out)",
@@ -212,26 +305,39 @@ fn settled(xs: &mut Xenstore, mm: &Model, balloon: &Balloon, xen_extra: u64, out
         ),
         other => log::info!("balloon: {} ({other:?})", status.state),
     }
-    publish_balloon(xs, balloon, Some(mm));
-    publish_census(xs, mm, xen_extra);
+    publish_balloon(xs, &m.balloon, Some(m.mm));
+    let hotplug: Vec<_> = m.hotplug.status(m.mm).fields().collect();
+    publish_fields(xs, "data/hotplug", &hotplug);
+    if let Some(w) = m.walk.as_mut() {
+        // Between balloon steps, like a hibernation writer with tasks frozen.
+        w.run(m.mm);
+        publish_fields(xs, "data/mm/walk", &w.fields());
+    }
+    publish_census(xs, m.mm, m.xen_extra);
 }
 
-/// Publishes the balloon's status under `data/balloon/` in one transaction.
+/// Writes `(key, value)` pairs under `dir` in one transaction, so a reader never sees
+/// numbers from two different moments.
+fn publish_fields(xs: &mut Xenstore, dir: &str, fields: &[(&str, String)]) {
+    let r = xs.transaction(|tx| {
+        for (key, value) in fields {
+            tx.write(&format!("{dir}/{key}"), value.as_bytes())?;
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        log::warn!("cannot publish {dir}: {e:?}");
+    }
+}
+
+/// Publishes the balloon's status under `data/balloon/`.
 fn publish_balloon(xs: &mut Xenstore, balloon: &Balloon, mm: Option<&Model>) {
     let Some(mm) = mm.or_else(|| crate::kmem::MM.get()) else {
         return;
     };
-    let status = balloon.status(mm);
-    let floor = format!("{}", balloon.config().floor_kib);
-    let r = xs.transaction(|tx| {
-        for (key, value) in status.fields() {
-            tx.write(&format!("data/balloon/{key}"), value.as_bytes())?;
-        }
-        tx.write("data/balloon/floor-kib", floor.as_bytes())
-    });
-    if let Err(e) = r {
-        log::warn!("cannot publish the balloon status under data/balloon: {e:?}");
-    }
+    let mut fields: Vec<_> = balloon.status(mm).fields().collect();
+    fields.push(("floor-kib", format!("{}", balloon.config().floor_kib)));
+    publish_fields(xs, "data/balloon", &fields);
 }
 
 fn handle_shutdown(xen: &Xen, xs: &mut Xenstore) {
@@ -274,24 +380,23 @@ pub fn shutdown(xen: &Xen, reason: ShutdownReason) -> ! {
     panic!("SCHEDOP_shutdown({name}) returned: {e:?}")
 }
 
-/// Publishes the memory census under `data/mm/` in one transaction, so a reader never sees
-/// numbers from two different moments.
+/// Publishes the memory census under `data/mm/`.
 ///
 /// `data/mm/expected-tot-pages` is what Xen's `tot_pages` for the domain must be: our RAM
 /// plus `xen_extra` ([`crate::kmem::xen_extra_pages`]).
 pub fn publish_census(xs: &mut Xenstore, mm: &Model, xen_extra: u64) {
     let census = mm.census();
-    let expected = census.ram_pages() + xen_extra;
-    let r = xs.transaction(|tx| {
-        for (key, value) in census.fields() {
-            tx.write(&format!("data/mm/{key}"), format!("{value}").as_bytes())?;
-        }
-        tx.write(
-            "data/mm/expected-tot-pages",
-            format!("{expected}").as_bytes(),
-        )
-    });
-    if let Err(e) = r {
-        log::warn!("cannot publish the census under data/mm: {e:?}");
-    }
+    let mut fields: Vec<(String, String)> = census
+        .fields()
+        .map(|(k, v)| (format!("{k}"), format!("{v}")))
+        .collect();
+    fields.push((
+        "expected-tot-pages".into(),
+        format!("{}", census.ram_pages() + xen_extra),
+    ));
+    let fields: Vec<(&str, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    publish_fields(xs, "data/mm", &fields);
 }

@@ -12,11 +12,11 @@ use guest::mm::boot::{self, BootConfig, MemmapEntry, E820_ACPI, E820_RAM, E820_R
 use guest::mm::geometry::{section_start_pfn, MAX_PFN, PAGES_PER_SECTION, PAGES_PER_SUBSECTION};
 use guest::mm::hotplug::{hot_add, hot_remove_section, saveable_walk, HotplugError, HotplugWindow};
 use guest::mm::{
-    Budgeted, BumpStorage, HeapStorage, MemModel, MemmapStorage, MmError, PageState, Pfn,
-    PfnRange, SectionKind, StateKind, MEMMAP_BYTES_PER_SUBSECTION,
+    Budgeted, BumpStorage, HeapStorage, MemModel, MemmapStorage, MmError, PageState, Pfn, PfnRange,
+    SectionKind, StateKind, MEMMAP_BYTES_PER_SUBSECTION,
 };
 use guest::xen::balloon::{Balloon, BalloonConfig, StepOutcome};
-use guest::xen::hotplug::{Hotplug, HotplugOutcome};
+use guest::xen::hotplug::{Hotplug, HotplugCounters, HotplugOutcome};
 use xen_bindings::sim::memory::SimMemory;
 use xen_bindings::traits::MemoryReservation;
 
@@ -115,9 +115,8 @@ fn settle<S: MemmapStorage>(w: &mut World<S>) -> StepOutcome {
             }
             StepOutcome::NeedHotplug { pages } => {
                 let (mm, xen, mapped) = (&w.mm, &w.xen, &mut w.mapped);
-                let r = w
-                    .hp
-                    .on_need_hotplug(mm, &mut w.balloon, pages, w.now, |range| {
+                let r =
+                    w.hp.on_need_hotplug(mm, &mut w.balloon, pages, w.now, |range| {
                         // Mapped before anything is populated or touched.
                         assert_eq!(xen.populated_in(range.start.0, range.end.0), 0);
                         let g = mm.read();
@@ -180,7 +179,11 @@ fn check<S: MemmapStorage>(w: &mut World<S>) {
             counts[StateKind::Offline.index()],
             w.balloon.ballooned_in(range)
         );
-        assert_eq!(counts[StateKind::Reserved.index()], 0, "hot-added never Reserved");
+        assert_eq!(
+            counts[StateKind::Reserved.index()],
+            0,
+            "hot-added never Reserved"
+        );
     }
     // The walker reads exactly the online Free/Allocated pages, all backed.
     let xen = &mut w.xen;
@@ -192,13 +195,15 @@ fn check<S: MemmapStorage>(w: &mut World<S>) {
         st.pages,
         c.pages_in(StateKind::Free) + c.pages_in(StateKind::Allocated)
     );
-    assert_eq!(st.skipped_in(StateKind::Offline), c.pages_in(StateKind::Offline));
+    assert_eq!(
+        st.skipped_in(StateKind::Offline),
+        c.pages_in(StateKind::Offline)
+    );
     assert_eq!(st.seen, c.pages_total());
 }
 
 fn hotplug_sections<S: MemmapStorage>(w: &World<S>) -> Vec<usize> {
-    w.mm
-        .sections()
+    w.mm.sections()
         .filter(|s| s.kind == Some(SectionKind::HotplugRam))
         .map(|s| s.nr)
         .collect()
@@ -252,18 +257,39 @@ fn hot_add_populate_remove_and_re_add() {
         4 * 64,
         "order 9 per subsection"
     );
-    assert_eq!(w.xen.populated_in(four_g.0, four_g.0 + 4 * PAGES_PER_SECTION), 4 * PAGES_PER_SECTION);
+    assert_eq!(
+        w.xen
+            .populated_in(four_g.0, four_g.0 + 4 * PAGES_PER_SECTION),
+        4 * PAGES_PER_SECTION
+    );
     assert_eq!(census_field(&w.mm, "sections/hotplug-ram/present"), 4);
     assert_eq!(census_field(&w.mm, "sections/hotplug-ram/online"), 4);
     assert_eq!(census_field(&w.mm, "subsections/hotplug-ram/active"), 256);
     assert_eq!(census_field(&w.mm, "kib/hotplug-ram"), 512 * 1024);
-    assert_eq!(census_field(&w.mm, "memmap-bytes/hotplug-ram"), 4 * SECTION_MEMMAP);
+    assert_eq!(
+        census_field(&w.mm, "memmap-bytes/hotplug-ram"),
+        4 * SECTION_MEMMAP
+    );
     assert_eq!(census_field(&w.mm, "sections/boot-ram/present"), 2);
     assert_eq!(w.mm.census().memmap_bytes, boot_memmap + 4 * SECTION_MEMMAP);
     assert_eq!(hp_field(&w, "sections-added"), "4");
     assert_eq!(hp_field(&w, "kib"), "524288");
     assert_eq!(hp_field(&w, "window/ram-start"), "0x100000000");
     let used = w.mm.with_storage(|s| s.used_bytes());
+
+    // Reorder the free lists so that boot RAM is what the allocator hands out first
+    // (freed last): the preference for hot-added memory must come from the balloon.
+    let mut all = Vec::new();
+    while let Ok(p) = w.mm.alloc_frames(9) {
+        all.push(p);
+    }
+    all.sort_by_key(|p| std::cmp::Reverse(*p));
+    for p in all {
+        w.mm.free_frames(p, 9).unwrap();
+    }
+    let first = w.mm.alloc_frames(9).unwrap();
+    assert!(first.0 < four_g.0, "boot RAM first in the allocator");
+    w.mm.free_frames(first, 9).unwrap();
 
     // Down to 600: only hot-added memory goes, highest section first.
     w.balloon.set_target(&kib(600), 1024 * 1024, w.now).unwrap();
@@ -272,7 +298,10 @@ fn hot_add_populate_remove_and_re_add() {
     // 168 MiB out: section 35 (128 MiB) emptied and removed, 40 MiB of section 34.
     let c = w.mm.census();
     assert_eq!(c.pages_of(SectionKind::BootRam, StateKind::Offline), 0);
-    assert_eq!(c.pages_of(SectionKind::HotplugRam, StateKind::Offline), 40 * 256);
+    assert_eq!(
+        c.pages_of(SectionKind::HotplugRam, StateKind::Offline),
+        40 * 256
+    );
     assert_eq!(hotplug_sections(&w), [32, 33, 34]);
     assert_eq!(w.hp.counters().sections_removed, 1);
     assert_eq!(w.mm.census().memmap_bytes, boot_memmap + 3 * SECTION_MEMMAP);
@@ -288,10 +317,21 @@ fn hot_add_populate_remove_and_re_add() {
     assert_eq!(w.mm.census().memmap_bytes, boot_memmap);
     assert_eq!(census_field(&w.mm, "memmap-bytes/hotplug-ram"), 0);
     assert_eq!(census_field(&w.mm, "subsections/hotplug-ram/active"), 0);
-    assert_eq!(hp_field(&w, "memmap-freed-bytes"), format!("{}", 4 * SECTION_MEMMAP));
-    assert_eq!(w.xen.populated_in(four_g.0, four_g.0 + 64 * PAGES_PER_SECTION), 0);
+    assert_eq!(
+        hp_field(&w, "memmap-freed-bytes"),
+        format!("{}", 4 * SECTION_MEMMAP)
+    );
+    assert_eq!(
+        w.xen
+            .populated_in(four_g.0, four_g.0 + 64 * PAGES_PER_SECTION),
+        0
+    );
     assert!(w.balloon.hotplugged().is_empty());
-    assert_eq!(w.balloon.ballooned_pages(), 128 * 256, "only boot RAM is ballooned");
+    assert_eq!(
+        w.balloon.ballooned_pages(),
+        128 * 256,
+        "only boot RAM is ballooned"
+    );
 
     // Up again: boot RAM first, then a re-add of two sections on the freed memmap blocks.
     w.balloon.set_target(&kib(512), 1024 * 1024, w.now).unwrap();
@@ -299,7 +339,11 @@ fn hot_add_populate_remove_and_re_add() {
     check(&mut w);
     assert_eq!(ram(&w), 512 * 256);
     assert_eq!(hotplug_sections(&w), [32, 33]);
-    assert_eq!(w.mm.with_storage(|s| s.used_bytes()), used, "storage reused");
+    assert_eq!(
+        w.mm.with_storage(|s| s.used_bytes()),
+        used,
+        "storage reused"
+    );
     assert_eq!(w.hp.counters().adds, 2);
     drop(w);
     drop(buf);
@@ -326,7 +370,10 @@ fn storage_failure_rolls_back_and_retries_without_spinning() {
     let used0 = w.mm.with_storage(|s| s.used());
     w.balloon.set_target(&kib(400), 2048 * 1024, w.now).unwrap();
     let t0 = w.now;
-    assert_eq!(settle(&mut w), StepOutcome::NeedHotplug { pages: 144 * 256 });
+    assert_eq!(
+        settle(&mut w),
+        StepOutcome::NeedHotplug { pages: 144 * 256 }
+    );
     assert!(hotplug_sections(&w).is_empty());
     for nr in w.hp.window().ram_sections() {
         if let Some(s) = w.mm.section_info(nr) {
@@ -334,7 +381,9 @@ fn storage_failure_rolls_back_and_retries_without_spinning() {
         }
     }
     assert!(!w.mm.pfn_active(Pfn::from_addr(4 << 30)));
-    assert!(!w.mm.pfn_valid(Pfn::from_addr((4 << 30) + SECTION_MEMMAP * 512)));
+    assert!(!w
+        .mm
+        .pfn_valid(Pfn::from_addr((4 << 30) + SECTION_MEMMAP * 512)));
     let mut c = w.mm.census();
     // Only the section-table chunk stays (kept for reuse).
     c.section_table_bytes = census0.section_table_bytes;
@@ -353,9 +402,8 @@ fn storage_failure_rolls_back_and_retries_without_spinning() {
 
     // A caller that keeps asking gets BackingOff at once: no attempt, no allocation.
     for _ in 0..100 {
-        let r = w
-            .hp
-            .on_need_hotplug(&w.mm, &mut w.balloon, 144 * 256, w.now, |_| {
+        let r =
+            w.hp.on_need_hotplug(&w.mm, &mut w.balloon, 144 * 256, w.now, |_| {
                 Ok::<(), &str>(())
             });
         assert_eq!(r, HotplugOutcome::BackingOff { until_ns: t0 + SEC });
@@ -364,7 +412,10 @@ fn storage_failure_rolls_back_and_retries_without_spinning() {
     assert_eq!(w.hp.counters().deferred, 100);
     // Still failing when retried: the delay doubles.
     w.now = t0 + SEC;
-    assert_eq!(settle(&mut w), StepOutcome::NeedHotplug { pages: 144 * 256 });
+    assert_eq!(
+        settle(&mut w),
+        StepOutcome::NeedHotplug { pages: 144 * 256 }
+    );
     assert_eq!(w.hp.counters().failures, 2);
     assert_eq!(w.hp.retry_at(), Some(t0 + 3 * SEC));
     // The storage is freed up (e.g. memory elsewhere released): the retry works.
@@ -388,9 +439,10 @@ fn map_failure_rolls_back_and_new_target_retries() {
     let StepOutcome::NeedHotplug { pages } = o else {
         panic!("{o:?}")
     };
-    let r = w
-        .hp
-        .on_need_hotplug(&w.mm, &mut w.balloon, pages, w.now, |_| Err("no page-table frame"));
+    let r =
+        w.hp.on_need_hotplug(&w.mm, &mut w.balloon, pages, w.now, |_| {
+            Err("no page-table frame")
+        });
     assert!(matches!(r, HotplugOutcome::BackingOff { .. }));
     assert!(matches!(w.hp.last_error(), Some(HotplugError::Map { .. })));
     assert!(hp_field(&w, "last-error").contains("no page-table frame"));
@@ -421,17 +473,29 @@ fn hot_add_takes_the_lowest_free_sections_and_reports_a_full_window() {
     .unwrap();
     mm.end_boot();
     let a = hot_add(&mm, &window, 1).unwrap();
-    assert_eq!((a.sections.as_slice(), a.pages), (&[32][..], PAGES_PER_SECTION));
+    assert_eq!(
+        (a.sections.as_slice(), a.pages),
+        (&[32][..], PAGES_PER_SECTION)
+    );
     // Every page Offline (never Reserved), section online, every subsection active.
     let info = mm.section_info(32).unwrap();
-    assert_eq!((info.online, info.active, info.present), (true, u64::MAX, u64::MAX));
+    assert_eq!(
+        (info.online, info.active, info.present),
+        (true, u64::MAX, u64::MAX)
+    );
     let counts = mm.section_pages(32).unwrap();
     assert_eq!(counts[StateKind::Offline.index()], PAGES_PER_SECTION);
     assert_eq!(mm.census().ram_pages(), 65536, "nothing populated yet");
     // Exactly one section more than the need: two.
     let b = hot_add(&mm, &window, PAGES_PER_SECTION + 1).unwrap();
     assert_eq!((b.sections.as_slice(), b.short_pages), (&[33, 34][..], 0));
-    assert_eq!(b.ranges, [PfnRange::from_count(section_start_pfn(33), 2 * PAGES_PER_SECTION)]);
+    assert_eq!(
+        b.ranges,
+        [PfnRange::from_count(
+            section_start_pfn(33),
+            2 * PAGES_PER_SECTION
+        )]
+    );
     assert_eq!(
         hot_add(&mm, &window, 5),
         Err(HotplugError::WindowFull {
@@ -442,7 +506,10 @@ fn hot_add_takes_the_lowest_free_sections_and_reports_a_full_window() {
     // A removed section's slot is reused first; a short window adds what it has.
     hot_remove_section(&mm, 33).unwrap();
     let c = hot_add(&mm, &window, 3 * PAGES_PER_SECTION).unwrap();
-    assert_eq!((c.sections.as_slice(), c.short_pages), (&[33][..], 2 * PAGES_PER_SECTION));
+    assert_eq!(
+        (c.sections.as_slice(), c.short_pages),
+        (&[33][..], 2 * PAGES_PER_SECTION)
+    );
     assert_eq!(hot_add(&mm, &window, 0).unwrap().pages, 0);
     // Boot RAM cannot be hot-removed; a section with a populated page cannot either.
     assert!(matches!(
@@ -450,9 +517,15 @@ fn hot_add_takes_the_lowest_free_sections_and_reports_a_full_window() {
         Err(MmError::WrongSection { .. })
     ));
     mm.populate(section_start_pfn(34), 0).unwrap();
-    assert!(matches!(hot_remove_section(&mm, 34), Err(MmError::Busy { .. })));
+    assert!(matches!(
+        hot_remove_section(&mm, 34),
+        Err(MmError::Busy { .. })
+    ));
     let info = mm.section_info(34).unwrap();
-    assert!(info.online && info.active == u64::MAX, "unchanged after refusal");
+    assert!(
+        info.online && info.active == u64::MAX,
+        "unchanged after refusal"
+    );
     mm.recount().unwrap();
 }
 
@@ -479,8 +552,13 @@ fn balloon_out_from_takes_only_inside_the_range_highest_first() {
         .all(|&p| mm.read().pfn_to_online_page(p).unwrap().state() == PageState::Offline));
     // Order 0 splits the last free subsection of the range, and stops at its end.
     got.clear();
-    assert_eq!(mm.balloon_out_from(inside, 0, 1000, |p| got.push(p)), Ok(512));
-    assert!(got.iter().all(|&p| PfnRange::from_count(Pfn(s1), 512).contains(p)));
+    assert_eq!(
+        mm.balloon_out_from(inside, 0, 1000, |p| got.push(p)),
+        Ok(512)
+    );
+    assert!(got
+        .iter()
+        .all(|&p| PfnRange::from_count(Pfn(s1), 512).contains(p)));
     assert_eq!(mm.balloon_out_from(inside, 0, 1000, |_| ()), Ok(0));
     // Nothing outside the range changed state.
     let c = mm.section_pages(0).unwrap();
@@ -490,13 +568,21 @@ fn balloon_out_from_takes_only_inside_the_range_highest_first() {
     let one = mm.alloc_frames(0).unwrap();
     let sub = PfnRange::from_count(one.subsection_start(), PAGES_PER_SUBSECTION);
     assert_eq!(mm.balloon_out_from(sub, 9, 5, |_| ()), Ok(0));
-    assert_eq!(mm.balloon_out_from(PfnRange::from_count(one, 1), 0, 5, |_| ()), Ok(0));
-    assert_eq!(mm.balloon_out_from(sub, 10, 5, |_| ()), Err(MmError::BadOrder(10)));
+    assert_eq!(
+        mm.balloon_out_from(PfnRange::from_count(one, 1), 0, 5, |_| ()),
+        Ok(0)
+    );
+    assert_eq!(
+        mm.balloon_out_from(sub, 10, 5, |_| ()),
+        Err(MmError::BadOrder(10))
+    );
     // Only part of a subsection: blocks wholly inside the range, aligned to the order.
     let part = PfnRange::new(sub.start.add(100), sub.start.add(300));
     got.clear();
     assert_eq!(mm.balloon_out_from(part, 6, 10, |p| got.push(p)), Ok(2));
-    assert!(got.iter().all(|p| p.0 % 64 == 0 && part.contains(*p) && part.contains(p.add(63))));
+    assert!(got
+        .iter()
+        .all(|p| p.0 % 64 == 0 && part.contains(*p) && part.contains(p.add(63))));
     mm.recount().unwrap();
 }
 
@@ -530,6 +616,7 @@ impl MemmapStorage for Poisoned {
             // SAFETY: fresh block of `layout.size()` bytes; section tables start zeroed.
             unsafe { p.as_ptr().write_bytes(0, layout.size()) };
         }
+        // SeqCst: a plain counter read after the threads are joined; no pairing needed.
         self.outstanding
             .fetch_add(layout.size() as u64, Ordering::SeqCst);
         Some(p)
@@ -537,6 +624,7 @@ impl MemmapStorage for Poisoned {
 
     unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
         poison(ptr, layout);
+        // SeqCst: as in `alloc`.
         self.outstanding
             .fetch_sub(layout.size() as u64, Ordering::SeqCst);
         self.quarantine
@@ -582,6 +670,7 @@ fn walkers_race_hot_add_and_hot_remove() {
             let (mm, stop, frames) = (mm.clone(), stop.clone(), frames.clone());
             std::thread::spawn(move || {
                 let (mut walks, mut hot, mut read) = (0u64, 0u64, 0u64);
+                // Relaxed: a stop flag; the join orders everything after it.
                 while !stop.load(Ordering::Relaxed) {
                     let f = frames.read().unwrap();
                     let st = saveable_walk(&mm, PfnRange::new(Pfn(0), Pfn(MAX_PFN)), |pfn| {
@@ -613,13 +702,15 @@ fn walkers_race_hot_add_and_hot_remove() {
             let range = PfnRange::from_count(section_start_pfn(nr), PAGES_PER_SECTION);
             let mut f = frames.write().unwrap();
             let mut out = Vec::new();
-            mm.balloon_out_from(range, 9, 64, |p| out.push(p.0)).unwrap();
+            mm.balloon_out_from(range, 9, 64, |p| out.push(p.0))
+                .unwrap();
             assert_eq!(f.decrease_reservation(&out, 9), Ok(out.len()));
         }
         for &nr in added.sections.iter().rev() {
             hot_remove_section(&*mm, nr).unwrap();
         }
     }
+    // Relaxed: see the walkers' load.
     stop.store(true, Ordering::Relaxed);
     let (walks, hot, read) = walkers
         .into_iter()
@@ -630,9 +721,16 @@ fn walkers_race_hot_add_and_hot_remove() {
     assert!(hotplug_sections_of(&mm).is_empty());
     mm.recount().unwrap();
     // Only the boot section's memmap is left; every freed block was given back.
-    assert_eq!(mm.census().memmap_bytes, 64 * MEMMAP_BYTES_PER_SUBSECTION as u64);
+    assert_eq!(
+        mm.census().memmap_bytes,
+        64 * MEMMAP_BYTES_PER_SUBSECTION as u64
+    );
+    // SeqCst: as in `alloc` (threads joined above).
     let outstanding = storage.outstanding.load(Ordering::SeqCst);
-    assert_eq!(outstanding, mm.census().memmap_bytes + mm.census().section_table_bytes - 32 * 1024);
+    assert_eq!(
+        outstanding,
+        mm.census().memmap_bytes + mm.census().section_table_bytes - 32 * 1024
+    );
 }
 
 fn hotplug_sections_of<S: MemmapStorage>(mm: &MemModel<S>) -> Vec<usize> {
@@ -648,12 +746,24 @@ fn hotplug_sections_of<S: MemmapStorage>(mm: &MemModel<S>) -> Vec<usize> {
 /// checked after each step.
 #[test]
 fn random_walk_across_the_boot_hotplug_boundary() {
-    for seed in [1u64, 42] {
-        random_walk(seed, 120);
+    // More seeds: HOTPLUG_WALK_SEEDS=3,4,5 cargo test -p guest --test hotplug_balloon
+    let seeds: Vec<u64> = std::env::var("HOTPLUG_WALK_SEEDS").map_or(vec![1, 42], |v| {
+        v.split(',').map(|s| s.trim().parse().unwrap()).collect()
+    });
+    let (mut failures, mut removed) = (0, 0);
+    for seed in seeds {
+        let c = random_walk(seed, 120);
+        failures += c.failures;
+        removed += c.sections_removed;
     }
+    // The walks did exercise the failure path and hot-remove.
+    assert!(
+        failures > 0 && removed > 0,
+        "{failures} failures, {removed} removed"
+    );
 }
 
-fn random_walk(seed: u64, steps: usize) {
+fn random_walk(seed: u64, steps: usize) -> HotplugCounters {
     let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut next = move |n: u64| {
         // xorshift64*
@@ -694,7 +804,11 @@ fn random_walk(seed: u64, steps: usize) {
             7 => {
                 // Storage nearly full for a while: hot-adds fail and are rolled back.
                 let used = w.mm.with_storage(|s| s.used());
-                let budget = if next(2) == 0 { used + 100_000 } else { usize::MAX };
+                let budget = if next(2) == 0 {
+                    used + 100_000
+                } else {
+                    usize::MAX
+                };
                 w.mm.with_storage(|s| s.set_budget(budget));
             }
             8 => w.xen.faults.max_extents_per_call = Some(1 + next(40) as usize),
@@ -711,7 +825,10 @@ fn random_walk(seed: u64, steps: usize) {
         removed_max = removed_max.max(w.hp.counters().sections_removed);
         if let StepOutcome::NeedHotplug { .. } = o {
             // Only a backing-off hotplug (storage budget) may leave the balloon short.
-            assert!(w.hp.retry_at().is_some(), "step {step}: short without a reason");
+            assert!(
+                w.hp.retry_at().is_some(),
+                "step {step}: short without a reason"
+            );
         }
         assert!(!matches!(o, StepOutcome::Error), "step {step}: {o:?}");
     }
@@ -725,10 +842,23 @@ fn random_walk(seed: u64, steps: usize) {
     w.hp.new_target();
     assert_eq!(settle(&mut w), StepOutcome::Done);
     check(&mut w);
-    assert!(hotplug_sections(&w).is_empty(), "all hot-added memory removed");
+    assert!(
+        hotplug_sections(&w).is_empty(),
+        "all hot-added memory removed"
+    );
     assert_eq!(census_field(&w.mm, "memmap-bytes/hotplug-ram"), 0);
-    assert!(crossings >= 4, "seed {seed}: only {crossings} boundary crossings");
-    assert!(removed_max > 0);
+    let c = w.hp.counters();
+    eprintln!(
+        "seed {seed}: {crossings} crossings, {} adds, {} sections added, {} removed, \
+         {} failures, {} deferred",
+        c.adds, c.sections_added, c.sections_removed, c.failures, c.deferred
+    );
+    assert!(
+        crossings >= 4,
+        "seed {seed}: only {crossings} boundary crossings"
+    );
+    assert!(removed_max > 0, "seed {seed}: {c:?}");
+    *c
 }
 
 /// The walker alone: what it reads and skips, on a model with every state.
@@ -750,11 +880,17 @@ fn saveable_walk_reads_only_online_free_and_allocated_pages() {
     });
     let c = w.mm.census();
     assert_eq!(st.pages, read.len() as u64);
-    assert_eq!(st.pages, 96 * 256 - c.pages_in(StateKind::Reserved) + c.reserved_nonram.iter().sum::<u64>());
+    assert_eq!(
+        st.pages,
+        96 * 256 - c.pages_in(StateKind::Reserved) + c.reserved_nonram.iter().sum::<u64>()
+    );
     assert!(read.contains(&a) && read.windows(2).all(|p| p[0] < p[1]));
     assert_eq!(st.skipped_in(StateKind::Offline), 32 * 256 + added.pages);
     assert_eq!(st.skipped_in(StateKind::Unpopulated), 1024);
-    assert_eq!(st.skipped_in(StateKind::Reserved), c.pages_in(StateKind::Reserved));
+    assert_eq!(
+        st.skipped_in(StateKind::Reserved),
+        c.pages_in(StateKind::Reserved)
+    );
     assert_eq!(st.seen, c.pages_total());
     // Same pages, same checksum; a different set, a different one.
     let again = saveable_walk(&w.mm, PfnRange::new(Pfn(0), Pfn(MAX_PFN)), |_| 7);
@@ -767,4 +903,77 @@ fn saveable_walk_reads_only_online_free_and_allocated_pages() {
     // Only the range asked for.
     let sub = saveable_walk(&w.mm, PfnRange::from_count(Pfn(4096), 100), |_| 0);
     assert_eq!(sub.seen, 100);
+}
+
+/// The balloon adopts only hot-added, online, wholly Offline ranges, once; it forgets
+/// only ranges it holds wholly ballooned, splitting its ranges as needed.
+#[test]
+fn adopt_and_forget_refuse_what_is_not_theirs() {
+    let mut w = world(128, 1024, HeapStorage);
+    let window = *w.hp.window();
+    let boot = PfnRange::from_count(Pfn(0x4000), PAGES_PER_SUBSECTION);
+    assert!(matches!(
+        w.balloon.adopt_hotplugged(&w.mm, boot),
+        Err(MmError::WrongSection {
+            kind: SectionKind::BootRam,
+            ..
+        })
+    ));
+    assert_eq!(
+        w.balloon.adopt_hotplugged(&w.mm, window.ram),
+        Err(MmError::NotActive(window.ram.start))
+    );
+    let added = hot_add(&w.mm, &window, 3 * PAGES_PER_SECTION).unwrap();
+    let r = added.ranges[0];
+    assert_eq!(r.len(), 3 * PAGES_PER_SECTION);
+    assert!(matches!(
+        w.balloon
+            .adopt_hotplugged(&w.mm, PfnRange::new(r.start, r.start.add(100))),
+        Err(MmError::Misaligned { .. })
+    ));
+    w.mm.populate(r.start.add(7), 0).unwrap();
+    assert_eq!(
+        w.balloon.adopt_hotplugged(&w.mm, r),
+        Err(MmError::Busy {
+            pfn: r.start.add(7),
+            state: StateKind::Free
+        })
+    );
+    w.mm.balloon_out_pfn(r.start.add(7)).unwrap();
+    assert_eq!(w.balloon.ballooned_pages(), 0, "nothing adopted on refusal");
+    assert_eq!(w.balloon.adopt_hotplugged(&w.mm, r), Ok(r.len()));
+    assert_eq!(
+        w.balloon.adopt_hotplugged(&w.mm, r),
+        Err(MmError::AlreadyPresent(r.start))
+    );
+    assert_eq!(w.balloon.ballooned_in(r), r.len());
+    // Forget: boot RAM is not ballooned; the middle section splits the range.
+    assert!(w.balloon.forget_hotplugged(boot).is_err());
+    let mid = PfnRange::from_count(r.start.add(PAGES_PER_SECTION), PAGES_PER_SECTION);
+    assert_eq!(w.balloon.forget_hotplugged(mid), Ok(PAGES_PER_SECTION));
+    assert_eq!(
+        w.balloon.hotplugged(),
+        [
+            PfnRange::from_count(r.start, PAGES_PER_SECTION),
+            PfnRange::new(mid.end, r.end)
+        ]
+    );
+    assert_eq!(w.balloon.ballooned_pages(), 2 * PAGES_PER_SECTION);
+    assert!(
+        w.balloon.forget_hotplugged(mid).is_err(),
+        "already forgotten"
+    );
+    hot_remove_section(&w.mm, mid.start.section()).unwrap();
+    // A range partly populated is in use and stays.
+    w.balloon.set_target(&kib(130), 1024 * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    let low = PfnRange::from_count(r.start, PAGES_PER_SECTION);
+    assert_eq!(w.balloon.ballooned_in(low), PAGES_PER_SECTION - 512);
+    assert!(w.balloon.forget_hotplugged(low).is_err());
+    assert_eq!(
+        hotplug_sections(&w),
+        [32],
+        "wholly ballooned section 34 removed at rest"
+    );
+    check(&mut w);
 }

@@ -543,3 +543,16 @@ balloon_settled_at() {
             ;;
     esac
 }
+
+# check_hotplugged N: the guest's census shows exactly N hot-added sections, all present,
+# online and with every subsection active, and accounting still closes against Xen.
+check_hotplugged() {
+    local want=$1 present online active
+    present=$(data_read mm/sections/hotplug-ram/present) || fail "no data/mm/sections/hotplug-ram/present"
+    online=$(data_read mm/sections/hotplug-ram/online)
+    active=$(data_read mm/subsections/hotplug-ram/active)
+    info "hotplug_sections present=$present online=$online active_subsections=$active kib=$(data_read mm/kib/hotplug-ram)"
+    [ "$present" = "$want" ] || fail "want $want hot-added sections present, census says $present"
+    [ "$online" = "$want" ] || fail "want $want hot-added sections online, census says $online"
+    [ "$active" = $((want * 64)) ] || fail "want $((want * 64)) active hot-added subsections, census says $active"
+}

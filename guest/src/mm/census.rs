@@ -226,7 +226,17 @@ impl fmt::Display for Census {
             for s in STATE_KINDS {
                 write!(f, " {s} {}", self.pages_of(k, s))?;
             }
-            writeln!(f, " (reserved non-RAM {})", self.reserved_nonram[k.index()])?;
+            let c = &self.by_kind[k.index()];
+            writeln!(
+                f,
+                " (reserved non-RAM {}); sections {} present {} online, {} KiB, \
+                 memmap {} KiB",
+                self.reserved_nonram[k.index()],
+                c.sections_present,
+                c.sections_online,
+                c.kib(),
+                c.memmap_bytes() / 1024
+            )?;
         }
         write!(
             f,

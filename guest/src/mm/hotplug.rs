@@ -147,10 +147,10 @@ impl fmt::Display for HotplugWindow {
             "hotplug RAM [{:#x}, {:#x}) ({} MiB), device [{:#x}, {:#x}) ({} MiB)",
             self.ram.start.addr(),
             self.ram.end.addr(),
-            self.ram.len() * PAGE_SIZE >> 20,
+            (self.ram.len() * PAGE_SIZE) >> 20,
             self.device.start.addr(),
             self.device.end.addr(),
-            self.device.len() * PAGE_SIZE >> 20,
+            (self.device.len() * PAGE_SIZE) >> 20,
         )
     }
 }
@@ -286,14 +286,12 @@ pub fn hot_add<S: MemmapStorage>(
         });
     }
     for &nr in &free {
-        let r = mm
-            .add_section(nr, SectionKind::HotplugRam)
-            .and_then(|()| {
-                mm.online_section(nr).inspect_err(|_| {
-                    // Never onlined, all Offline: removable as it is.
-                    let _ = mm.remove_section(nr);
-                })
-            });
+        let r = mm.add_section(nr, SectionKind::HotplugRam).and_then(|()| {
+            mm.online_section(nr).inspect_err(|_| {
+                // Never onlined, all Offline: removable as it is.
+                let _ = mm.remove_section(nr);
+            })
+        });
         if let Err(error) = r {
             for &undo in added.sections.iter().rev() {
                 if let Err(e) = hot_remove_section(mm, undo) {

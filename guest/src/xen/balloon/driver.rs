@@ -11,7 +11,11 @@
 //! loop: match b.step(mm, xen, now) {
 //!     Progress               => call again soon (yield to other work first),
 //!     BackingOff { until_ns } => poll with deadline until_ns (or a new target),
-//!     Done | NeedHotplug { .. } => wait for a new target,
+//!     Done                   => wait for a new target (then, at rest, hot-remove:
+//!                               `Hotplug::try_hot_remove`),
+//!     NeedHotplug { pages }  => `Hotplug::on_need_hotplug` (crate::xen::hotplug): on
+//!                               Added step again; else wait for its deadline or a
+//!                               new target,
 //!     Error => log the status' last error; the driver has backed off, so a later
 //!              step (timer or new target) retries without spinning,
 //! }
@@ -429,7 +433,11 @@ impl Balloon {
                 order: ORDER_SUBSECTION as u8,
             });
         }
-        if self.hotplugged.iter().any(|r| !r.intersect(&range).is_empty()) {
+        if self
+            .hotplugged
+            .iter()
+            .any(|r| !r.intersect(&range).is_empty())
+        {
             return Err(MmError::AlreadyPresent(range.start));
         }
         {
@@ -485,10 +493,12 @@ impl Balloon {
 
     /// Pages of `range` on the ballooned lists (Offline, no frame in Xen).
     pub fn ballooned_in(&self, range: PfnRange) -> u64 {
-        let o0 = self.ballooned[0].iter().filter(|&&g| range.contains(Pfn(g)));
-        let o9 = self.ballooned[1]
+        let o0 = self.ballooned[0]
             .iter()
-            .filter(|&&g| range.contains(Pfn(g)) && range.contains(Pfn(g + PAGES_PER_SUBSECTION - 1)));
+            .filter(|&&g| range.contains(Pfn(g)));
+        let o9 = self.ballooned[1].iter().filter(|&&g| {
+            range.contains(Pfn(g)) && range.contains(Pfn(g + PAGES_PER_SUBSECTION - 1))
+        });
         o0.count() as u64 + ((o9.count() as u64) << ORDER_SUBSECTION)
     }
 
@@ -514,7 +524,11 @@ impl Balloon {
                 pages: range.len() - ballooned,
             });
         }
-        if !self.hotplugged.iter().any(|r| r.start <= range.start && range.end <= r.end) {
+        if !self
+            .hotplugged
+            .iter()
+            .any(|r| r.start <= range.start && range.end <= r.end)
+        {
             return Err(ForgetError::NotHotplugged);
         }
         self.ballooned[0].retain(|&g| !range.contains(Pfn(g)));
@@ -548,8 +562,7 @@ impl Balloon {
         for page in guard.active_pages(PfnRange::new(Pfn(0), Pfn(MAX_PFN))) {
             // Only boot RAM: hot-added Offline pages never had a frame (nothing to release)
             // and are adopted by `adopt_hotplugged`.
-            if page.section_kind() != SectionKind::BootRam || page.state() != PageState::Offline
-            {
+            if page.section_kind() != SectionKind::BootRam || page.state() != PageState::Offline {
                 continue;
             }
             let pfn = page.pfn();
@@ -754,9 +767,7 @@ impl Balloon {
                 break;
             }
             let batch = &mut self.batch;
-            let r = mm.balloon_out_from(self.hotplugged[i], order as u8, want, |p| {
-                batch.push(p.0)
-            });
+            let r = mm.balloon_out_from(self.hotplugged[i], order as u8, want, |p| batch.push(p.0));
             if let Err(e) = r {
                 self.undo_take(mm, order)?;
                 return Err(Failure::Model("balloon_out_from", e));

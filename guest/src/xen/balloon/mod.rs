@@ -11,7 +11,6 @@ pub mod target;
 
 pub use driver::{
     AccountingError, Balloon, BalloonConfig, BalloonState, BalloonStatus, Counters, ForgetError,
-    StepOutcome,
-    DEFAULT_FLOOR_KIB,
+    StepOutcome, DEFAULT_FLOOR_KIB,
 };
 pub use target::{Target, TargetError};
