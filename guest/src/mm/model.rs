@@ -464,6 +464,11 @@ impl<S: MemmapStorage> MemModel<S> {
 
     /// Allocate `2^order` contiguous frames (Free -> Allocated).
     pub fn alloc_frames(&self, order: u8) -> Result<Pfn, MmError> {
+        self.take_free_block(order, PageState::Allocated)
+    }
+
+    /// Take any free block of `order` off the free lists into state `to`.
+    fn take_free_block(&self, order: u8, to: PageState) -> Result<Pfn, MmError> {
         if order > MAX_ORDER {
             return Err(MmError::BadOrder(order));
         }
@@ -475,14 +480,14 @@ impl<S: MemmapStorage> MemModel<S> {
             .alloc(&mm, order)
             .ok_or(MmError::OutOfMemory { order })?;
         for p in block_range(pfn, order).iter() {
-            mm.desc(p).store(Raw::State(PageState::Allocated));
+            mm.desc(p).store(Raw::State(to));
         }
         let kind = self
             .placement(pfn)
             .expect("free block in an active section")
             .0;
         g.stats
-            .move_pages(kind, StateKind::Free, StateKind::Allocated, 1 << order);
+            .move_pages(kind, StateKind::Free, to.kind(), 1 << order);
         Ok(pfn)
     }
 
@@ -519,26 +524,7 @@ impl<S: MemmapStorage> MemModel<S> {
     /// (Free -> Offline). The caller then returns the frames to Xen; if Xen refuses, it
     /// gives them back with [`MemModel::populate`].
     pub fn balloon_out(&self, order: u8) -> Result<Pfn, MmError> {
-        if order > MAX_ORDER {
-            return Err(MmError::BadOrder(order));
-        }
-        let mut g = self.inner.lock();
-        let g = &mut *g;
-        let mm = Memmap::new(&self.root, &g.token);
-        let pfn = g
-            .free
-            .alloc(&mm, order)
-            .ok_or(MmError::OutOfMemory { order })?;
-        for p in block_range(pfn, order).iter() {
-            mm.desc(p).store(Raw::State(PageState::Offline));
-        }
-        let kind = self
-            .placement(pfn)
-            .expect("free block in an active section")
-            .0;
-        g.stats
-            .move_pages(kind, StateKind::Free, StateKind::Offline, 1 << order);
-        Ok(pfn)
+        self.take_free_block(order, PageState::Offline)
     }
 
     /// Take a whole free subsection (an order-9 block) for order-9 ballooning.

@@ -2,7 +2,7 @@
 # xenci-ci: no
 # xenci-peer: yes
 # xenci-budget: 120
-# xenci-about: scripts/demo: boot, show xl list / xenstore, a balloon cycle (256 -> 64 -> 256 MiB), the log, shut down
+# xenci-about: scripts/demo: boot, show xl list / xenstore, a balloon cycle (256 -> 64 -> 256 MiB, then beyond boot memory to 384 MiB), the log, shut down
 scenario_demo() {
     create_domain "xenci-demo-$SUBJECT"
     wait_ready 60
@@ -14,10 +14,12 @@ scenario_demo() {
         xenstore-ls "/local/domain/$DOMID/data" 2>&1 | sed "s/^/xenci[$SCENARIO] /" >&3
     fi
     info "target_kib=$(xenstore-read "/local/domain/$DOMID/memory/target" 2>/dev/null)"
-    # A visible balloon cycle: down to a quarter, back up (beyond boot memory comes with
-    # the hotplug work).
+    # A visible balloon cycle: down to a quarter, back up, then beyond boot memory (the
+    # guest hot-adds a section once `xl mem-max` opens the door).
     balloon_step balloon_down 64 60
     balloon_step balloon_up 256 60
+    tool xl mem-max "$DOMNAME" 512m || fail "xl mem-max 512m failed"
+    balloon_step hotplug 384 90
     if [ "$SUBJECT" = guest ]; then
         say "---- xenstore-ls /local/domain/$DOMID/data/balloon"
         xenstore-ls "/local/domain/$DOMID/data/balloon" 2>&1 | sed "s/^/xenci[$SCENARIO] /" >&3
