@@ -1,8 +1,11 @@
 //! The guest kernel: wires arch -> memory -> Xen drivers -> event loop.
 //!
-//! Boot order: entry stub (long mode, SSE) → log on port 0xE9 → copy what start_info
-//! points at (it sits in low memory we may reuse) → GDT/IDT → page tables → heap → Xen
-//! (hypercall page, shared_info, clock) → PV console → xenstore → ready → mode.
+//! Boot order: entry stub (long mode, SSE, low 4 GiB identity-mapped) → log on port 0xE9,
+//! early heap → copy what start_info points at (it sits in low RAM) → command line →
+//! GDT/IDT → Xen (hypercall page, shared_info, clock) → how much RAM may be touched
+//! (populate-on-demand) → the memory model → the PoD excess back to Xen → page tables for
+//! RAM above 4 GiB → PV console → xenstore → ready → the mode the command line asked for
+//! (normally: the event loop serving control, balloon and hotplug).
 #![no_std]
 #![no_main]
 

@@ -192,9 +192,11 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
             Ok(Some(ev)) => log::debug!("watch event {} ({}) not for us", ev.path, ev.token),
             Ok(None) => {}
             Err(XsError::Disconnected) => {
-                // Nothing more can reach us; stay alive for `xl destroy` without spinning.
+                // Nothing more can reach us through xenstore; keep the balloon's state and
+                // stay alive for `xl destroy`, waking rarely (an event would wake a
+                // port-less poll at once, so give it a deadline instead).
                 log::error!("xenstore connection is broken; idling");
-                let _ = xen.poll(&[], 0);
+                let _ = xen.poll(&[], xen.now_ns() + 10 * IDLE_NS);
             }
             Err(e) => log::warn!("xenstore: {e:?}"),
         }
