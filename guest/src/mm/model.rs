@@ -493,6 +493,13 @@ impl<S: MemmapStorage> MemModel<S> {
 
     /// Return frames from [`MemModel::alloc_frames`] (Allocated -> Free), coalescing.
     pub fn free_frames(&self, pfn: Pfn, order: u8) -> Result<(), MmError> {
+        // Reserved -> Free is legal too, but through `release_reserved` only.
+        self.give_free_block(pfn, order, StateKind::Allocated)
+    }
+
+    /// Put the block `[pfn, pfn + 2^order)`, every page of it in state `from`, on the free
+    /// lists (-> Free, coalescing). The section must be online RAM.
+    fn give_free_block(&self, pfn: Pfn, order: u8, from: StateKind) -> Result<(), MmError> {
         check_block(pfn, order)?;
         let mut g = self.inner.lock();
         let g = &mut *g;
@@ -501,10 +508,10 @@ impl<S: MemmapStorage> MemModel<S> {
         let range = block_range(pfn, order);
         Self::check_range(&mm, g.phase, range, StateKind::Free)?;
         for p in range.iter() {
-            if mm.desc(p).load().kind() != StateKind::Allocated {
-                // Reserved -> Free is legal, but through `release_reserved` only.
+            let have = mm.desc(p).load().kind();
+            if have != from {
                 let t = IllegalTransition {
-                    from: mm.desc(p).load().kind(),
+                    from: have,
                     to: StateKind::Free,
                     phase: g.phase,
                 };
@@ -515,8 +522,7 @@ impl<S: MemmapStorage> MemModel<S> {
             mm.desc(p).store(Raw::Free(None));
         }
         g.free.insert(&mm, pfn, order);
-        g.stats
-            .move_pages(kind, StateKind::Allocated, StateKind::Free, 1 << order);
+        g.stats.move_pages(kind, from, StateKind::Free, 1 << order);
         Ok(())
     }
 
@@ -632,30 +638,7 @@ impl<S: MemmapStorage> MemModel<S> {
     /// Frames Xen has populated (again) behind `[pfn, pfn + 2^order)` join the allocator
     /// (Offline -> Free). The section must be online RAM.
     pub fn populate(&self, pfn: Pfn, order: u8) -> Result<(), MmError> {
-        check_block(pfn, order)?;
-        let mut g = self.inner.lock();
-        let g = &mut *g;
-        let kind = self.require_online_ram(pfn)?;
-        let mm = Memmap::new(&self.root, &g.token);
-        let range = block_range(pfn, order);
-        Self::check_range(&mm, g.phase, range, StateKind::Free)?;
-        for p in range.iter() {
-            if mm.desc(p).load().kind() != StateKind::Offline {
-                let t = IllegalTransition {
-                    from: mm.desc(p).load().kind(),
-                    to: StateKind::Free,
-                    phase: g.phase,
-                };
-                return Err(illegal(p, t));
-            }
-        }
-        for p in range.iter() {
-            mm.desc(p).store(Raw::Free(None));
-        }
-        g.free.insert(&mm, pfn, order);
-        g.stats
-            .move_pages(kind, StateKind::Offline, StateKind::Free, 1 << order);
-        Ok(())
+        self.give_free_block(pfn, order, StateKind::Offline)
     }
 
     /// Mark RAM pages Reserved (boot only): Free pages leave the allocator, Allocated ones
