@@ -4,6 +4,10 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use guest::xen::clock::{read_consistent, TimeInfo};
 use xen_bindings::abi::event_channel as ev;
+use xen_bindings::abi::grant_table::{
+    GnttabMapGrantRef, GnttabQuerySize, GnttabUnmapGrantRef, GNTTABOP_MAP_GRANT_REF,
+    GNTTABOP_QUERY_SIZE, GNTTABOP_UNMAP_GRANT_REF,
+};
 use xen_bindings::abi::hvm::{XenHvmParam, HVMOP_GET_PARAM};
 use xen_bindings::abi::memory::{self as mem, mapspace, XenAddToPhysmap, XenMemoryReservation};
 use xen_bindings::abi::sched::{SCHEDOP_poll, SCHEDOP_shutdown, SchedPoll, SchedShutdown};
@@ -11,7 +15,7 @@ use xen_bindings::abi::shared_info::SharedInfo;
 use xen_bindings::abi::DOMID_SELF;
 use xen_bindings::hypercall::{self as hc, XenCpuid};
 use xen_bindings::traits::{
-    Clock, DomId, EventChannels, Gfn, MemoryReservation, Port, Sched, ShutdownReason,
+    Clock, DomId, EventChannels, Gfn, GrantOps, MemoryReservation, Port, Sched, ShutdownReason,
 };
 use xen_bindings::Errno;
 
@@ -213,6 +217,57 @@ impl MemoryReservation for Xen {
         let mut d = DOMID_SELF;
         // SAFETY: XENMEM_maximum_reservation takes a pointer to a domid_t.
         unsafe { hc::memory_op(mem::XENMEM_MAXIMUM_RESERVATION, (&raw mut d).cast()) }
+    }
+}
+
+impl GrantOps for Xen {
+    fn query_size(&mut self) -> Result<(u32, u32), Errno> {
+        let mut q = GnttabQuerySize {
+            dom: DOMID_SELF,
+            ..Default::default()
+        };
+        // SAFETY: one gnttab_query_size for GNTTABOP_query_size.
+        unsafe { hc::grant_table_op(GNTTABOP_QUERY_SIZE, (&raw mut q).cast(), 1)? };
+        match q.status {
+            0 => Ok((q.nr_frames, q.max_nr_frames)),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn add_table_frame(&mut self, idx: u32, gfn: Gfn) -> Result<(), Errno> {
+        let mut xatp = XenAddToPhysmap {
+            domid: DOMID_SELF,
+            size: 0,
+            space: mapspace::GRANT_TABLE,
+            idx: idx as u64,
+            gpfn: gfn,
+        };
+        // SAFETY: xatp is a valid xen_add_to_physmap; the caller picked a gfn without RAM.
+        unsafe { hc::memory_op(mem::XENMEM_ADD_TO_PHYSMAP, (&raw mut xatp).cast()) }.map(drop)
+    }
+
+    fn map_grant_refs(&mut self, ops: &mut [GnttabMapGrantRef]) -> Result<(), Errno> {
+        // SAFETY: `ops` is a live array of gnttab_map_grant_ref that Xen fills in.
+        unsafe {
+            hc::grant_table_op(
+                GNTTABOP_MAP_GRANT_REF,
+                ops.as_mut_ptr().cast(),
+                ops.len() as u32,
+            )
+        }
+        .map(drop)
+    }
+
+    fn unmap_grant_refs(&mut self, ops: &mut [GnttabUnmapGrantRef]) -> Result<(), Errno> {
+        // SAFETY: `ops` is a live array of gnttab_unmap_grant_ref that Xen fills in.
+        unsafe {
+            hc::grant_table_op(
+                GNTTABOP_UNMAP_GRANT_REF,
+                ops.as_mut_ptr().cast(),
+                ops.len() as u32,
+            )
+        }
+        .map(drop)
     }
 }
 

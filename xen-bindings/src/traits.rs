@@ -68,3 +68,54 @@ pub trait MemoryReservation {
     /// `XENMEM_maximum_reservation`: Xen's limit for the domain (`max_pages`).
     fn maximum_reservation(&self) -> Result<u64, Errno>;
 }
+
+/// One v1 grant entry (`struct grant_entry_v1`) as the guest and Xen share it: the same
+/// 8-byte layout as [`crate::abi::grant_table::GrantEntryV1`], with every field atomic
+/// because Xen (on behalf of a peer) updates `flags` while the guest reads and writes the
+/// entry. The kernel views its mapped grant frames as `&[GrantEntryShared]`; the
+/// simulated Xen hands out the same type.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct GrantEntryShared {
+    /// `GTF_*` ([`crate::abi::grant_table::gtf`]).
+    pub flags: core::sync::atomic::AtomicU16,
+    /// The domain the grant is for.
+    pub domid: core::sync::atomic::AtomicU16,
+    /// The granted frame (the granter's gfn).
+    pub frame: core::sync::atomic::AtomicU32,
+}
+crate::assert_layout!(GrantEntryShared, size = 8, flags = 0, domid = 2, frame = 4);
+const _: () = assert!(
+    core::mem::size_of::<GrantEntryShared>()
+        == core::mem::size_of::<crate::abi::grant_table::GrantEntryV1>()
+);
+
+/// Grant-table operations of the calling domain (grant_table.h, v1 entries).
+///
+/// The granting side needs no hypercall per grant (the guest writes its own entries);
+/// what it needs from Xen is the table itself: for an auto-translated (PVH) guest each
+/// table frame is placed into the guest's physical address space with
+/// `XENMEM_add_to_physmap` (space `XENMAPSPACE_grant_table`, `idx` = frame index,
+/// `gpfn` = where). The mapping side issues batched `GNTTABOP_map_grant_ref` /
+/// `GNTTABOP_unmap_grant_ref`.
+pub trait GrantOps {
+    /// `GNTTABOP_query_size` for `DOMID_SELF`: `(nr_frames, max_nr_frames)` of our table.
+    fn query_size(&mut self) -> Result<(u32, u32), Errno>;
+    /// `XENMEM_add_to_physmap(XENMAPSPACE_grant_table, idx, gfn)`: make grant-table frame
+    /// `idx` appear at `gfn` (Xen grows the table to `idx + 1` frames if needed). `gfn`
+    /// must be a pfn without RAM behind it (Xen would drop the page that was there).
+    fn add_table_frame(&mut self, idx: u32, gfn: Gfn) -> Result<(), Errno>;
+    /// `GNTTABOP_map_grant_ref` on a batch. `Err` means the hypercall itself failed;
+    /// otherwise every op's `status` (`GNTST_*`) and, on `GNTST_okay`, `handle` are set.
+    /// Even with `Err`, ops Xen reached before failing carry their status: callers must
+    /// pre-set a status that is no `GNTST_*` value and inspect each op afterwards.
+    fn map_grant_refs(
+        &mut self,
+        ops: &mut [crate::abi::grant_table::GnttabMapGrantRef],
+    ) -> Result<(), Errno>;
+    /// `GNTTABOP_unmap_grant_ref` on a batch; statuses as for [`GrantOps::map_grant_refs`].
+    fn unmap_grant_refs(
+        &mut self,
+        ops: &mut [crate::abi::grant_table::GnttabUnmapGrantRef],
+    ) -> Result<(), Errno>;
+}

@@ -4,5 +4,6 @@ pub mod balloon;
 pub mod clock;
 pub mod console;
 pub mod control;
+pub mod grant;
 pub mod hotplug;
 pub mod xenstore;

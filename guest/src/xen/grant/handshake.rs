@@ -1,0 +1,154 @@
+//! The pieces of the split-driver style test handshake that are pure functions: the
+//! xenstore layout, the value formats (parsed strictly), the page pattern and the
+//! checksum the mapper writes back.
+//!
+//! Layout (under the granter's own `data/`, readable by the mapper through the
+//! permissions the granter sets: owner granter, read for the mapper's domid):
+//!
+//! ```text
+//! /local/domain/<granter>/data/grant-test/peer       mapper's domid (decimal)
+//! /local/domain/<granter>/data/grant-test/refs       "8 9 10 ..." (decimal, one space)
+//! /local/domain/<granter>/data/grant-test/evtchn     unbound port for the mapper
+//! /local/domain/<mapper>/data/grant-test/checksum    written back by the mapper (hex)
+//! ```
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use xen_bindings::abi::grant_table::GrantRef;
+
+/// Directory under `data/` for the handshake.
+pub const DIR: &str = "data/grant-test";
+/// Most refs one handshake publishes (a xenstore value stays far below 4 KiB).
+pub const MAX_REFS: usize = 256;
+
+/// Why a published value was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Empty value.
+    Empty,
+    /// Not a canonical decimal list (leading zeros, signs, double spaces, ...).
+    Malformed,
+    /// A ref below the reserved ones or above `u32::MAX`.
+    BadRef,
+    /// More than [`MAX_REFS`].
+    TooMany,
+}
+
+/// `refs` as published: decimal, separated by single spaces.
+pub fn encode_refs(refs: &[GrantRef]) -> String {
+    let mut s = String::new();
+    for (i, r) in refs.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        let _ = write!(s, "{r}");
+    }
+    s
+}
+
+/// Parse a `refs` value strictly: canonical decimals (no sign, no leading zero), single
+/// spaces, no reserved refs, at most [`MAX_REFS`].
+pub fn parse_refs(raw: &[u8]) -> Result<Vec<GrantRef>, ParseError> {
+    if raw.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let mut out = Vec::new();
+    for word in raw.split(|&b| b == b' ') {
+        if word.is_empty()
+            || !word.iter().all(u8::is_ascii_digit)
+            || (word.len() > 1 && word[0] == b'0')
+        {
+            return Err(ParseError::Malformed);
+        }
+        if word.len() > 10 {
+            return Err(ParseError::BadRef);
+        }
+        let v = word
+            .iter()
+            .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
+        let r = GrantRef::try_from(v).map_err(|_| ParseError::BadRef)?;
+        if r < super::NR_RESERVED_ENTRIES {
+            return Err(ParseError::BadRef);
+        }
+        if out.len() == MAX_REFS {
+            return Err(ParseError::TooMany);
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Byte `i` of page `idx` of the known pattern (distinct per page and per offset).
+pub fn pattern_byte(idx: u32, i: usize) -> u8 {
+    let x = (idx as u64)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(i as u64 / 8);
+    (x >> ((i % 8) * 8)) as u8
+}
+
+/// Whether `page` holds page `idx` of the pattern.
+pub fn pattern_ok(idx: u32, page: &[u8]) -> bool {
+    page.iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern_byte(idx, i))
+}
+
+/// FNV-1a over the pages in order: what the mapper writes back and the granter checks.
+pub fn checksum<'a>(pages: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for page in pages {
+        for &b in page {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn refs_round_trip_and_garbage_is_refused() {
+        let refs: Vec<GrantRef> = (8..72).collect();
+        assert_eq!(parse_refs(encode_refs(&refs).as_bytes()), Ok(refs));
+        assert_eq!(parse_refs(b"4294967295"), Ok(vec![u32::MAX]));
+        for (bad, e) in [
+            (&b""[..], ParseError::Empty),
+            (b"8  9", ParseError::Malformed),
+            (b"8 ", ParseError::Malformed),
+            (b"08", ParseError::Malformed),
+            (b"+8", ParseError::Malformed),
+            (b"0x10", ParseError::Malformed),
+            (b"8,9", ParseError::Malformed),
+            (b"1", ParseError::BadRef),
+            (b"4294967296", ParseError::BadRef),
+            (b"99999999999", ParseError::BadRef),
+        ] {
+            assert_eq!(parse_refs(bad), Err(e), "{:?}", core::str::from_utf8(bad));
+        }
+        let many: Vec<GrantRef> = (8..8 + MAX_REFS as u32 + 1).collect();
+        assert_eq!(
+            parse_refs(encode_refs(&many).as_bytes()),
+            Err(ParseError::TooMany)
+        );
+    }
+
+    #[test]
+    fn pattern_and_checksum_tell_pages_apart() {
+        let a: Vec<u8> = (0..4096).map(|i| pattern_byte(0, i)).collect();
+        let b: Vec<u8> = (0..4096).map(|i| pattern_byte(1, i)).collect();
+        assert!(pattern_ok(0, &a) && pattern_ok(1, &b));
+        assert!(!pattern_ok(1, &a));
+        assert_ne!(a, b);
+        let ab = checksum([a.as_slice(), b.as_slice()]);
+        assert_ne!(ab, checksum([b.as_slice(), a.as_slice()]));
+        let mut c = a.clone();
+        c[4095] ^= 1;
+        assert!(!pattern_ok(0, &c));
+        assert_ne!(checksum([c.as_slice(), b.as_slice()]), ab);
+    }
+}
