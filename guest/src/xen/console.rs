@@ -74,6 +74,8 @@ impl ConsoleRing {
                 core::ptr::addr_of_mut!((*self.iface).out_prod),
             )
         };
+        // Relaxed: out_prod is our own store. Acquire: pairs with the consumer's release
+        // of out_cons, as in `write`.
         self.index(p)
             .load(Ordering::Relaxed)
             .wrapping_sub(self.index(c).load(Ordering::Acquire)) as usize
