@@ -320,7 +320,7 @@ fn settled(xs: &mut Xenstore, m: &mut Memory<'_>, outcome: StepOutcome) {
 
 /// Writes `(key, value)` pairs under `dir` in one transaction, so a reader never sees
 /// numbers from two different moments.
-fn publish_fields(xs: &mut Xenstore, dir: &str, fields: &[(&str, String)]) {
+fn publish_fields<K: core::fmt::Display>(xs: &mut Xenstore, dir: &str, fields: &[(K, String)]) {
     let r = xs.transaction(|tx| {
         for (key, value) in fields {
             tx.write(&format!("{dir}/{key}"), value.as_bytes())?;
@@ -396,9 +396,5 @@ pub fn publish_census(xs: &mut Xenstore, mm: &Model, xen_extra: u64) {
         "expected-tot-pages".into(),
         format!("{}", census.ram_pages() + xen_extra),
     ));
-    let fields: Vec<(&str, String)> = fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
     publish_fields(xs, "data/mm", &fields);
 }
