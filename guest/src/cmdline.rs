@@ -9,6 +9,7 @@
 //! | `panic` | panic deliberately once ready (proves the crash path) |
 //! | `hotplug-fail=N` | test switch: the memmap allocation of the first N hot-adds fails |
 //! | `walk` | run the saveable-page walker after every balloon settle (hotplug-walk scenario) |
+//! | `grant=give:N` / `grant=map` | role in the two-guest grant handshake (`xen::grant::pair`): grant N pages (1..=256) to the peer, or map the peer's grants |
 //!
 //! Unknown words and bad values are collected, not fatal: the kernel logs each one and
 //! carries on with the defaults.
@@ -68,6 +69,8 @@ pub struct Cmdline {
     pub hotplug_fail: u32,
     /// Run the saveable-page walker after every balloon settle.
     pub walk: bool,
+    /// The two-guest grant handshake role (`grant=give:N` or `grant=map`).
+    pub grant: Option<crate::xen::grant::pair::Role>,
     /// Words that were not understood, with why; logged by the kernel.
     pub rejected: Vec<(String, &'static str)>,
 }
@@ -79,6 +82,7 @@ impl Default for Cmdline {
             mode: Mode::Normal,
             hotplug_fail: 0,
             walk: false,
+            grant: None,
             rejected: Vec::new(),
         }
     }
@@ -107,15 +111,17 @@ impl Cmdline {
                     }
                     Err(_) => Err("hotplug-fail must be a count"),
                 },
+                ("grant", Some(v)) => crate::xen::grant::pair::Role::parse(v).map(|r| {
+                    c.grant = Some(r);
+                }),
                 ("walk", None) => {
                     c.walk = true;
                     Ok(())
                 }
                 ("selftest", None) => c.set_mode(Mode::Selftest),
                 ("panic", None) => c.set_mode(Mode::Panic),
-                ("loglevel" | "hotplug-fail", None) | ("selftest" | "panic" | "walk", Some(_)) => {
-                    Err("malformed")
-                }
+                ("loglevel" | "hotplug-fail" | "grant", None)
+                | ("selftest" | "panic" | "walk", Some(_)) => Err("malformed"),
                 _ => Err("unknown option"),
             };
             if let Err(why) = verdict {
@@ -154,6 +160,14 @@ mod tests {
         assert_eq!(Cmdline::parse("panic").mode, Mode::Panic);
         assert_eq!(Cmdline::parse("hotplug-fail=2").hotplug_fail, 2);
         assert!(Cmdline::parse("walk").walk && !Cmdline::parse("").walk);
+        use crate::xen::grant::pair::Role;
+        assert_eq!(Cmdline::parse("grant=map").grant, Some(Role::Mapper));
+        assert_eq!(
+            Cmdline::parse("grant=give:64").grant,
+            Some(Role::Granter { pages: 64 })
+        );
+        let c = Cmdline::parse("grant=give:0 grant");
+        assert_eq!((c.grant, c.rejected.len()), (None, 2));
     }
 
     #[test]

@@ -13,6 +13,7 @@ extern crate alloc;
 
 mod arch;
 mod boot;
+mod grants;
 mod hv;
 mod kheap;
 mod klog;

@@ -71,6 +71,8 @@ pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: Ba
             let walk = cmdline
                 .walk
                 .then(|| crate::walk::Walker::new(hotplug.window()));
+            let me = domid.and_then(|d| u16::try_from(d).ok()).unwrap_or(0);
+            let grants = crate::grants::setup(&xen, mm, hotplug.window(), cmdline.grant, me);
             let mut m = Memory {
                 mm,
                 balloon,
@@ -78,7 +80,12 @@ pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: Ba
                 xen_extra: extra,
                 hotplug_fail: cmdline.hotplug_fail,
                 walk,
+                grants,
             };
+            if let Some(g) = m.grants.as_ref() {
+                publish_fields(&mut xs, "data/grant", &g.fields());
+                publish_census(&mut xs, mm, extra);
+            }
             event_loop(&xen, &mut xs, &mut m)
         }
     }
@@ -163,7 +170,13 @@ pub struct Memory<'a> {
     pub hotplug_fail: u32,
     /// Run the saveable-page walker after every settle (`walk` on the command line).
     pub walk: Option<crate::walk::Walker>,
+    /// Our grant table and foreign mapper (None if Xen refused to set them up).
+    pub grants: Option<crate::grants::Grants>,
 }
+
+/// Least time between handshake steps that no watch event asked for (its peer-death
+/// check and deferred end-access retries run on these).
+const GRANT_POLL_NS: u64 = 500_000_000;
 
 /// Serves the control and memory watches until the toolstack asks us to go.
 fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
@@ -172,6 +185,7 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
         log::error!("cannot watch memory/target ({e:?}): xl mem-set will not work");
     }
     let mut outcome = StepOutcome::Done;
+    let mut grant_due = 0;
     loop {
         // While the balloon makes progress only peek at xenstore; otherwise sleep until
         // its (or hotplug's) backoff ends or something happens.
@@ -189,6 +203,7 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
                     outcome = StepOutcome::Progress;
                 }
             }
+            Ok(Some(ev)) if ev.token == guest::xen::grant::pair::TOKEN => grant_due = 0,
             Ok(Some(ev)) => log::debug!("watch event {} ({}) not for us", ev.path, ev.token),
             Ok(None) => {}
             Err(XsError::Disconnected) => {
@@ -213,6 +228,16 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
         }
         if was_working && !matches!(outcome, StepOutcome::Progress) {
             settled(xs, m, outcome);
+        }
+        if let Some(g) = m.grants.as_mut() {
+            let now = xen.now_ns();
+            if now >= grant_due {
+                grant_due = now + GRANT_POLL_NS;
+                if g.tick(xen, xs, m.mm) {
+                    publish_fields(xs, "data/grant", &g.fields());
+                    publish_census(xs, m.mm, m.xen_extra);
+                }
+            }
         }
     }
 }

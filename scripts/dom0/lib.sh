@@ -63,8 +63,8 @@ show_guest_log() {
         elif [ -n "${DOMID:-}" ]; then
             xl dmesg 2>/dev/null | grep "(d$DOMID)" | tail -n "$n" | sed "s/^/XENCI LOG $SCENARIO | /"
         fi
-        if [ -s "$WORK/xl-create.log" ]; then
-            tail -n 5 "$WORK/xl-create.log" | sed "s/^/XENCI LOG $SCENARIO | xl: /"
+        if [ -s "$XL_LOG" ]; then
+            tail -n 5 "$XL_LOG" | sed "s/^/XENCI LOG $SCENARIO | xl: /"
         fi
     } >&3
 }
@@ -109,22 +109,36 @@ create_domain() {
     DOMNAME=$1
     shift
     CONSOLE_LOG=$CONSOLE_DIR/guest-$DOMNAME.log
+    XL_LOG=$WORK/xl-create-$DOMNAME.log
     rm -f "$CONSOLE_LOG"
     echo "$DOMNAME" >>"$WORK/domains"
     CREATE_CS=$(now_cs)
     say "xl create -F $(subject_cfg) name=\"$DOMNAME\" $*"
     (cd "$REPO" && exec xl create -F "$(subject_cfg)" "name=\"$DOMNAME\"" "$@") \
-        >"$WORK/xl-create.log" 2>&1 &
+        >"$XL_LOG" 2>&1 &
     MONITOR=$!
     echo "$MONITOR" >>"$WORK/monitors"
     # xl -F logs "Waiting for domain NAME (domid N) to die" once the domain runs; reading
     # it there also works for a domain that is gone again before `xl domid` could see it.
     DOMID=
     wait_for 60 "domain $DOMNAME to be created" created_domid \
-        || fail "xl create did not create domain $DOMNAME: $(tail -n 3 "$WORK/xl-create.log" | tr '\n' ' ')"
+        || fail "xl create did not create domain $DOMNAME: $(tail -n 3 "$XL_LOG" | tr '\n' ' ')"
     DOMID=$(created_domid)
     say "domain $DOMNAME has domid $DOMID"
     # For run-scenarios' watchdog, which cannot see this subshell's variables.
+    echo "$CONSOLE_LOG" >"$WORK/console-log"
+    echo "$DOMID" >"$WORK/domid"
+}
+
+# Scenarios with two domains: `remember_domain G` after creating one saves its DOMNAME,
+# DOMID, CONSOLE_LOG and XL_LOG as G_*; `use_domain G` makes it the domain under test
+# again for every helper here.
+remember_domain() {
+    eval "${1}_NAME=\$DOMNAME ${1}_ID=\$DOMID ${1}_LOG=\$CONSOLE_LOG ${1}_XL=\$XL_LOG"
+}
+
+use_domain() {
+    eval "DOMNAME=\$${1}_NAME DOMID=\$${1}_ID CONSOLE_LOG=\$${1}_LOG XL_LOG=\$${1}_XL"
     echo "$CONSOLE_LOG" >"$WORK/console-log"
     echo "$DOMID" >"$WORK/domid"
 }
@@ -133,13 +147,13 @@ create_domain() {
 # waiting) until there is one, and fails the scenario when xl exited without one.
 created_domid() {
     local d
-    d=$(sed -n 's/.*Waiting for domain .* (domid \([0-9]*\)) to die.*/\1/p' "$WORK/xl-create.log" | tail -n 1)
+    d=$(sed -n 's/.*Waiting for domain .* (domid \([0-9]*\)) to die.*/\1/p' "$XL_LOG" | tail -n 1)
     if [ -n "$d" ]; then
         echo "$d"
         return 0
     fi
     kill -0 "$MONITOR" 2>/dev/null \
-        || fail "xl create failed: $(grep -v '^Parsing config' "$WORK/xl-create.log" | tail -n 2 | tr '\n' ' ')"
+        || fail "xl create failed: $(grep -v '^Parsing config' "$XL_LOG" | tail -n 2 | tr '\n' ' ')"
     return 1
 }
 
@@ -199,7 +213,7 @@ panic_line() {
 # The shutdown reason code xl -F logged for the domain's last shutdown
 # (0 poweroff, 1 reboot, 2 suspend, 3 crash, 4 watchdog, 5 soft_reset), or nothing.
 shutdown_reason() {
-    sed -n 's/.*has shut down, reason code \([0-9]*\).*/\1/p' "$WORK/xl-create.log" | tail -n 1
+    sed -n 's/.*has shut down, reason code \([0-9]*\).*/\1/p' "$XL_LOG" | tail -n 1
 }
 
 reason_logged() {
@@ -555,4 +569,88 @@ check_hotplugged() {
     [ "$present" = "$want" ] || fail "want $want hot-added sections present, census says $present"
     [ "$online" = "$want" ] || fail "want $want hot-added sections online, census says $online"
     [ "$active" = $((want * 64)) ] || fail "want $((want * 64)) active hot-added subsections, census says $active"
+}
+
+# ---------------------------------------------------------------- two guests and grants
+# Helpers for the grant-* scenarios (README "Grant tables"): a granter G and a mapper M,
+# both our kernel, introduced to each other the way a toolstack introduces split-driver
+# ends: by writing the other's domid into each one's data/grant-test/peer.
+
+# grant_pair PREFIX PAGES [XL-LINES...]: create granter PREFIX-g (grant=give:PAGES) and
+# mapper PREFIX-m (grant=map), wait for both, introduce them. Sets G_* and M_*; M is the
+# domain under test afterwards.
+grant_pair() {
+    local prefix=$1 pages=$2
+    shift 2
+    create_domain "$prefix-g" 'memory=128' 'maxmem=128' "extra=\"loglevel=info grant=give:$pages\"" "$@"
+    remember_domain G
+    wait_ready 90
+    create_domain "$prefix-m" 'memory=128' 'maxmem=128' 'extra="loglevel=info grant=map"' "$@"
+    remember_domain M
+    wait_ready 90
+    wait_for 15 "grant table on d$G_ID" gt_read G grant/refs || fail "granter d$G_ID publishes no data/grant (grant table setup failed?)"
+    wait_for 15 "grant table on d$M_ID" gt_read M grant/refs || fail "mapper d$M_ID publishes no data/grant (grant table setup failed?)"
+    info "table_frames=$(gt_read M grant/table-frames) max_table_frames=$(gt_read M grant/max-table-frames) refs=$(gt_read M grant/refs)"
+    say "introducing d$G_ID (granter) and d$M_ID (mapper)"
+    tool xenstore-write "/local/domain/$G_ID/data/grant-test/peer" "$M_ID" || fail "cannot write d$G_ID's peer"
+    tool xenstore-write "/local/domain/$M_ID/data/grant-test/peer" "$G_ID" || fail "cannot write d$M_ID's peer"
+}
+
+# gt_read G|M KEY: /local/domain/<G or M>/data/KEY.
+gt_read() {
+    eval "xenstore-read \"/local/domain/\$${1}_ID/data/$2\"" 2>/dev/null
+}
+
+# pair_state_is G|M STATE...: the role's data/grant-test/state is one of STATE.
+pair_state_is() {
+    local who=$1 st s
+    shift
+    st=$(gt_read "$who" grant-test/state) || return 1
+    for s in "$@"; do [ "$st" = "$s" ] && return 0; done
+    return 1
+}
+
+# wait_pair G|M SECONDS STATE...: wait for the role to reach one of STATE; fail with its
+# published error otherwise (a "failed" state fails at once).
+wait_pair() {
+    local who=$1 secs=$2 deadline
+    shift 2
+    deadline=$(($(now_cs) + secs * 100))
+    while ! pair_state_is "$who" "$@"; do
+        if pair_state_is "$who" failed; then
+            fail "$who (d$(eval echo \$${who}_ID)) failed: $(gt_read "$who" grant-test/error)"
+        fi
+        if [ "$(now_cs)" -ge "$deadline" ]; then
+            fail "$who (d$(eval echo \$${who}_ID)) not in state $* after ${secs}s: state=$(gt_read "$who" grant-test/state || echo '(none)') error=$(gt_read "$who" grant-test/error || echo '-')"
+        fi
+        sleep 0.2
+    done
+}
+
+# expect_eq WHAT GOT WANT
+expect_eq() {
+    [ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"
+}
+
+# The mapper's device range by census and by its own count: every Foreign page there is a
+# grant mapping or one of our table frames; nothing in it is Reserved.
+check_device_range() {
+    local who=$1 want_mapped=$2 foreign frames mapped reserved
+    # The census is republished after each handshake step; let it catch up.
+    wait_for 10 "census of $who" device_census_is "$who" "$want_mapped" || true
+    foreign=$(gt_read "$who" mm/pages/device/foreign)
+    reserved=$(gt_read "$who" mm/pages/device/reserved)
+    frames=$(gt_read "$who" grant/table-frames)
+    mapped=$(gt_read "$who" grant/foreign-mapped)
+    info "${who}_device foreign=$foreign table_frames=$frames foreign_mapped=$mapped reserved=$reserved"
+    expect_eq "$who foreign-mapped" "$mapped" "$want_mapped"
+    expect_eq "$who census pages/device/foreign" "$foreign" $((frames + want_mapped))
+    expect_eq "$who census pages/device/reserved" "$reserved" 0
+}
+
+device_census_is() {
+    local f
+    f=$(gt_read "$1" grant/table-frames) || return 1
+    [ "$(gt_read "$1" grant/foreign-mapped)" = "$2" ] \
+        && [ "$(gt_read "$1" mm/pages/device/foreign)" = $((f + $2)) ]
 }

@@ -37,6 +37,7 @@
 
 pub mod handshake;
 pub mod mapper;
+pub mod pair;
 pub mod table;
 
 pub use mapper::{

@@ -1,0 +1,181 @@
+//! The kernel's grant tables: our v1 table placed in the device window, the foreign
+//! mapper over the same window, and (if the command line gives a role) the two-guest
+//! handshake. The logic is in `guest::xen::grant`; this is where it meets page tables.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use guest::mm::hotplug::HotplugWindow;
+use guest::mm::Pfn;
+use guest::xen::grant::pair::{Env, FrameAccess, Pair, Role, PAGE_BYTES};
+use guest::xen::grant::{ForeignMapper, GrantTable};
+use xen_bindings::abi::grant_table::GRANT_ENTRIES_PER_FRAME_V1;
+use xen_bindings::traits::{DomId, GrantEntryShared, GrantOps};
+
+use crate::hv::Xen;
+use crate::kmem::Model;
+use crate::run::Xenstore;
+
+/// Grant-table frames we set up: 4 frames are 2040 usable refs, plenty for the
+/// handshake's 256 pages; Xen's default `max_grant_frames` is 32 (64 in 4.17).
+const TABLE_FRAMES: u32 = 4;
+
+/// The grant state the event loop owns.
+pub struct Grants {
+    pub table: GrantTable<'static>,
+    pub mapper: ForeignMapper,
+    pub pair: Option<Pair>,
+    /// Table frames as `(nr_frames, max_nr_frames)` from `GNTTABOP_query_size` at boot.
+    pub query: (u32, u32),
+}
+
+/// Places our grant table in the device window and builds the mapper. `None` (logged)
+/// when Xen refuses: the guest runs on without grants.
+pub fn setup(
+    xen: &Xen,
+    mm: &Model,
+    window: &HotplugWindow,
+    role: Option<Role>,
+    me: DomId,
+) -> Option<Grants> {
+    let mut hv = *xen;
+    let query = match hv.query_size() {
+        Ok(q) => q,
+        Err(e) => {
+            log::error!("grant: GNTTABOP_query_size failed ({e:?}); no grant table");
+            return None;
+        }
+    };
+    let n = TABLE_FRAMES.min(query.1);
+    let mut mapper = ForeignMapper::new(window.device);
+    let range = match mapper.map_table_frames(mm, &mut hv, 0, n) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("grant: cannot place {n} table frames in the device window: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = crate::arch::paging::map(range.start.addr(), range.end.addr()) {
+        log::error!("grant: no page tables for the table frames: {e:?}");
+        return None;
+    }
+    // SAFETY: `range` now holds Xen's grant-table frames (add_to_physmap succeeded for
+    // each), identity-mapped just above, and they stay there for the domain's life (no
+    // call takes a table frame back out). `GrantEntryShared` has the v1 entry's layout
+    // (asserted in xen-bindings) and is all atomics, so sharing it with Xen is sound.
+    let entries: &'static [GrantEntryShared] = unsafe {
+        core::slice::from_raw_parts(
+            range.start.addr() as *const GrantEntryShared,
+            n as usize * GRANT_ENTRIES_PER_FRAME_V1,
+        )
+    };
+    let table = GrantTable::new(entries);
+    log::info!(
+        "grant: v1 table of {n} frames at [{:#x}-{:#x}) (Xen: {} frames now, max {}), {} refs; foreign pages go to [{:#x}-{:#x})",
+        range.start.addr(),
+        range.end.addr(),
+        query.0,
+        query.1,
+        table.status().refs,
+        window.device.start.addr(),
+        window.device.end.addr()
+    );
+    let pair = role.map(|r| {
+        log::info!("grant-test: role {r:?}; waiting for data/grant-test/peer");
+        Pair::new(r, me)
+    });
+    Some(Grants {
+        table,
+        mapper,
+        pair,
+        query,
+    })
+}
+
+/// Frame contents through the identity map. A device subsection gets its page tables
+/// on first use (2 MiB at a time; mapping an address with nothing behind it is harmless
+/// until it is touched, and the mapper touches only slots it mapped).
+pub struct KernelFrames;
+
+impl KernelFrames {
+    fn ensure_mapped(pfn: Pfn) -> Result<(), String> {
+        crate::arch::paging::map(pfn.addr(), pfn.addr() + PAGE_BYTES as u64)
+            .map(drop)
+            .map_err(|e| format!("page tables for {pfn:?}: {e:?}"))
+    }
+}
+
+impl FrameAccess for KernelFrames {
+    fn fill(&mut self, pfn: Pfn, byte: &dyn Fn(usize) -> u8) {
+        if let Err(e) = Self::ensure_mapped(pfn) {
+            return log::error!("grant-test: {e}");
+        }
+        let p = pfn.addr() as *mut u8;
+        for i in 0..PAGE_BYTES {
+            // SAFETY: `pfn` is a frame the allocator gave the granter (ours, populated),
+            // mapped above; nobody else writes it until it is granted.
+            unsafe { p.add(i).write(byte(i)) };
+        }
+    }
+
+    fn read(&mut self, pfn: Pfn, buf: &mut [u8; PAGE_BYTES]) {
+        if let Err(e) = Self::ensure_mapped(pfn) {
+            buf.fill(0);
+            return log::error!("grant-test: {e}");
+        }
+        let p = pfn.addr() as *const u64;
+        for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
+            // SAFETY: `pfn` is our frame or a slot the mapper holds a grant mapping in
+            // (checked by the caller's state), mapped above. Volatile: the granter may
+            // write its page concurrently; we want whatever is there, not a cached view.
+            let v = unsafe { p.add(i).read_volatile() };
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+impl Grants {
+    /// One step of the handshake, if this guest has a role. True if its state changed.
+    pub fn tick(&mut self, xen: &Xen, xs: &mut Xenstore, mm: &Model) -> bool {
+        let Some(pair) = self.pair.as_mut() else {
+            return false;
+        };
+        let before = pair.state();
+        let mut hv = *xen;
+        let mut env = Env {
+            mm,
+            xs,
+            gnt: &mut hv,
+            ev: xen,
+            frames: &mut KernelFrames,
+        };
+        match pair {
+            Pair::Granter(g) => g.tick(&mut self.table, &mut env),
+            Pair::Mapper(m) => m.tick(&mut self.mapper, &mut env),
+        }
+        pair.state() != before
+    }
+
+    /// Everything published under `data/grant/`.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = self
+            .table
+            .status()
+            .fields()
+            .into_iter()
+            .chain(self.mapper.status().fields())
+            .map(|(k, v)| (k.trim_start_matches("grant/"), format!("{v}")))
+            .collect();
+        let c = self.mapper.counters();
+        out.push(("map-batches", format!("{}", c.batches)));
+        out.push(("map-failures", format!("{}", c.map_failures)));
+        out.push(("unmap-failures", format!("{}", c.unmap_failures)));
+        out.push(("max-table-frames", format!("{}", self.query.1)));
+        if let Some(p) = &self.pair {
+            out.push(("role", p.role().into()));
+            out.push(("pair-state", p.state().as_str().into()));
+        }
+        out
+    }
+}

@@ -1,0 +1,38 @@
+# xenci-scenario: grant-map
+# xenci-ci: yes
+# xenci-peer: no
+# xenci-budget: 120
+# xenci-about: two guests of ours: granter grants 64 pages, mapper maps them (batches of 64), verifies the pattern, checksum back, unmaps; Foreign pages only while mapped, none Reserved; census == Xen on both
+scenario_grant_map() {
+    [ "$SUBJECT" = guest ] || skip "the grant scenarios run two guests of ours"
+    grant_pair xenci-gmap 64
+    check_device_range M 0
+    wait_pair M 30 mapped
+    expect_eq "mapper pages mapped" "$(gt_read M grant-test/mapped)" 64
+    expect_eq "mapper pattern errors" "$(gt_read M grant-test/pattern-errors)" 0
+    wait_for 10 "granter verified" gt_read G grant-test/verified \
+        || fail "granter d$G_ID never read the mapper's checksum"
+    expect_eq "granter's check of the mapper's checksum" "$(gt_read G grant-test/verified)" ok
+    expect_eq "granter grants outstanding" "$(gt_read G grant/outstanding)" 64
+    check_device_range M 64
+    use_domain M
+    check_census 10 mapped
+    use_domain G
+    check_census 10 granter
+    map_us=$(gt_read M grant-test/map-us)
+
+    say "xenstore-write data/grant-test/command unmap (mapper d$M_ID)"
+    tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" unmap || fail "cannot command the unmap"
+    wait_pair M 30 unmapped
+    wait_pair G 30 ended
+    unmap_us=$(gt_read M grant-test/unmap-us)
+    info "pages=64 map_us=$map_us unmap_us=$unmap_us map_us_per_page=$((map_us / 64)) unmap_us_per_page=$((unmap_us / 64))"
+    check_device_range M 0
+    expect_eq "granter grants outstanding" "$(gt_read G grant/outstanding)" 0
+    expect_eq "granter grants deferred" "$(gt_read G grant/deferred)" 0
+    use_domain M
+    check_census 10 unmapped
+    check_alive
+    use_domain G
+    check_alive
+}
