@@ -208,6 +208,18 @@ fn share_dir<X: XsOps>(xs: &mut X, me: DomId, peer: DomId) -> Result<(), XsError
     )
 }
 
+/// Reads the peer's `data/grant-test/<key>`: `Ok(None)` when we cannot see it. xenstored
+/// answers EACCES, not ENOENT, for a node that is gone when its nearest existing parent
+/// is unreadable (`/local/domain` is dom0's): so once a dead peer's tree is removed, its
+/// nodes read as EACCES — as they did before it shared them with us.
+fn read_peer<X: XsOps>(xs: &mut X, peer: DomId, key: &str) -> Result<Option<Vec<u8>>, XsError> {
+    match xs.read(&peer_path(peer, key)) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_enoent() || e.errno() == Some(xen_bindings::Errno::EACCES) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The peer's `data/grant-test/<key>`.
 fn peer_path(peer: DomId, key: &str) -> String {
     format!("/local/domain/{peer}/{DIR}/{key}")
@@ -446,7 +458,7 @@ impl Granter {
                 log::info!("grant-test: d{peer} notified us on event channel {port}");
             }
         }
-        let state = match read_opt(env.xs, &peer_path(peer, "state")) {
+        let state = match read_peer(env.xs, peer, "state") {
             Ok(s) => s,
             Err(e) => return log::warn!("grant-test: cannot read d{peer}'s state: {e:?}"),
         };
@@ -461,7 +473,7 @@ impl Granter {
             Some(_) => self.peer_seen = true,
         }
         if self.verified.is_none() {
-            if let Ok(Some(raw)) = read_opt(env.xs, &peer_path(peer, "checksum")) {
+            if let Ok(Some(raw)) = read_peer(env.xs, peer, "checksum") {
                 let ok = parse_checksum(&raw) == Some(self.expected);
                 self.verified = Some(ok);
                 if ok {
@@ -592,6 +604,7 @@ pub struct Mapper {
     checksum: Option<u64>,
     map_ns: u64,
     verify_ns: u64,
+    verify_runs: u64,
     unmap_ns: u64,
     error: Option<String>,
 }
@@ -608,6 +621,7 @@ impl Mapper {
             checksum: None,
             map_ns: 0,
             verify_ns: 0,
+            verify_runs: 0,
             unmap_ns: 0,
             error: None,
         }
@@ -707,13 +721,13 @@ impl Mapper {
         F: FrameAccess,
     {
         let peer = self.peer.expect("a peer");
-        match read_opt(env.xs, &peer_path(peer, "state")) {
+        match read_peer(env.xs, peer, "state") {
             Ok(Some(s)) if s == b"granted" => {}
+            // Not shared with us yet, or not granted yet.
             Ok(_) => return,
-            // EACCES until the granter shares its directory.
             Err(e) => return log::debug!("grant-test: d{peer}'s state: {e:?}"),
         }
-        let refs = match read_opt(env.xs, &peer_path(peer, "refs")) {
+        let refs = match read_peer(env.xs, peer, "refs") {
             Ok(Some(raw)) => match parse_refs(&raw) {
                 Ok(r) => r,
                 Err(e) => return self.fail(env.xs, format!("d{peer}'s refs: {e:?}")),
@@ -725,7 +739,7 @@ impl Mapper {
                 )
             }
         };
-        let remote_port = read_opt(env.xs, &peer_path(peer, "evtchn"))
+        let remote_port = read_peer(env.xs, peer, "evtchn")
             .ok()
             .flatten()
             .and_then(|v| core::str::from_utf8(&v).ok()?.parse::<Port>().ok())
@@ -766,25 +780,13 @@ impl Mapper {
         }
         self.map_ns = env.ev.now_ns().saturating_sub(t0);
         // Verify and checksum through the mappings.
-        let mut hash = Vec::with_capacity(self.slots.len());
-        let mut wrong = Vec::new();
-        let mut buf = [0u8; PAGE_BYTES];
-        for (i, &pfn) in self.slots.iter().enumerate() {
-            env.frames.read(pfn, &mut buf);
-            if !handshake::pattern_ok(i as u32, &buf) {
-                wrong.push(i);
-            }
-            hash.push(buf);
-        }
+        let (wrong, sum) = self.verify(env);
         self.verify_ns = env.ev.now_ns().saturating_sub(t0) - self.map_ns;
-        let sum = handshake::checksum(hash.iter().map(|b| b.as_slice()));
         self.checksum = Some(sum);
-        if !wrong.is_empty() {
+        if wrong != 0 {
             log::error!(
-                "grant-test: {} of {} pages do not hold the pattern (first: page {})",
-                wrong.len(),
-                refs.len(),
-                wrong[0]
+                "grant-test: {wrong} of {} pages do not hold the pattern",
+                refs.len()
             );
         }
         if remote_port != 0 {
@@ -800,7 +802,7 @@ impl Mapper {
             env.xs,
             &[
                 ("mapped", format!("{}", self.slots.len())),
-                ("pattern-errors", format!("{}", wrong.len())),
+                ("pattern-errors", format!("{wrong}")),
                 ("map-us", format!("{}", self.map_ns / 1000)),
                 ("verify-us", format!("{}", self.verify_ns / 1000)),
                 ("checksum", encode_checksum(sum)),
@@ -821,7 +823,7 @@ impl Mapper {
             self.map_ns / 1000,
             refs.len().div_ceil(MAX_BATCH),
             self.verify_ns / 1000,
-            if wrong.is_empty() { "ok" } else { "WRONG" },
+            if wrong == 0 { "ok" } else { "WRONG" },
             encode_checksum(sum)
         );
     }
@@ -838,7 +840,7 @@ impl Mapper {
         F: FrameAccess,
     {
         let peer = self.peer.expect("a peer");
-        match read_opt(env.xs, &peer_path(peer, "state")) {
+        match read_peer(env.xs, peer, "state") {
             Ok(None) => {
                 log::warn!(
                     "grant-test: d{peer} is gone while {} of its pages are mapped; reclaiming",
@@ -861,8 +863,12 @@ impl Mapper {
             Ok(Some(_)) => {}
             Err(e) => log::debug!("grant-test: d{peer}'s state: {e:?}"),
         }
-        match read_opt(env.xs, &format!("{DIR}/command")) {
-            Ok(Some(c)) if c == b"unmap" => {
+        let cmd = match read_opt(env.xs, &format!("{DIR}/command")) {
+            Ok(Some(c)) if !c.is_empty() => c,
+            _ => return,
+        };
+        match &cmd[..] {
+            b"unmap" => {
                 let t0 = env.ev.now_ns();
                 let left = self.unmap_all(mapper, env);
                 self.unmap_ns = env.ev.now_ns().saturating_sub(t0);
@@ -877,18 +883,61 @@ impl Mapper {
                     &[
                         ("unmap-us", format!("{}", self.unmap_ns / 1000)),
                         ("mapped", format!("{left}")),
+                        ("command", String::new()),
                         ("state", PairState::Unmapped.as_str().into()),
                     ],
                 );
             }
-            Ok(Some(c)) if !c.is_empty() => {
+            b"verify" => {
+                // Read every mapped page again (e.g. after the balloon ran): foreign
+                // pages must still be there, untouched by anything of ours.
+                let (wrong, sum) = self.verify(env);
+                self.verify_runs += 1;
+                log::info!(
+                    "grant-test: re-verified {} pages of d{peer}: {wrong} wrong, checksum {}",
+                    self.slots.len(),
+                    encode_checksum(sum)
+                );
+                let _ = publish(
+                    env.xs,
+                    &[
+                        ("pattern-errors", format!("{wrong}")),
+                        ("checksum", encode_checksum(sum)),
+                        ("command", String::new()),
+                        ("verify-runs", format!("{}", self.verify_runs)),
+                    ],
+                );
+            }
+            other => {
                 log::warn!(
                     "grant-test: unknown command {:?} ignored",
-                    String::from_utf8_lossy(&c)
-                )
+                    String::from_utf8_lossy(other)
+                );
+                let _ = publish(env.xs, &[("command", String::new())]);
             }
-            _ => {}
         }
+    }
+
+    /// Reads every mapped page: how many do not hold their pattern, and the checksum.
+    fn verify<S, X, G, E, F>(&mut self, env: &mut Env<'_, S, X, G, E, F>) -> (usize, u64)
+    where
+        S: MemmapStorage,
+        F: FrameAccess,
+    {
+        let mut pages = Vec::with_capacity(self.slots.len());
+        let mut wrong = 0;
+        for (i, &pfn) in self.slots.iter().enumerate() {
+            let mut buf = [0u8; PAGE_BYTES];
+            env.frames.read(pfn, &mut buf);
+            if !handshake::pattern_ok(i as u32, &buf) {
+                wrong += 1;
+            }
+            pages.push(buf);
+        }
+        (
+            wrong,
+            handshake::checksum(pages.iter().map(|b| b.as_slice())),
+        )
     }
 
     /// Unmaps every slot; returns how many stay mapped (Xen refused).

@@ -1,0 +1,43 @@
+# xenci-scenario: grant-balloon
+# xenci-ci: yes
+# xenci-peer: no
+# xenci-budget: 180
+# xenci-about: the mapper holds 64 foreign pages while xl mem-set takes it 128 -> 48 -> 128 MiB: foreign pages never ballooned nor counted as RAM, contents intact, census == Xen at each step
+scenario_grant_balloon() {
+    [ "$SUBJECT" = guest ] || skip "the grant scenarios run two guests of ours"
+    grant_pair xenci-gbal 64
+    wait_pair M 30 mapped
+    use_domain M
+    require_balloon
+    wait_reach 128 10
+    balloon_settled_at boot 128
+    check_device_range M 64
+    ram_before=$(data_read mm/pages/ram)
+
+    balloon_step down 48 60
+    check_device_range M 64
+    reverify 1
+    balloon_step up 128 60
+    check_device_range M 64
+    reverify 2
+    expect_eq "mapper pages/ram back at 128 MiB" "$(data_read mm/pages/ram)" "$ram_before"
+
+    tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" unmap || fail "cannot command the unmap"
+    wait_pair M 30 unmapped
+    wait_pair G 30 ended
+    check_device_range M 0
+    check_census 10 unmapped
+    check_alive
+}
+
+# Ask the mapper to read its foreign pages again; they must still hold the pattern.
+reverify() {
+    tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" verify || fail "cannot command verify"
+    wait_for 15 "re-verification $1" verify_runs_is "$1" \
+        || fail "the mapper did not re-verify (verify-runs=$(gt_read M grant-test/verify-runs))"
+    expect_eq "pattern errors after ballooning ($1)" "$(gt_read M grant-test/pattern-errors)" 0
+}
+
+verify_runs_is() {
+    [ "$(gt_read M grant-test/verify-runs)" = "$1" ]
+}
