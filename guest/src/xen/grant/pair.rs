@@ -238,6 +238,13 @@ pub fn parse_checksum(raw: &[u8]) -> Option<u64> {
     u64::from_str_radix(core::str::from_utf8(raw).ok()?, 16).ok()
 }
 
+/// Rounds of the mapper's `bench` command.
+pub const BENCH_ROUNDS: u32 = 5;
+
+fn bench_key(batch: usize, what: &str) -> String {
+    format!("bench/batch-{batch}/{what}")
+}
+
 /// The granting side.
 pub struct Granter {
     me: DomId,
@@ -599,12 +606,15 @@ pub struct Mapper {
     me: DomId,
     state: PairState,
     peer: Option<DomId>,
+    /// The granter's refs, in page order.
+    refs: Vec<GrantRef>,
     slots: Vec<Pfn>,
     port: Option<Port>,
     checksum: Option<u64>,
     map_ns: u64,
     verify_ns: u64,
     verify_runs: u64,
+    bench_runs: u64,
     unmap_ns: u64,
     error: Option<String>,
 }
@@ -616,12 +626,14 @@ impl Mapper {
             me,
             state: PairState::WaitPeer,
             peer: None,
+            refs: Vec::new(),
             slots: Vec::new(),
             port: None,
             checksum: None,
             map_ns: 0,
             verify_ns: 0,
             verify_runs: 0,
+            bench_runs: 0,
             unmap_ns: 0,
             error: None,
         }
@@ -744,40 +756,13 @@ impl Mapper {
             .flatten()
             .and_then(|v| core::str::from_utf8(&v).ok()?.parse::<Port>().ok())
             .unwrap_or(0);
+        self.refs = refs;
         let t0 = env.ev.now_ns();
-        let mut bad = None;
-        for chunk in refs.chunks(MAX_BATCH) {
-            let reqs: Vec<MapRequest> = chunk
-                .iter()
-                .map(|&gref| MapRequest {
-                    domid: peer,
-                    gref,
-                    readonly: true,
-                })
-                .collect();
-            match mapper.map_batch(env.mm, env.gnt, &reqs) {
-                Ok(res) => {
-                    for (r, req) in res.into_iter().zip(&reqs) {
-                        match r {
-                            Ok(pfn) => self.slots.push(pfn),
-                            Err(e) => {
-                                bad.get_or_insert(format!("map of d{peer} ref {}: {e}", req.gref));
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    bad.get_or_insert(format!("map batch: {e}"));
-                }
-            }
-            if bad.is_some() {
-                break;
-            }
-        }
-        if let Some(why) = bad {
-            self.unmap_all(mapper, env);
+        if let Err(why) = self.map_all(mapper, env, MAX_BATCH) {
+            self.unmap_all(mapper, env, MAX_BATCH);
             return self.fail(env.xs, why);
         }
+        let n_refs = self.refs.len();
         self.map_ns = env.ev.now_ns().saturating_sub(t0);
         // Verify and checksum through the mappings.
         let (wrong, sum) = self.verify(env);
@@ -786,7 +771,7 @@ impl Mapper {
         if wrong != 0 {
             log::error!(
                 "grant-test: {wrong} of {} pages do not hold the pattern",
-                refs.len()
+                n_refs
             );
         }
         if remote_port != 0 {
@@ -821,7 +806,7 @@ impl Mapper {
             "grant-test: mapped {} pages of d{peer} in {} us ({} batches of <= {MAX_BATCH}), verified in {} us: pattern {}, checksum {}",
             self.slots.len(),
             self.map_ns / 1000,
-            refs.len().div_ceil(MAX_BATCH),
+            n_refs.div_ceil(MAX_BATCH),
             self.verify_ns / 1000,
             if wrong == 0 { "ok" } else { "WRONG" },
             encode_checksum(sum)
@@ -870,7 +855,7 @@ impl Mapper {
         match &cmd[..] {
             b"unmap" => {
                 let t0 = env.ev.now_ns();
-                let left = self.unmap_all(mapper, env);
+                let left = self.unmap_all(mapper, env, MAX_BATCH);
                 self.unmap_ns = env.ev.now_ns().saturating_sub(t0);
                 self.close_port(env);
                 log::info!(
@@ -887,6 +872,37 @@ impl Mapper {
                         ("state", PairState::Unmapped.as_str().into()),
                     ],
                 );
+            }
+            b"bench" => {
+                let r = self.bench(mapper, env, BENCH_ROUNDS);
+                let (wrong, _) = self.verify(env);
+                let mut fields = Vec::new();
+                match r {
+                    Ok(rows) => {
+                        for (batch, map_us, unmap_us) in rows {
+                            log::info!(
+                                "grant-test: bench: batch {batch}: map {map_us} us, unmap {unmap_us} us per hypercall ({} pages, {BENCH_ROUNDS} rounds)",
+                                self.refs.len()
+                            );
+                            fields.push((bench_key(batch, "map-us"), format!("{map_us}")));
+                            fields.push((bench_key(batch, "unmap-us"), format!("{unmap_us}")));
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("grant-test: {e}");
+                        fields.push(("bench/error".into(), e));
+                    }
+                }
+                fields.push(("pattern-errors".into(), format!("{wrong}")));
+                fields.push(("mapped".into(), format!("{}", self.slots.len())));
+                fields.push(("command".into(), String::new()));
+                self.bench_runs += 1;
+                fields.push(("bench-runs".into(), format!("{}", self.bench_runs)));
+                let refs: Vec<(&str, String)> = fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect();
+                let _ = publish(env.xs, &refs);
             }
             b"verify" => {
                 // Read every mapped page again (e.g. after the balloon ran): foreign
@@ -940,18 +956,94 @@ impl Mapper {
         )
     }
 
+    /// Maps every published ref, `batch` per hypercall, into `slots` (in ref order, so
+    /// slot `i` holds page `i`). On an error the slots mapped so far stay in `slots`.
+    fn map_all<S, X, G, E, F>(
+        &mut self,
+        mapper: &mut ForeignMapper,
+        env: &mut Env<'_, S, X, G, E, F>,
+        batch: usize,
+    ) -> Result<(), String>
+    where
+        S: MemmapStorage,
+        G: GrantOps,
+    {
+        let peer = self.peer.expect("a peer");
+        for chunk in self.refs.chunks(batch) {
+            let reqs: Vec<MapRequest> = chunk
+                .iter()
+                .map(|&gref| MapRequest {
+                    domid: peer,
+                    gref,
+                    readonly: true,
+                })
+                .collect();
+            let res = mapper
+                .map_batch(env.mm, env.gnt, &reqs)
+                .map_err(|e| format!("map batch: {e}"))?;
+            let mut bad = None;
+            for (r, req) in res.into_iter().zip(&reqs) {
+                match r {
+                    Ok(pfn) => self.slots.push(pfn),
+                    Err(e) => {
+                        bad.get_or_insert(format!("map of d{peer} ref {}: {e}", req.gref));
+                    }
+                }
+            }
+            if let Some(why) = bad {
+                return Err(why);
+            }
+        }
+        Ok(())
+    }
+
+    /// `bench`: unmap and map all pages again, `rounds` times with batches of
+    /// [`MAX_BATCH`] and then one page per hypercall. Returns the mean microseconds per
+    /// hypercall as `[(batch, map_us, unmap_us)]`; the pages are mapped again afterwards.
+    fn bench<S, X, G, E, F>(
+        &mut self,
+        mapper: &mut ForeignMapper,
+        env: &mut Env<'_, S, X, G, E, F>,
+        rounds: u32,
+    ) -> Result<Vec<(usize, u64, u64)>, String>
+    where
+        S: MemmapStorage,
+        G: GrantOps,
+        E: Clock,
+    {
+        let mut out = Vec::new();
+        for batch in [MAX_BATCH, 1] {
+            let calls = (self.refs.len().div_ceil(batch) as u64 * u64::from(rounds)).max(1);
+            let (mut map_ns, mut unmap_ns) = (0, 0);
+            for _ in 0..rounds {
+                let t0 = env.ev.now_ns();
+                let left = self.unmap_all(mapper, env, batch);
+                let t1 = env.ev.now_ns();
+                if left != 0 {
+                    return Err(format!("bench: {left} pages stayed mapped"));
+                }
+                self.map_all(mapper, env, batch)?;
+                map_ns += env.ev.now_ns() - t1;
+                unmap_ns += t1 - t0;
+            }
+            out.push((batch, map_ns / calls / 1000, unmap_ns / calls / 1000));
+        }
+        Ok(out)
+    }
+
     /// Unmaps every slot; returns how many stay mapped (Xen refused).
     fn unmap_all<S, X, G, E, F>(
         &mut self,
         mapper: &mut ForeignMapper,
         env: &mut Env<'_, S, X, G, E, F>,
+        batch: usize,
     ) -> usize
     where
         S: MemmapStorage,
         G: GrantOps,
     {
         let mut left = Vec::new();
-        for chunk in self.slots.chunks(MAX_BATCH) {
+        for chunk in self.slots.chunks(batch) {
             match mapper.unmap_batch(env.mm, env.gnt, chunk) {
                 Ok(res) => {
                     for (r, &pfn) in res.into_iter().zip(chunk) {
