@@ -20,8 +20,14 @@
 //! end access, free frames, state=ended   ◀── unmap-us, state=unmapped
 //! ```
 //!
-//! Peer death: when the other guest's `data/grant-test/state` disappears (its xenstore
-//! tree is removed when the domain dies) the mapper unmaps every slot of the granter
+//! The mapper also takes commands in its own `data/grant-test/command` (it clears the key
+//! when done): `unmap`, `verify` (read every mapped page again: `pattern-errors`,
+//! `verify-runs`), `bench` (unmap and map everything [`BENCH_ROUNDS`] times with
+//! hypercalls of 64 and of 1 page: `bench/batch-<n>/{map,unmap}-us` per hypercall).
+//!
+//! Peer death: when the other guest's `data/grant-test/state`, once readable, can no
+//! longer be read (its xenstore tree is removed when the domain dies; see [`read_peer`])
+//! the mapper unmaps every slot of the granter
 //! (`ForeignMapper::reclaim_domain`; the zombie granter's pages are freed with the last
 //! unmap), and the granter ends access to every grant — deferred while Xen still holds
 //! a mapping, retried once a second, each frame freed only once released.
@@ -683,8 +689,32 @@ impl Mapper {
             PairState::WaitPeer => self.wait_peer(env),
             PairState::WaitGrants => self.wait_grants(mapper, env),
             PairState::Mapped => self.mapped(mapper, env),
+            PairState::Unmapped | PairState::Reclaimed | PairState::Failed
+                if !self.slots.is_empty() =>
+            {
+                self.unmap_leftovers(mapper, env)
+            }
             _ => {}
         }
+    }
+
+    /// Slots Xen refused to unmap (at `unmap`, at reclaim, or after a failed map) still
+    /// hold the peer's pages: try again on every tick until they are gone.
+    fn unmap_leftovers<S, X, G, E, F>(
+        &mut self,
+        mapper: &mut ForeignMapper,
+        env: &mut Env<'_, S, X, G, E, F>,
+    ) where
+        S: MemmapStorage,
+        X: XsOps,
+        G: GrantOps,
+    {
+        let left = format!("{}", self.unmap_all(mapper, env, MAX_BATCH));
+        let mut fields = alloc::vec![("mapped", left.clone())];
+        if self.state == PairState::Reclaimed {
+            fields.push(("reclaim-failed", left));
+        }
+        let _ = publish(env.xs, &fields);
     }
 
     fn wait_peer<S, X, G, E, F>(&mut self, env: &mut Env<'_, S, X, G, E, F>)
@@ -832,7 +862,8 @@ impl Mapper {
                     self.slots.len()
                 );
                 let rep = mapper.reclaim_domain(env.mm, env.gnt, peer);
-                self.slots.clear();
+                // Slots Xen refused to unmap stay Foreign: keep them (retried by `tick`).
+                self.slots = mapper.slots_of(env.mm, peer);
                 self.close_port(env);
                 self.state = PairState::Reclaimed;
                 let _ = publish(
