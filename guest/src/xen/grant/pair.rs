@@ -26,7 +26,7 @@
 //! hypercalls of 64 and of 1 page: `bench/batch-<n>/{map,unmap}-us` per hypercall).
 //!
 //! Peer death: when the other guest's `data/grant-test/state`, once readable, can no
-//! longer be read (its xenstore tree is removed when the domain dies; see [`read_peer`])
+//! longer be read (its xenstore tree is removed when the domain dies; see `read_peer`)
 //! the mapper unmaps every slot of the granter
 //! (`ForeignMapper::reclaim_domain`; the zombie granter's pages are freed with the last
 //! unmap), and the granter ends access to every grant — deferred while Xen still holds
