@@ -577,15 +577,15 @@ check_hotplugged() {
 # ends: by writing the other's domid into each one's data/grant-test/peer.
 
 # grant_pair PREFIX PAGES [XL-LINES...]: create granter PREFIX-g (grant=give:PAGES) and
-# mapper PREFIX-m (grant=map), wait for both, introduce them. Sets G_* and M_*; M is the
-# domain under test afterwards.
+# mapper PREFIX-m (grant=map, plus the words in $MAPPER_EXTRA), wait for both, introduce
+# them. Sets G_* and M_*; M is the domain under test afterwards.
 grant_pair() {
     local prefix=$1 pages=$2
     shift 2
     create_domain "$prefix-g" 'memory=128' 'maxmem=128' "extra=\"loglevel=info grant=give:$pages\"" "$@"
     remember_domain G
     wait_ready 90
-    create_domain "$prefix-m" 'memory=128' 'maxmem=128' 'extra="loglevel=info grant=map"' "$@"
+    create_domain "$prefix-m" 'memory=128' 'maxmem=128' "extra=\"loglevel=info grant=map${MAPPER_EXTRA:+ $MAPPER_EXTRA}\"" "$@"
     remember_domain M
     wait_ready 90
     wait_for 15 "grant table on d$G_ID" gt_read G grant/refs || fail "granter d$G_ID publishes no data/grant (grant table setup failed?)"

@@ -5,7 +5,9 @@
 # xenci-about: the mapper holds 64 foreign pages while xl mem-set takes it 128 -> 48 -> 128 MiB: foreign pages never ballooned nor counted as RAM, contents intact, census == Xen at each step
 scenario_grant_balloon() {
     [ "$SUBJECT" = guest ] || skip "the grant scenarios run two guests of ours"
-    grant_pair xenci-gbal 64
+    # `walk`: the saveable-page walker runs after every settle; it must skip the foreign
+    # pages (and our table frames) by state and still agree with the census.
+    MAPPER_EXTRA=walk grant_pair xenci-gbal 64
     wait_pair M 30 mapped
     use_domain M
     require_balloon
@@ -16,9 +18,11 @@ scenario_grant_balloon() {
 
     balloon_step down 48 60
     check_device_range M 64
+    check_walk 68
     reverify 1
     balloon_step up 128 60
     check_device_range M 64
+    check_walk 68
     reverify 2
     expect_eq "mapper pages/ram back at 128 MiB" "$(data_read mm/pages/ram)" "$ram_before"
 
@@ -28,6 +32,19 @@ scenario_grant_balloon() {
     check_device_range M 0
     check_census 10 unmapped
     check_alive
+}
+
+# The walker's last run (after the settle just checked) agreed with the census and
+# skipped exactly N foreign pages without reading them.
+check_walk() {
+    wait_for 10 "walker skipped $1 foreign pages" walk_skipped "$1" \
+        || fail "walker: skipped-foreign=$(data_read mm/walk/skipped-foreign), want $1"
+    expect_eq "walker mismatches" "$(data_read mm/walk/mismatches)" 0
+    info "walk_runs=$(data_read mm/walk/runs) walk_pages=$(data_read mm/walk/pages) walk_skipped_foreign=$1"
+}
+
+walk_skipped() {
+    [ "$(data_read mm/walk/skipped-foreign)" = "$1" ]
 }
 
 # Ask the mapper to read its foreign pages again; they must still hold the pattern.
