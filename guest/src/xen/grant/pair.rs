@@ -132,7 +132,7 @@ pub struct Env<'a, S: MemmapStorage, X, G, E, F> {
 /// Where a role is. Published as `data/grant-test/state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PairState {
-    /// No (valid) `data/grant-test/peer` yet.
+    /// No valid `data/grant-test/peer` yet (bad values are refused and counted).
     WaitPeer,
     /// Mapper: waiting for the granter's `state=granted`.
     WaitGrants,
@@ -251,9 +251,51 @@ fn bench_key(batch: usize, what: &str) -> String {
     format!("bench/batch-{batch}/{what}")
 }
 
+/// Reads our `data/grant-test/peer`. A bad value is refused with one log line and
+/// `peer-error` / `rejected-peers` in xenstore; the role keeps waiting for a good one.
+#[derive(Default)]
+struct Introduction {
+    rejected: u64,
+    last_bad: Option<Vec<u8>>,
+}
+
+impl Introduction {
+    fn poll<X: XsOps>(&mut self, xs: &mut X, me: DomId) -> Option<DomId> {
+        let raw = match read_opt(xs, &format!("{DIR}/peer")) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return None,
+            Err(e) => {
+                log::warn!("grant-test: cannot read {DIR}/peer: {e:?}");
+                return None;
+            }
+        };
+        match parse_domid(&raw, me) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                // Polled every half second: say it once per bad value.
+                if self.last_bad.as_deref() != Some(&raw[..]) {
+                    self.rejected += 1;
+                    let what = format!("bad {DIR}/peer {:?}: {why}", String::from_utf8_lossy(&raw));
+                    log::warn!("grant-test: {what}; still waiting for a peer");
+                    let _ = publish(
+                        xs,
+                        &[
+                            ("peer-error", what),
+                            ("rejected-peers", format!("{}", self.rejected)),
+                        ],
+                    );
+                    self.last_bad = Some(raw);
+                }
+                None
+            }
+        }
+    }
+}
+
 /// The granting side.
 pub struct Granter {
     me: DomId,
+    intro: Introduction,
     pages: u32,
     state: PairState,
     peer: Option<DomId>,
@@ -275,6 +317,7 @@ impl Granter {
     pub fn new(me: DomId, pages: u32) -> Granter {
         Granter {
             me,
+            intro: Introduction::default(),
             pages,
             state: PairState::WaitPeer,
             peer: None,
@@ -354,19 +397,8 @@ impl Granter {
         E: EventChannels + Clock,
         F: FrameAccess,
     {
-        let raw = match read_opt(env.xs, &format!("{DIR}/peer")) {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return,
-            Err(e) => return log::warn!("grant-test: cannot read {DIR}/peer: {e:?}"),
-        };
-        let peer = match parse_domid(&raw, self.me) {
-            Ok(p) => p,
-            Err(why) => {
-                return self.fail(
-                    env.xs,
-                    format!("bad {DIR}/peer {:?}: {why}", String::from_utf8_lossy(&raw)),
-                )
-            }
+        let Some(peer) = self.intro.poll(env.xs, self.me) else {
+            return;
         };
         self.peer = Some(peer);
         // Frames first: a failure gives back everything taken so far.
@@ -610,6 +642,7 @@ fn free_frame<S: MemmapStorage>(mm: &MemModel<S>, pfn: Pfn) {
 /// The mapping side.
 pub struct Mapper {
     me: DomId,
+    intro: Introduction,
     state: PairState,
     peer: Option<DomId>,
     /// The granter's refs, in page order.
@@ -630,6 +663,7 @@ impl Mapper {
     pub fn new(me: DomId) -> Mapper {
         Mapper {
             me,
+            intro: Introduction::default(),
             state: PairState::WaitPeer,
             peer: None,
             refs: Vec::new(),
@@ -722,19 +756,8 @@ impl Mapper {
         S: MemmapStorage,
         X: XsOps + Watcher,
     {
-        let raw = match read_opt(env.xs, &format!("{DIR}/peer")) {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return,
-            Err(e) => return log::warn!("grant-test: cannot read {DIR}/peer: {e:?}"),
-        };
-        let peer = match parse_domid(&raw, self.me) {
-            Ok(p) => p,
-            Err(why) => {
-                return self.fail(
-                    env.xs,
-                    format!("bad {DIR}/peer {:?}: {why}", String::from_utf8_lossy(&raw)),
-                )
-            }
+        let Some(peer) = self.intro.poll(env.xs, self.me) else {
+            return;
         };
         self.peer = Some(peer);
         let r = share_dir(env.xs, self.me, peer)
