@@ -9,7 +9,7 @@
 //! | `panic` | panic deliberately once ready (proves the crash path) |
 //! | `hotplug-fail=N` | test switch: the memmap allocation of the first N hot-adds fails |
 //! | `walk` | run the saveable-page walker after every balloon settle (hotplug-walk scenario) |
-//! | `grant=give:N` / `grant=map` | role in the two-guest grant handshake (`xen::grant::pair`): grant N pages (1..=256) to the peer, or map the peer's grants |
+//! | `grant=give:N[:rw]` / `grant=map` | role in the two-guest grant handshake (`xen::grant::pair`): grant N pages (1..=256, read-only or `:rw`) to the peer, or map the peer's grants |
 //!
 //! Unknown words and bad values are collected, not fatal: the kernel logs each one and
 //! carries on with the defaults.
@@ -164,7 +164,10 @@ mod tests {
         assert_eq!(Cmdline::parse("grant=map").grant, Some(Role::Mapper));
         assert_eq!(
             Cmdline::parse("grant=give:64").grant,
-            Some(Role::Granter { pages: 64 })
+            Some(Role::Granter {
+                pages: 64,
+                writable: false
+            })
         );
         let c = Cmdline::parse("grant=give:0 grant");
         assert_eq!((c.grant, c.rejected.len()), (None, 2));

@@ -119,6 +119,17 @@ impl FrameAccess for KernelFrames {
         }
     }
 
+    fn write_u64(&mut self, pfn: Pfn, offset: usize, v: u64) {
+        if let Err(e) = Self::ensure_mapped(pfn) {
+            return log::error!("grant-test: {e}");
+        }
+        debug_assert!(offset % 8 == 0 && offset < PAGE_BYTES);
+        // SAFETY: `pfn` is a slot holding a read-write grant mapping (the mapper checks),
+        // mapped above; the offset is inside the page. Volatile: the page is shared with
+        // the granter, the store must happen.
+        unsafe { (pfn.addr() as *mut u64).add(offset / 8).write_volatile(v) };
+    }
+
     fn read(&mut self, pfn: Pfn, buf: &mut [u8; PAGE_BYTES]) {
         if let Err(e) = Self::ensure_mapped(pfn) {
             buf.fill(0);

@@ -576,13 +576,20 @@ check_hotplugged() {
 # both our kernel, introduced to each other the way a toolstack introduces split-driver
 # ends: by writing the other's domid into each one's data/grant-test/peer.
 
-# grant_pair PREFIX PAGES [XL-LINES...]: create granter PREFIX-g (grant=give:PAGES) and
-# mapper PREFIX-m (grant=map, plus the words in $MAPPER_EXTRA), wait for both, introduce
-# them. Sets G_* and M_*; M is the domain under test afterwards.
+# grant_pair PREFIX GIVE [XL-LINES...]: create granter PREFIX-g (grant=give:GIVE, e.g.
+# 64 or 16:rw) and mapper PREFIX-m (grant=map, plus the words in $MAPPER_EXTRA), wait for
+# both, introduce them. Sets G_* and M_*; M is the domain under test afterwards.
 grant_pair() {
-    local prefix=$1 pages=$2
+    grant_pair_create "$@"
+    introduce G M
+    introduce M G
+}
+
+# grant_pair_create: as grant_pair, without the introductions.
+grant_pair_create() {
+    local prefix=$1 give=$2
     shift 2
-    create_domain "$prefix-g" 'memory=128' 'maxmem=128' "extra=\"loglevel=info grant=give:$pages\"" "$@"
+    create_domain "$prefix-g" 'memory=128' 'maxmem=128' "extra=\"loglevel=info grant=give:$give\"" "$@"
     remember_domain G
     wait_ready 90
     create_domain "$prefix-m" 'memory=128' 'maxmem=128' "extra=\"loglevel=info grant=map${MAPPER_EXTRA:+ $MAPPER_EXTRA}\"" "$@"
@@ -591,9 +598,14 @@ grant_pair() {
     wait_for 15 "grant table on d$G_ID" gt_read G grant/refs || fail "granter d$G_ID publishes no data/grant (grant table setup failed?)"
     wait_for 15 "grant table on d$M_ID" gt_read M grant/refs || fail "mapper d$M_ID publishes no data/grant (grant table setup failed?)"
     info "table_frames=$(gt_read M grant/table-frames) max_table_frames=$(gt_read M grant/max-table-frames) refs=$(gt_read M grant/refs)"
-    say "introducing d$G_ID (granter) and d$M_ID (mapper)"
-    tool xenstore-write "/local/domain/$G_ID/data/grant-test/peer" "$M_ID" || fail "cannot write d$G_ID's peer"
-    tool xenstore-write "/local/domain/$M_ID/data/grant-test/peer" "$G_ID" || fail "cannot write d$M_ID's peer"
+}
+
+# introduce A B: tell role A (G or M) that its peer is B's domid.
+introduce() {
+    local a b
+    a=$(eval echo "\$${1}_ID") b=$(eval echo "\$${2}_ID")
+    say "introducing d$a ($1) to d$b ($2)"
+    tool xenstore-write "/local/domain/$a/data/grant-test/peer" "$b" || fail "cannot write d$a's peer"
 }
 
 # gt_read G|M KEY: /local/domain/<G or M>/data/KEY.

@@ -65,25 +65,31 @@ pub enum Role {
     Granter {
         /// Pages to grant, `1..=MAX_PAGES`.
         pages: u32,
+        /// Grant read-write (`give:N:rw`) rather than read-only.
+        writable: bool,
     },
     /// Map the peer's grants.
     Mapper,
 }
 
 impl Role {
-    /// Parses the value of `grant=`: `give:N` or `map`.
+    /// Parses the value of `grant=`: `give:N`, `give:N:rw` or `map`.
     pub fn parse(v: &str) -> Result<Role, &'static str> {
         if v == "map" {
             return Ok(Role::Mapper);
         }
         let n = v
             .strip_prefix("give:")
-            .ok_or("grant= must be give:N or map")?;
+            .ok_or("grant= must be give:N, give:N:rw or map")?;
+        let (n, writable) = match n.strip_suffix(":rw") {
+            Some(n) => (n, true),
+            None => (n, false),
+        };
         if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.starts_with('0') {
             return Err("grant=give:N needs N in 1..=256");
         }
         match n.parse::<u32>() {
-            Ok(pages) if (1..=MAX_PAGES).contains(&pages) => Ok(Role::Granter { pages }),
+            Ok(pages) if (1..=MAX_PAGES).contains(&pages) => Ok(Role::Granter { pages, writable }),
             _ => Err("grant=give:N needs N in 1..=256"),
         }
     }
@@ -94,6 +100,9 @@ impl Role {
 pub trait FrameAccess {
     /// Fill our own frame `pfn` with `byte(i)` at offset `i`.
     fn fill(&mut self, pfn: Pfn, byte: &dyn Fn(usize) -> u8);
+    /// Store `v` (little-endian) at byte `offset` (8-aligned) of the frame at `pfn` (a
+    /// foreign page mapped read-write there).
+    fn write_u64(&mut self, pfn: Pfn, offset: usize, v: u64);
     /// Copy the frame at `pfn` (ours, or a foreign page mapped there) into `buf`.
     fn read(&mut self, pfn: Pfn, buf: &mut [u8; PAGE_BYTES]);
 }
@@ -244,6 +253,12 @@ pub fn parse_checksum(raw: &[u8]) -> Option<u64> {
     u64::from_str_radix(core::str::from_utf8(raw).ok()?, 16).ok()
 }
 
+/// What the mapper's `write` command stores in the first 8 bytes of page `i` of a
+/// read-write grant ("gnt" and the page index), for the granter to find in its frames.
+pub fn stamp(i: u32) -> u64 {
+    0x676e_7400_0000_0000 | u64::from(i)
+}
+
 /// Rounds of the mapper's `bench` command.
 pub const BENCH_ROUNDS: u32 = 5;
 
@@ -297,6 +312,9 @@ pub struct Granter {
     me: DomId,
     intro: Introduction,
     pages: u32,
+    writable: bool,
+    /// How many pages hold the mapper's stamp, once it said it wrote them.
+    writes_seen: Option<usize>,
     state: PairState,
     peer: Option<DomId>,
     /// Our frames and the refs granting them, in page order.
@@ -319,6 +337,8 @@ impl Granter {
             me,
             intro: Introduction::default(),
             pages,
+            writable: false,
+            writes_seen: None,
             state: PairState::WaitPeer,
             peer: None,
             grants: Vec::new(),
@@ -331,6 +351,17 @@ impl Granter {
             last_retry_ns: 0,
             error: None,
         }
+    }
+
+    /// Grant read-write instead of read-only.
+    pub fn writable(mut self, writable: bool) -> Granter {
+        self.writable = writable;
+        self
+    }
+
+    /// Pages holding the mapper's stamp (read-write grants, after its `write`).
+    pub fn writes_seen(&self) -> Option<usize> {
+        self.writes_seen
     }
 
     /// Where it is.
@@ -428,7 +459,7 @@ impl Granter {
         pages.extend(bufs.iter().map(|b| b.as_slice()));
         self.expected = handshake::checksum(pages);
         for &pfn in &frames {
-            match table.grant_access(peer, pfn.0, true) {
+            match table.grant_access(peer, pfn.0, !self.writable) {
                 Ok(gref) => self.grants.push((pfn, gref)),
                 Err(e) => {
                     let granted = self.grants.len();
@@ -461,6 +492,7 @@ impl Granter {
                 env.xs,
                 &[
                     ("pages", format!("{}", self.pages)),
+                    ("access", if self.writable { "rw" } else { "ro" }.into()),
                     ("refs", encode_refs(&refs)),
                     ("evtchn", format!("{port}")),
                     ("state", PairState::Granted.as_str().into()),
@@ -537,6 +569,28 @@ impl Granter {
                 if let Err(e) = publish(env.xs, &[("verified", v.into())]) {
                     log::warn!("grant-test: cannot publish verified: {e:?}");
                 }
+            }
+        }
+        if self.writable && self.writes_seen.is_none() {
+            if let Ok(Some(n)) = read_peer(env.xs, peer, "written") {
+                // The mapper wrote through its read-write mappings: look in our frames.
+                let seen = self
+                    .grants
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, &(pfn, _))| {
+                        let mut buf = [0u8; PAGE_BYTES];
+                        env.frames.read(pfn, &mut buf);
+                        buf[..8] == stamp(i as u32).to_le_bytes()
+                    })
+                    .count();
+                log::info!(
+                    "grant-test: d{peer} says it wrote {} pages; {seen} of our {} frames hold its stamp",
+                    String::from_utf8_lossy(&n),
+                    self.grants.len()
+                );
+                self.writes_seen = Some(seen);
+                let _ = publish(env.xs, &[("writes-seen", format!("{seen}"))]);
             }
         }
         if matches!(
@@ -643,6 +697,8 @@ fn free_frame<S: MemmapStorage>(mm: &MemModel<S>, pfn: Pfn) {
 pub struct Mapper {
     me: DomId,
     intro: Introduction,
+    /// The granter published `access=rw`: map read-write.
+    writable: bool,
     state: PairState,
     peer: Option<DomId>,
     /// The granter's refs, in page order.
@@ -664,6 +720,7 @@ impl Mapper {
         Mapper {
             me,
             intro: Introduction::default(),
+            writable: false,
             state: PairState::WaitPeer,
             peer: None,
             refs: Vec::new(),
@@ -810,6 +867,7 @@ impl Mapper {
             .and_then(|v| core::str::from_utf8(&v).ok()?.parse::<Port>().ok())
             .unwrap_or(0);
         self.refs = refs;
+        self.writable = matches!(read_peer(env.xs, peer, "access"), Ok(Some(a)) if a == b"rw");
         let t0 = env.ev.now_ns();
         if let Err(why) = self.map_all(mapper, env, MAX_BATCH) {
             self.unmap_all(mapper, env, MAX_BATCH);
@@ -958,6 +1016,32 @@ impl Mapper {
                     .collect();
                 let _ = publish(env.xs, &refs);
             }
+            b"write" if self.writable => {
+                for (i, &pfn) in self.slots.iter().enumerate() {
+                    env.frames.write_u64(pfn, 0, stamp(i as u32));
+                }
+                log::info!(
+                    "grant-test: stamped {} pages of d{peer} through read-write mappings",
+                    self.slots.len()
+                );
+                let _ = publish(
+                    env.xs,
+                    &[
+                        ("written", format!("{}", self.slots.len())),
+                        ("command", String::new()),
+                    ],
+                );
+            }
+            b"write" => {
+                log::warn!("grant-test: write refused: d{peer}'s pages are mapped read-only");
+                let _ = publish(
+                    env.xs,
+                    &[
+                        ("command-error", "write: mapped read-only".into()),
+                        ("command", String::new()),
+                    ],
+                );
+            }
             b"verify" => {
                 // Read every mapped page again (e.g. after the balloon ran): foreign
                 // pages must still be there, untouched by anything of ours.
@@ -1029,7 +1113,7 @@ impl Mapper {
                 .map(|&gref| MapRequest {
                     domid: peer,
                     gref,
-                    readonly: true,
+                    readonly: !self.writable,
                 })
                 .collect();
             let res = mapper
@@ -1145,7 +1229,9 @@ impl Pair {
     /// The role's machine for the guest `me`.
     pub fn new(role: Role, me: DomId) -> Pair {
         match role {
-            Role::Granter { pages } => Pair::Granter(Granter::new(me, pages)),
+            Role::Granter { pages, writable } => {
+                Pair::Granter(Granter::new(me, pages).writable(writable))
+            }
             Role::Mapper => Pair::Mapper(Mapper::new(me)),
         }
     }
@@ -1180,10 +1266,23 @@ mod tests {
     #[test]
     fn roles_and_domids_parse_strictly() {
         assert_eq!(Role::parse("map"), Ok(Role::Mapper));
-        assert_eq!(Role::parse("give:64"), Ok(Role::Granter { pages: 64 }));
-        assert_eq!(Role::parse("give:256"), Ok(Role::Granter { pages: 256 }));
+        let give = |pages, writable| Ok(Role::Granter { pages, writable });
+        assert_eq!(Role::parse("give:64"), give(64, false));
+        assert_eq!(Role::parse("give:256"), give(256, false));
+        assert_eq!(Role::parse("give:16:rw"), give(16, true));
         for bad in [
-            "", "give", "give:", "give:0", "give:064", "give:257", "give:-1", "give:1x", "maps",
+            "",
+            "give",
+            "give:",
+            "give:0",
+            "give:064",
+            "give:257",
+            "give:-1",
+            "give:1x",
+            "give:1:ro",
+            "give::rw",
+            "give:rw",
+            "maps",
         ] {
             assert!(Role::parse(bad).is_err(), "{bad:?}");
         }
