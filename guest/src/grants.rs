@@ -123,7 +123,7 @@ impl FrameAccess for KernelFrames {
         if let Err(e) = Self::ensure_mapped(pfn) {
             return log::error!("grant-test: {e}");
         }
-        debug_assert!(offset % 8 == 0 && offset < PAGE_BYTES);
+        debug_assert!(offset.is_multiple_of(8) && offset < PAGE_BYTES);
         // SAFETY: `pfn` is a slot holding a read-write grant mapping (the mapper checks),
         // mapped above; the offset is inside the page. Volatile: the page is shared with
         // the granter, the store must happen.
