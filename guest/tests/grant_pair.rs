@@ -18,7 +18,7 @@ use guest::xen::grant::pair::{
     RETRY_NS, TOKEN,
 };
 use guest::xen::grant::{ForeignMapper, GrantTable, RefState, MAX_BATCH};
-use guest::xen::xenstore::{WatchEvent, XenstoreClient};
+use guest::xen::xenstore::{WatchEvent, XenstoreClient, XsError, XsOps};
 use proptest::prelude::*;
 use xen_bindings::abi::grant_table::{gntst, gtf, GRANT_ENTRIES_PER_FRAME_V1};
 use xen_bindings::abi::xs_wire::{XsPerm, XsPermKind};
@@ -1352,6 +1352,61 @@ fn granter_takes_an_unreadable_peer_state_after_seeing_it_as_gone() {
 }
 
 #[test]
+fn a_removed_peer_fires_our_watch_and_then_reads_as_eacces() {
+    // `xl destroy` removes the peer's tree: xenstored fires our watch on the peer's state
+    // (we may read that node) and then answers EACCES, not ENOENT, for it: the nearest
+    // node left, `/local/domain`, is dom0's. The granter takes that as gone.
+    let mut w = World::new(64);
+    let mem = w.gnt.own_table();
+    let mut t = GrantTable::new(live(&mem));
+    let mut g = Granter::new(ME, 4);
+    let alloc0 = w.allocated();
+    granted(&mut w, &mut g, &mut t, 4);
+    w.peer_dir(true);
+    w.peer_write("state", "wait-grants");
+    w.granter_tick(&mut g, &mut t);
+    assert_eq!(g.state(), PairState::Granted);
+    let _ = w.events();
+    w.rm_peer_dir();
+    let ev = w.events();
+    assert!(is_watch_on(&ev, &peer_key("state")), "{ev:?}");
+    assert_eq!(
+        w.xs.read(&peer_key("state")),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    w.granter_tick(&mut g, &mut t);
+    assert_eq!(g.state(), PairState::Ended);
+    assert_eq!(w.allocated(), alloc0);
+}
+
+#[test]
+fn a_removed_peer_that_never_shared_fires_nothing() {
+    // Neither the state node nor its parent was readable to us: no event (xenstored's
+    // `watch_permitted`), and the read is EACCES before and after.
+    let mut w = World::new(64);
+    let mem = w.gnt.own_table();
+    let mut t = GrantTable::new(live(&mem));
+    let mut g = Granter::new(ME, 4);
+    granted(&mut w, &mut g, &mut t, 4);
+    w.peer_dir(false);
+    w.peer_write("state", "wait-grants");
+    w.granter_tick(&mut g, &mut t);
+    let _ = w.events();
+    assert_eq!(
+        w.xs.read(&peer_key("state")),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    w.rm_peer_dir();
+    assert_eq!(w.events(), []);
+    assert_eq!(
+        w.xs.read(&peer_key("state")),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    w.granter_tick(&mut g, &mut t);
+    assert_eq!(g.state(), PairState::Granted, "it never saw the peer");
+}
+
+#[test]
 fn mapper_takes_an_unreadable_granter_state_as_gone() {
     let mut w = World::new(64);
     let mut fm = ForeignMapper::new(w.window.device);
@@ -1490,8 +1545,8 @@ fn run(pages: usize, introduced: bool, rw: bool, ops: Vec<Op>) -> Result<(), Tes
                         encode_refs(&r)
                     }
                 };
-                // Writes into a removed tree recreate it, readable by all: as good as
-                // shared for the machine.
+                // Writes into a removed tree recreate it as dom0's (inherited from
+                // `/local/domain`), unreadable to us: as good as gone for the machine.
                 w.peer_write("refs", v);
                 w.peer_write("evtchn", "7");
                 w.peer_write("state", "granted");

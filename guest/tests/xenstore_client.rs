@@ -63,11 +63,139 @@ fn missing_nodes_and_forbidden_writes_are_errno_errors() {
     // The guest's home itself is read-only for the guest (libxl's perms).
     assert_eq!(c.write("name", b"x"), Err(XsError::Xs(Errno::EACCES)));
     assert_eq!(c.write("newnode", b"x"), Err(XsError::Xs(Errno::EACCES)));
-    // Other domains' nodes are invisible.
-    assert_eq!(c.read("/local/domain/0"), Err(XsError::Xs(Errno::ENOENT)));
+    // Other domains' nodes are invisible: a missing node under `/local/domain` (dom0's,
+    // unreadable to us) is EACCES, like xenstored's `errno_from_parents`.
+    assert_eq!(c.read("/local/domain/0"), Err(XsError::Xs(Errno::EACCES)));
     // xenstored rejects bad path syntax.
     assert_eq!(c.read("data//x"), Err(XsError::Xs(Errno::EINVAL)));
     assert_eq!(c.read("data/x/"), Err(XsError::Xs(Errno::EINVAL)));
+}
+
+/// Another domain's tree as libxl lays it out (home `n0,r7`, `data` `n7`), with one
+/// directory shared with us (`n7,r5`) holding `state`.
+fn peer_tree(sim: &SimXen) {
+    let p = |k, d| XsPerm::new(k, d);
+    sim.xs_write("/local/domain/7/data/shared/state", "up")
+        .unwrap();
+    sim.xs_set_perms(
+        "/local/domain/7",
+        vec![p(XsPermKind::None, 0), p(XsPermKind::Read, 7)],
+    )
+    .unwrap();
+    sim.xs_set_perms("/local/domain/7/data", vec![p(XsPermKind::None, 7)])
+        .unwrap();
+    let shared = vec![p(XsPermKind::None, 7), p(XsPermKind::Read, 5)];
+    sim.xs_set_perms("/local/domain/7/data/shared", shared.clone())
+        .unwrap();
+    sim.xs_set_perms("/local/domain/7/data/shared/state", shared)
+        .unwrap();
+}
+
+const EACCES: Result<Vec<u8>, XsError> = Err(XsError::Xs(Errno::EACCES));
+const ENOENT: Result<Vec<u8>, XsError> = Err(XsError::Xs(Errno::ENOENT));
+
+#[test]
+fn a_missing_node_is_enoent_only_below_a_readable_ancestor() {
+    // xenstored's `errno_from_parents`: the nearest existing ancestor decides.
+    let (sim, mut c) = setup();
+    peer_tree(&sim);
+    assert_eq!(c.read("/local/domain/7/data/shared/state").unwrap(), b"up");
+    // Nearest existing ancestor readable: ENOENT.
+    assert_eq!(c.read("/local/domain/7/data/shared/nope"), ENOENT);
+    assert_eq!(c.read("/local/domain/7/data/shared/nope/deeper"), ENOENT);
+    assert!(!c.exists("/local/domain/7/data/shared/nope").unwrap());
+    assert_eq!(c.read("data/nope/deeper"), ENOENT);
+    assert_eq!(c.read("nope"), ENOENT, "our home is readable to us");
+    // Not readable: EACCES, whether the node exists or not.
+    assert_eq!(c.read("/local/domain/7/data"), EACCES);
+    assert_eq!(c.read("/local/domain/7/data/nope"), EACCES);
+    assert_eq!(c.read("/local/domain/7/data/nope/deeper"), EACCES);
+    assert_eq!(
+        c.read("/local/domain/9/x"),
+        EACCES,
+        "/local/domain is dom0's"
+    );
+    assert_eq!(
+        c.exists("/local/domain/7/data/nope"),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    // Directory and get-perms take the same path.
+    assert_eq!(
+        c.directory("/local/domain/7/data/shared/nope"),
+        Err(XsError::Xs(Errno::ENOENT))
+    );
+    assert_eq!(
+        c.directory("/local/domain/7/data/nope"),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    assert_eq!(
+        c.get_perms("/local/domain/7/data/shared/nope"),
+        Err(XsError::Xs(Errno::ENOENT))
+    );
+    assert_eq!(
+        c.get_perms("/local/domain/7/data/nope"),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    // So do transactions.
+    let tx = c.transaction_start().unwrap();
+    assert_eq!(
+        c.in_transaction(tx).read("/local/domain/7/data/nope"),
+        EACCES
+    );
+    assert_eq!(
+        c.in_transaction(tx)
+            .read("/local/domain/7/data/shared/nope"),
+        ENOENT
+    );
+    c.transaction_end(tx, false).unwrap();
+
+    // The peer's tree goes: everything below /local/domain/7 is now EACCES.
+    sim.xs_rm("/local/domain/7").unwrap();
+    assert_eq!(c.read("/local/domain/7/data/shared/state"), EACCES);
+    assert_eq!(c.read("/local/domain/7"), EACCES);
+    // The toolstack (dom0) still gets ENOENT.
+    assert_eq!(
+        sim.xs_read("/local/domain/7/data/shared/state"),
+        Err(Errno::ENOENT)
+    );
+}
+
+#[test]
+fn writes_removes_and_perm_changes_ask_the_nearest_ancestor_for_write() {
+    let (sim, mut c) = setup();
+    peer_tree(&sim);
+    let mine = [XsPerm::new(XsPermKind::None, 5)];
+    // Create below a read-only ancestor: EACCES.
+    assert_eq!(
+        c.write("/local/domain/7/data/shared/new", b"x"),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    // Removing a missing node is fine only if we may write the nearest ancestor (and the
+    // parent exists).
+    c.rm("data/gone").unwrap();
+    assert_eq!(
+        c.rm("/local/domain/7/data/shared/gone"),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    assert_eq!(
+        c.rm("/local/domain/7/data/shared"),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    assert_eq!(c.rm("/local/domain/9/x"), Err(XsError::Xs(Errno::EACCES)));
+    assert_eq!(c.rm("data/gone/deeper"), Err(XsError::Xs(Errno::ENOENT)));
+    // Set-perms of a missing node: ENOENT below a writable ancestor, else EACCES.
+    assert_eq!(
+        c.set_perms("data/gone", &mine),
+        Err(XsError::Xs(Errno::ENOENT))
+    );
+    assert_eq!(
+        c.set_perms("/local/domain/7/data/shared/gone", &mine),
+        Err(XsError::Xs(Errno::EACCES))
+    );
+    assert_eq!(
+        sim.xs_read("/local/domain/7/data/shared/state").unwrap(),
+        b"up"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::ptr::NonNull;
 
-use guest::xen::xenstore::{WatchEvent, XenstoreClient, XsError, XsOps};
+use guest::xen::xenstore::{WatchEvent, XenstoreClient, XsError, XsOps, XsPerm, XsPermKind};
 use xen_bindings::sim::{SimConfig, SimXen};
 use xen_bindings::traits::Clock;
 use xen_bindings::Errno;
@@ -93,6 +93,146 @@ fn removing_a_parent_fires_watches_below_it() {
         c.wait_watch_event(MS).unwrap(),
         Some(ev("data/a/b/c", "deep"))
     );
+}
+
+/// Every event queued for us now.
+fn drain(c: &mut XenstoreClient<SimXen>) -> Vec<WatchEvent> {
+    let mut got = Vec::new();
+    while let Some(e) = c.take_watch_event().unwrap() {
+        got.push(e);
+    }
+    got
+}
+
+#[test]
+fn removing_a_subtree_fires_once_per_removed_node_and_once_above() {
+    // xenstored's `delnode_sub`: the root of the removal fires watches on it and its
+    // ancestors, each node below only watches on exactly that node.
+    let (_sim, mut c) = setup();
+    c.write("data/a/b/c", b"1").unwrap();
+    c.write("data/a/d", b"2").unwrap();
+    for (path, token) in [
+        ("data", "above"),
+        ("data/a", "root"),
+        ("data/a/b", "dir"),
+        ("data/a/b/c", "leaf"),
+        ("data/a/nope", "missing"),
+    ] {
+        c.watch(path, token).unwrap();
+    }
+    drain(&mut c);
+    c.rm("data/a").unwrap();
+    let mut got = drain(&mut c);
+    got.sort_by(|a, b| a.token.cmp(&b.token));
+    assert_eq!(
+        got,
+        [
+            ev("data/a", "above"),
+            ev("data/a/b", "dir"),
+            ev("data/a/b/c", "leaf"),
+            ev("data/a", "root"),
+        ],
+        "nothing for a watched node that did not exist"
+    );
+}
+
+#[test]
+fn removing_another_domain_s_tree_fires_what_we_may_read() {
+    // The toolstack removes dead domain 7's tree. Each removed node fires if we could
+    // read it or its parent (xenstored's `watch_permitted`), judged before it goes.
+    let (sim, mut c) = setup();
+    let p = |k, d| XsPerm::new(k, d);
+    let home = "/local/domain/7";
+    for k in ["shared/state", "half/state", "secret/state"] {
+        sim.xs_write(&format!("{home}/data/{k}"), "x").unwrap();
+    }
+    sim.xs_set_perms(home, vec![p(XsPermKind::None, 0), p(XsPermKind::Read, 7)])
+        .unwrap();
+    let private = vec![p(XsPermKind::None, 7)];
+    let shared = vec![p(XsPermKind::None, 7), p(XsPermKind::Read, 4)];
+    for (node, perms) in [
+        ("data", &private),
+        ("data/shared", &shared),
+        ("data/shared/state", &shared),
+        // Readable directory, unreadable node: the parent lets the event through.
+        ("data/half", &shared),
+        ("data/half/state", &private),
+        ("data/secret", &private),
+        ("data/secret/state", &private),
+    ] {
+        sim.xs_set_perms(&format!("{home}/{node}"), perms.clone())
+            .unwrap();
+    }
+    for (node, token) in [
+        ("data/shared/state", "shared"),
+        ("data/half/state", "half"),
+        ("data/secret/state", "secret"),
+        ("data/shared/none", "missing"),
+        ("", "home"),
+    ] {
+        let path = format!("{home}/{node}");
+        c.watch(path.trim_end_matches('/'), token).unwrap();
+    }
+    c.watch("/local/domain", "above").unwrap();
+    drain(&mut c);
+
+    sim.xs_rm(home).unwrap();
+    let mut got = drain(&mut c);
+    got.sort_by(|a, b| a.token.cmp(&b.token));
+    assert_eq!(
+        got,
+        [
+            ev(&format!("{home}/data/half/state"), "half"),
+            ev(&format!("{home}/data/shared/state"), "shared"),
+        ],
+        "the home and /local/domain are dom0's: no event on them or above"
+    );
+}
+
+#[test]
+fn a_permission_change_fires_for_who_could_read_before_or_after() {
+    let (sim, mut c) = setup();
+    let p = |k, d| XsPerm::new(k, d);
+    let node = "/local/domain/7/data/x";
+    sim.xs_write(node, "v").unwrap();
+    sim.xs_set_perms("/local/domain/7/data", vec![p(XsPermKind::None, 7)])
+        .unwrap();
+    sim.xs_set_perms(node, vec![p(XsPermKind::None, 7)])
+        .unwrap();
+    c.watch(node, "t").unwrap();
+    drain(&mut c);
+    // Unreadable to unreadable: nothing.
+    sim.xs_set_perms(node, vec![p(XsPermKind::Write, 7)])
+        .unwrap();
+    sim.xs_write(node, "w").unwrap();
+    assert_eq!(drain(&mut c), []);
+    // Shared: fires (new permissions).
+    sim.xs_set_perms(node, vec![p(XsPermKind::None, 7), p(XsPermKind::Read, 4)])
+        .unwrap();
+    assert_eq!(drain(&mut c), [ev(node, "t")]);
+    // Unshared: fires too (old permissions), then nothing.
+    sim.xs_set_perms(node, vec![p(XsPermKind::None, 7)])
+        .unwrap();
+    assert_eq!(drain(&mut c), [ev(node, "t")]);
+    sim.xs_write(node, "z").unwrap();
+    sim.xs_rm(node).unwrap();
+    assert_eq!(drain(&mut c), []);
+}
+
+#[test]
+fn a_removal_in_a_transaction_fires_at_commit_like_outside() {
+    let (_sim, mut c) = setup();
+    c.write("data/a/b", b"1").unwrap();
+    c.watch("data", "above").unwrap();
+    c.watch("data/a/b", "leaf").unwrap();
+    drain(&mut c);
+    let tx = c.transaction_start().unwrap();
+    c.in_transaction(tx).rm("data/a").unwrap();
+    assert_eq!(drain(&mut c), []);
+    c.transaction_end(tx, true).unwrap();
+    let mut got = drain(&mut c);
+    got.sort_by(|a, b| a.token.cmp(&b.token));
+    assert_eq!(got, [ev("data/a", "above"), ev("data/a/b", "leaf")]);
 }
 
 #[test]

@@ -38,9 +38,14 @@ scenario_mm_boot() {
     # The layout in the log: one line per section with its kind, flags and subsection maps.
     grep -q 'mm: section 0x0 \[.*boot-ram online present .* active ' "$CONSOLE_LOG" \
         || fail "the log has no 'mm: section 0x0 [...] boot-ram online present ... active ...' line"
+    # The layout is logged at boot, before the grant table adds its device section.
     nsec=$(grep -c 'mm: section 0x[0-9a-f]* \[' "$CONSOLE_LOG")
-    present=$(data_read mm/sections/present)
-    [ "$nsec" = "$present" ] || fail "the log shows $nsec section lines, the census $present present sections"
+    present=$(data_read mm/sections/boot-ram/present)
+    [ "$nsec" = "$present" ] || fail "the log shows $nsec section lines, the census $present present boot-ram sections"
+    device=$(data_read mm/sections/device/present)
+    [ $((present + device)) = "$(data_read mm/sections/present)" ] \
+        || fail "sections present $(data_read mm/sections/present) != boot-ram $present + device $device"
+    info "sections boot_ram=$present device=$device (the grant table's frames)"
     grep 'mm: section 0x' "$CONSOLE_LOG" | sed "s/^/xenci[$SCENARIO] layout: /" >&3
     tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
 }

@@ -1,12 +1,25 @@
 //! A simulated xenstored serving one guest over the shared ring, plus a "toolstack" (dom0)
 //! side for tests.
 //!
-//! Follows C xenstored where the guest can tell the difference: relative paths resolve
-//! against `/local/domain/<domid>`, writes create missing parents, new nodes inherit the
-//! parent's permissions (owned by the creating domain), `XS_WATCH` fires an initial event
-//! after its reply, watch events caused by a request are queued before its reply, `XS_RM`
-//! of a missing node whose parent exists succeeds, a transaction conflicts (EAGAIN on
-//! commit) when anything it read or wrote changed meanwhile.
+//! Follows C xenstored (4.17, `tools/xenstore/xenstored_core.c`, `xenstored_watch.c`)
+//! where the guest can tell the difference: relative paths resolve against
+//! `/local/domain/<domid>`, writes create missing parents, new nodes inherit the parent's
+//! permissions (owned by the creating domain), `XS_WATCH` fires an initial event after its
+//! reply, watch events caused by a request are queued before its reply, `XS_RM` of a
+//! missing node whose parent exists succeeds, a transaction conflicts (EAGAIN on commit)
+//! when anything it read or wrote changed meanwhile.
+//!
+//! Errors leak nothing the caller may not see (`get_node` / `errno_from_parents`): a node
+//! the caller lacks the permission for is EACCES, and a missing node is ENOENT only if the
+//! caller has the permission on the nearest existing ancestor, EACCES otherwise. So a
+//! domain reading below another domain's removed home gets EACCES (`/local/domain` is
+//! dom0's, unreadable to others), not ENOENT.
+//!
+//! Watch events are filtered like `watch_permitted`: the watcher sees an event for a node
+//! it could read, or whose parent it could read, or (a permission change) that it could
+//! read before. Removing a subtree fires, children before parents, one event per removed
+//! node while its permissions are still there (`delnode_sub`): for the root of the removal
+//! watches on it and its ancestors, for a node below only watches on exactly that node.
 //!
 //! Fault injection ([`XsFaults`]) covers what a broken or hostile daemon can do to a
 //! client: forced EAGAIN on commit, corrupted or oversized replies, arbitrary error strings,
@@ -100,6 +113,65 @@ struct Transaction {
     tree: Tree,
     /// Nodes read (or whose absence was observed) inside the transaction.
     read: BTreeSet<String>,
+    /// Watch events to fire at commit (xenstored's `queue_watches`): the node and whether
+    /// only watches on exactly it fire. A node is queued once; a non-exact event replaces
+    /// an exact one.
+    fire: Vec<(String, bool)>,
+}
+
+impl Transaction {
+    fn queue_watch(&mut self, abs: &str, exact: bool) {
+        match self.fire.iter_mut().find(|(p, _)| p == abs) {
+            Some(q) => q.1 &= exact,
+            None => self.fire.push((abs.to_string(), exact)),
+        }
+    }
+}
+
+/// What a node operation changed, for the watch events it causes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Change {
+    /// Nothing (a read, or `XS_MKDIR` of an existing node).
+    None,
+    /// The node was written or created.
+    Written,
+    /// The node's permissions were replaced; these are the old ones.
+    Perms(Vec<XsPerm>),
+    /// The subtree went: every removed node with its permissions, children before their
+    /// parent, the root of the removal last.
+    Removed(Vec<(String, Vec<XsPerm>)>),
+}
+
+/// What an operation needs on its node: the `perm` argument of xenstored's `get_node`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// `XS_PERM_READ`: read, directory, get-perms.
+    Read,
+    /// `XS_PERM_WRITE`: write, mkdir, rm.
+    Write,
+    /// `XS_PERM_WRITE | XS_PERM_OWNER`: set-perms.
+    Own,
+}
+
+impl Need {
+    /// Whether `dom` has all of it on a node carrying `perms` (`get_node`: `(perm_for_conn
+    /// & perm) == perm`; only the owner and dom0 get `XS_PERM_OWNER`).
+    fn granted(self, perms: &[XsPerm], dom: DomId) -> bool {
+        match self {
+            Need::Read => access(perms, dom).can_read(),
+            Need::Write => access(perms, dom).can_write(),
+            Need::Own => dom == 0 || perms.first().is_some_and(|p| p.domid == dom),
+        }
+    }
+
+    /// Whether `dom` has any of it on an ancestor carrying `perms` (`errno_from_parents`:
+    /// `parent_perm & perm`).
+    fn granted_any(self, perms: &[XsPerm], dom: DomId) -> bool {
+        match self {
+            Need::Read => access(perms, dom).can_read(),
+            Need::Write | Need::Own => access(perms, dom).can_write(),
+        }
+    }
 }
 
 /// The simulated daemon.
@@ -154,6 +226,26 @@ fn is_under(path: &str, dir: &str) -> bool {
         || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
+/// xenstored's `watch_permitted` for watcher `dom`: an event for `abs` is sent if `dom`
+/// could read it under `old` (its permissions before a change), or could read the node
+/// (`perms_of(abs)`; a node that is gone counts as unreadable) or its parent. `perms_of`
+/// gives a node's permissions as the store is when the event fires.
+fn watch_permitted<'a>(
+    dom: DomId,
+    abs: &str,
+    old: Option<&[XsPerm]>,
+    perms_of: impl Fn(&str) -> Option<&'a [XsPerm]>,
+) -> bool {
+    let readable = |p: &[XsPerm]| access(p, dom).can_read();
+    if old.is_some_and(readable) {
+        return true;
+    }
+    let Some(node) = perms_of(abs) else {
+        return false;
+    };
+    readable(node) || perms_of(parent_of(abs).unwrap_or("/")).is_some_and(readable)
+}
+
 fn ok_reply() -> Vec<u8> {
     b"OK\0".to_vec()
 }
@@ -194,8 +286,10 @@ impl Xenstored {
         let ro = vec![perm(XsPermKind::None, 0), perm(XsPermKind::Read, domid)];
         let rw = vec![perm(XsPermKind::None, domid)];
         for (path, value, perms) in [
-            ("/local", "", vec![perm(XsPermKind::Read, 0)]),
-            ("/local/domain", "", vec![perm(XsPermKind::Read, 0)]),
+            // Created by dom0, so inheriting the root's "n0" (xenstored's `manual_node`):
+            // no other domain can read them.
+            ("/local", "", vec![perm(XsPermKind::None, 0)]),
+            ("/local/domain", "", vec![perm(XsPermKind::None, 0)]),
             (home.as_str(), "", ro.clone()),
         ] {
             x.toolstack_write_perms(path, value.as_bytes(), perms);
@@ -305,19 +399,41 @@ impl Xenstored {
         self.generation
     }
 
-    fn op_read(tree: &Tree, dom: DomId, abs: &str) -> Result<Vec<u8>, Errno> {
-        let n = tree.get(abs).ok_or(Errno::ENOENT)?;
-        if !access(&n.perms, dom).can_read() {
-            return Err(Errno::EACCES);
+    /// xenstored's `get_node`: the node if `dom` has `need` on it, else the error that
+    /// tells `dom` no more than it may know: EACCES for a node it lacks the permission
+    /// for; for a missing node, ENOENT if it has the permission on the nearest existing
+    /// ancestor and EACCES if not (`errno_from_parents`, `ask_parents`).
+    fn get_node<'a>(tree: &'a Tree, dom: DomId, abs: &str, need: Need) -> Result<&'a Node, Errno> {
+        let err = match tree.get(abs) {
+            Some(n) if need.granted(&n.perms, dom) => return Ok(n),
+            Some(_) => Errno::EACCES,
+            None => Errno::ENOENT,
+        };
+        // `ask_parents` starts at the parent (of "/": "/" itself) and walks up to the
+        // first node that exists; with none at all it assumes no permission.
+        let mut cur = abs;
+        let ancestor = loop {
+            let p = parent_of(cur).unwrap_or("/");
+            if let Some(n) = tree.get(p) {
+                break Some(n);
+            }
+            if p == "/" {
+                break None;
+            }
+            cur = p;
+        };
+        match ancestor {
+            Some(a) if need.granted_any(&a.perms, dom) => Err(err),
+            _ => Err(Errno::EACCES),
         }
-        Ok(n.value.clone())
+    }
+
+    fn op_read(tree: &Tree, dom: DomId, abs: &str) -> Result<Vec<u8>, Errno> {
+        Ok(Self::get_node(tree, dom, abs, Need::Read)?.value.clone())
     }
 
     fn op_directory(tree: &Tree, dom: DomId, abs: &str) -> Result<Vec<String>, Errno> {
-        let n = tree.get(abs).ok_or(Errno::ENOENT)?;
-        if !access(&n.perms, dom).can_read() {
-            return Err(Errno::EACCES);
-        }
+        Self::get_node(tree, dom, abs, Need::Read)?;
         let prefix = if abs == "/" {
             "/".to_string()
         } else {
@@ -390,20 +506,25 @@ impl Xenstored {
         abs: &str,
         value: Option<&[u8]>,
     ) -> Result<bool, Errno> {
-        if let Some(n) = tree.get_mut(abs) {
-            if !access(&n.perms, dom).can_write() {
-                return Err(Errno::EACCES);
+        match Self::get_node(tree, dom, abs, Need::Write) {
+            Ok(_) => {
+                let Some(n) = tree.get_mut(abs) else {
+                    return Err(Errno::EIO);
+                };
+                return Ok(match value {
+                    Some(v) => {
+                        n.value = v.to_vec();
+                        n.generation = generation;
+                        true
+                    }
+                    None => false,
+                });
             }
-            return Ok(match value {
-                Some(v) => {
-                    n.value = v.to_vec();
-                    n.generation = generation;
-                    true
-                }
-                None => false,
-            });
+            // Missing, and `dom` may write the nearest existing ancestor: create it.
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e),
         }
-        // Nearest existing ancestor decides, and lends its permissions.
+        // The nearest existing ancestor lends its permissions.
         let mut missing = vec![abs.to_string()];
         let mut cur = abs;
         let ancestor = loop {
@@ -414,9 +535,6 @@ impl Xenstored {
             missing.push(p.to_string());
             cur = p;
         };
-        if !access(&ancestor.perms, dom).can_write() {
-            return Err(Errno::EACCES);
-        }
         let mut perms = ancestor.perms.clone();
         if dom != 0 {
             perms[0].domid = dom;
@@ -439,40 +557,41 @@ impl Xenstored {
         Ok(true)
     }
 
-    /// Removes a subtree; returns the removed paths (empty if there was nothing).
-    fn op_rm(tree: &mut Tree, dom: DomId, abs: &str) -> Result<Vec<String>, Errno> {
+    /// Removes a subtree (`do_rm`); returns the removed nodes with their permissions,
+    /// children before their parent and `abs` last (empty if there was nothing).
+    fn op_rm(tree: &mut Tree, dom: DomId, abs: &str) -> Result<Vec<(String, Vec<XsPerm>)>, Errno> {
+        match Self::get_node(tree, dom, abs, Need::Write) {
+            Ok(_) => {}
+            // Gone already (and `dom` may write the nearest ancestor): fine if the parent
+            // exists.
+            Err(Errno::ENOENT) => {
+                return match parent_of(abs).and_then(|p| tree.get(p)) {
+                    Some(_) => Ok(Vec::new()),
+                    None => Err(Errno::ENOENT),
+                };
+            }
+            Err(e) => return Err(e),
+        }
         if abs == "/" {
             return Err(Errno::EINVAL);
         }
-        let Some(n) = tree.get(abs) else {
-            // Gone already: fine if the parent exists.
-            return match parent_of(abs).and_then(|p| tree.get(p)) {
-                Some(_) => Ok(Vec::new()),
-                None => Err(Errno::ENOENT),
-            };
-        };
-        if !access(&n.perms, dom).can_write() {
-            return Err(Errno::EACCES);
-        }
         let prefix = format!("{abs}/");
+        // Every descendant sorts after its ancestors, so reversed: children first.
         let mut gone: Vec<String> = tree
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(k, _)| k.clone())
             .collect();
+        gone.reverse();
         gone.push(abs.to_string());
-        for k in &gone {
-            tree.remove(k);
-        }
-        Ok(gone)
+        Ok(gone
+            .into_iter()
+            .filter_map(|k| tree.remove(&k).map(|n| (k, n.perms)))
+            .collect())
     }
 
     fn op_get_perms(tree: &Tree, dom: DomId, abs: &str) -> Result<Vec<XsPerm>, Errno> {
-        let n = tree.get(abs).ok_or(Errno::ENOENT)?;
-        if !access(&n.perms, dom).can_read() {
-            return Err(Errno::EACCES);
-        }
-        Ok(n.perms.clone())
+        Ok(Self::get_node(tree, dom, abs, Need::Read)?.perms.clone())
     }
 
     fn op_set_perms(
@@ -481,40 +600,77 @@ impl Xenstored {
         dom: DomId,
         abs: &str,
         perms: Vec<XsPerm>,
-    ) -> Result<(), Errno> {
+    ) -> Result<Vec<XsPerm>, Errno> {
         if perms.is_empty() {
             return Err(Errno::EINVAL);
         }
-        let n = tree.get_mut(abs).ok_or(Errno::ENOENT)?;
         // Only the owner (or dom0) may change permissions.
-        if dom != 0 && n.perms.first().map(|p| p.domid) != Some(dom) {
-            return Err(Errno::EACCES);
-        }
-        n.perms = perms;
+        Self::get_node(tree, dom, abs, Need::Own)?;
+        let n = tree.get_mut(abs).ok_or(Errno::EIO)?;
         n.generation = generation;
-        Ok(())
+        Ok(core::mem::replace(&mut n.perms, perms))
     }
 
     // ----- watches -----
 
-    /// Queues events for a change of `abs`. With `recursive` (a removal), watches on
-    /// nodes below `abs` fire too, with their own path.
-    fn fire(&mut self, abs: &str, recursive: bool, perms: Option<&[XsPerm]>) {
-        if let Some(p) = perms {
-            if !access(p, self.domid).can_read() {
-                return;
-            }
-        }
-        let mut events = Vec::new();
-        for w in &self.watches {
-            if is_under(abs, &w.abs) {
-                events.push((self.event_path(w, abs), w.token.clone()));
-            } else if recursive && is_under(&w.abs, abs) {
-                events.push((w.path.clone(), w.token.clone()));
-            }
-        }
+    /// Queues the guest's events for `abs` (`fire_watches` once permitted): with `exact`
+    /// (a node removed below the root of a removal) watches on exactly `abs`, otherwise
+    /// watches on `abs` or an ancestor.
+    fn fire(&mut self, abs: &str, exact: bool) {
+        let events: Vec<_> = self
+            .watches
+            .iter()
+            .filter(|w| {
+                if exact {
+                    w.abs == abs
+                } else {
+                    is_under(abs, &w.abs)
+                }
+            })
+            .map(|w| (self.event_path(w, abs), w.token.clone()))
+            .collect();
         for (path, token) in events {
             self.queue_event(&path, &token);
+        }
+    }
+
+    /// Fires what `change` of `abs` causes, with the store already changed.
+    fn fire_change(&mut self, abs: &str, change: Change) {
+        let dom = self.domid;
+        match change {
+            Change::None => {}
+            Change::Written => {
+                if watch_permitted(dom, abs, None, |p| Some(&self.tree.get(p)?.perms)) {
+                    self.fire(abs, false);
+                }
+            }
+            Change::Perms(old) => {
+                if watch_permitted(dom, abs, Some(&old), |p| Some(&self.tree.get(p)?.perms)) {
+                    self.fire(abs, false);
+                }
+            }
+            Change::Removed(gone) => {
+                // `delnode_sub` fires while the node and its parent are still there.
+                let before: BTreeMap<&str, &[XsPerm]> = gone
+                    .iter()
+                    .map(|(p, perms)| (p.as_str(), &perms[..]))
+                    .collect();
+                let fire: Vec<(&str, bool)> = gone
+                    .iter()
+                    .filter(|(p, _)| {
+                        watch_permitted(dom, p, None, |q| {
+                            before
+                                .get(q)
+                                .copied()
+                                .or_else(|| Some(&self.tree.get(q)?.perms[..]))
+                        })
+                    })
+                    .map(|(p, _)| (p.as_str(), p != abs))
+                    .collect();
+                for (p, exact) in fire {
+                    self.fire(p, exact);
+                }
+            }
         }
     }
 
@@ -559,8 +715,7 @@ impl Xenstored {
         let abs = self.resolve(path.as_bytes())?;
         let g = self.bump();
         Self::op_write(&mut self.tree, g, 0, &abs, Some(value))?;
-        let perms = self.tree.get(&abs).map(|n| n.perms.clone());
-        self.fire(&abs, false, perms.as_deref());
+        self.fire_change(&abs, Change::Written);
         Ok(())
     }
 
@@ -581,19 +736,19 @@ impl Xenstored {
         let abs = self.resolve(path.as_bytes())?;
         let g = self.bump();
         if Self::op_write(&mut self.tree, g, 0, &abs, None)? {
-            let perms = self.tree.get(&abs).map(|n| n.perms.clone());
-            self.fire(&abs, false, perms.as_deref());
+            self.fire_change(&abs, Change::Written);
         }
         Ok(())
     }
 
-    /// `xenstore-rm` from dom0.
+    /// `xenstore-rm` from dom0: fires the guest's watches on the removed nodes it may
+    /// see, and on their ancestors.
     pub fn toolstack_rm(&mut self, path: &str) -> Result<(), Errno> {
         let abs = self.resolve(path.as_bytes())?;
-        let perms = self.tree.get(&abs).map(|n| n.perms.clone());
-        if !Self::op_rm(&mut self.tree, 0, &abs)?.is_empty() {
+        let gone = Self::op_rm(&mut self.tree, 0, &abs)?;
+        if !gone.is_empty() {
             self.bump();
-            self.fire(&abs, true, perms.as_deref());
+            self.fire_change(&abs, Change::Removed(gone));
         }
         Ok(())
     }
@@ -608,9 +763,8 @@ impl Xenstored {
     pub fn toolstack_set_perms(&mut self, path: &str, perms: Vec<XsPerm>) -> Result<(), Errno> {
         let abs = self.resolve(path.as_bytes())?;
         let g = self.bump();
-        Self::op_set_perms(&mut self.tree, g, 0, &abs, perms)?;
-        let perms = self.tree.get(&abs).map(|n| n.perms.clone());
-        self.fire(&abs, false, perms.as_deref());
+        let old = Self::op_set_perms(&mut self.tree, g, 0, &abs, perms)?;
+        self.fire_change(&abs, Change::Perms(old));
         Ok(())
     }
 
@@ -813,19 +967,24 @@ impl Xenstored {
             if let Some(p) = parent_of(&abs) {
                 tx.read.insert(p.to_string());
             }
-            return r.map(|(reply, _)| reply);
+            let (reply, change) = r?;
+            match change {
+                Change::None => {}
+                Change::Written | Change::Perms(_) => tx.queue_watch(&abs, false),
+                Change::Removed(gone) => {
+                    for (p, _) in &gone {
+                        tx.queue_watch(p, *p != abs);
+                    }
+                }
+            }
+            return Ok(reply);
         }
-        let before = self.tree.get(&abs).map(|n| n.perms.clone());
-        let (reply, changed) = Self::apply(t, &mut self.tree, g, dom, &abs, rest)?;
-        if changed {
-            let after = self.tree.get(&abs).map(|n| n.perms.clone());
-            self.fire(&abs, t == T::Rm, after.as_deref().or(before.as_deref()));
-        }
+        let (reply, change) = Self::apply(t, &mut self.tree, g, dom, &abs, rest)?;
+        self.fire_change(&abs, change);
         Ok(reply)
     }
 
-    /// Runs one node operation on `tree`; returns the reply payload and whether the tree
-    /// changed.
+    /// Runs one node operation on `tree`; returns the reply payload and what changed.
     fn apply(
         t: XsdSockmsgType,
         tree: &mut Tree,
@@ -833,10 +992,17 @@ impl Xenstored {
         dom: DomId,
         abs: &str,
         rest: &[u8],
-    ) -> Result<(Vec<u8>, bool), Errno> {
+    ) -> Result<(Vec<u8>, Change), Errno> {
         use XsdSockmsgType as T;
+        let written = |changed| {
+            if changed {
+                Change::Written
+            } else {
+                Change::None
+            }
+        };
         Ok(match t {
-            T::Read => (Self::op_read(tree, dom, abs)?, false),
+            T::Read => (Self::op_read(tree, dom, abs)?, Change::None),
             T::Directory => {
                 let mut r = Vec::new();
                 for name in Self::op_directory(tree, dom, abs)? {
@@ -846,27 +1012,41 @@ impl Xenstored {
                 if r.len() > XENSTORE_PAYLOAD_MAX {
                     return Err(Errno::E2BIG);
                 }
-                (r, false)
+                (r, Change::None)
             }
-            T::DirectoryPart => (Self::op_directory_part(tree, dom, abs, rest)?, false),
+            T::DirectoryPart => (Self::op_directory_part(tree, dom, abs, rest)?, Change::None),
             T::GetPerms => {
                 let mut r = Vec::new();
                 for p in Self::op_get_perms(tree, dom, abs)? {
                     r.extend_from_slice(p.to_string().as_bytes());
                     r.push(0);
                 }
-                (r, false)
+                (r, Change::None)
             }
-            T::Write => (ok_reply(), Self::op_write(tree, g, dom, abs, Some(rest))?),
-            T::Mkdir => (ok_reply(), Self::op_write(tree, g, dom, abs, None)?),
-            T::Rm => (ok_reply(), !Self::op_rm(tree, dom, abs)?.is_empty()),
+            T::Write => (
+                ok_reply(),
+                written(Self::op_write(tree, g, dom, abs, Some(rest))?),
+            ),
+            T::Mkdir => (
+                ok_reply(),
+                written(Self::op_write(tree, g, dom, abs, None)?),
+            ),
+            T::Rm => {
+                let gone = Self::op_rm(tree, dom, abs)?;
+                let change = if gone.is_empty() {
+                    Change::None
+                } else {
+                    Change::Removed(gone)
+                };
+                (ok_reply(), change)
+            }
             T::SetPerms => {
                 let mut perms = Vec::new();
                 for s in strings_at_least(rest, 0)? {
                     perms.push(XsPerm::parse(s).ok_or(Errno::EINVAL)?);
                 }
-                Self::op_set_perms(tree, g, dom, abs, perms)?;
-                (ok_reply(), true)
+                let old = Self::op_set_perms(tree, g, dom, abs, perms)?;
+                (ok_reply(), Change::Perms(old))
             }
             _ => return Err(Errno::EINVAL),
         })
@@ -932,6 +1112,7 @@ impl Xenstored {
                 base: self.tree.clone(),
                 tree: self.tree.clone(),
                 read: BTreeSet::new(),
+                fire: Vec::new(),
             },
         );
         let mut r = id.to_string().into_bytes();
@@ -971,7 +1152,6 @@ impl Xenstored {
             return Err(Errno::EAGAIN);
         }
         for k in &written {
-            let before = self.tree.get(k).map(|n| n.perms.clone());
             match tx.tree.get(k) {
                 Some(n) => {
                     self.tree.insert(k.clone(), n.clone());
@@ -981,8 +1161,15 @@ impl Xenstored {
                 }
             }
             self.bump();
-            let after = self.tree.get(k).map(|n| n.perms.clone());
-            self.fire(k, false, after.as_deref().or(before.as_deref()));
+        }
+        // Queued events fire now (`finalize_transaction`), judged by the committed store
+        // and by each node's permissions when the transaction first saw it.
+        let dom = self.domid;
+        for (k, exact) in &tx.fire {
+            let old = tx.base.get(k).map(|n| &n.perms[..]);
+            if watch_permitted(dom, k, old, |p| Some(&self.tree.get(p)?.perms)) {
+                self.fire(k, *exact);
+            }
         }
         Ok(ok_reply())
     }
@@ -1094,6 +1281,89 @@ mod tests {
             Err(Errno::ENOENT)
         );
         assert_eq!(Xenstored::op_rm(&mut t, 0, "/"), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn missing_nodes_are_enoent_only_if_the_nearest_ancestor_grants_the_access() {
+        let mut t = x().tree;
+        let get = |t: &Tree, dom, abs, need| Xenstored::get_node(t, dom, abs, need).map(|_| ());
+        // Our data is ours: below it ENOENT, however deep.
+        assert_eq!(
+            get(&t, 3, "/local/domain/3/data/x/y", Need::Read),
+            Err(Errno::ENOENT)
+        );
+        // /local/domain is dom0's ("n0"): EACCES for us, ENOENT for dom0.
+        assert_eq!(
+            get(&t, 3, "/local/domain/7/data/x", Need::Read),
+            Err(Errno::EACCES)
+        );
+        assert_eq!(
+            get(&t, 0, "/local/domain/7/data/x", Need::Read),
+            Err(Errno::ENOENT)
+        );
+        assert_eq!(get(&t, 3, "/", Need::Read), Err(Errno::EACCES));
+        // A write-only ancestor: reads below it EACCES, writes and set-perms ENOENT.
+        let wo = vec![perm(XsPermKind::None, 0), perm(XsPermKind::Write, 3)];
+        Xenstored::op_write(&mut t, 9, 0, "/local/domain/3/wo", Some(b"")).unwrap();
+        Xenstored::op_set_perms(&mut t, 9, 0, "/local/domain/3/wo", wo).unwrap();
+        let below = "/local/domain/3/wo/x";
+        assert_eq!(get(&t, 3, below, Need::Read), Err(Errno::EACCES));
+        assert_eq!(get(&t, 3, below, Need::Write), Err(Errno::ENOENT));
+        assert_eq!(get(&t, 3, below, Need::Own), Err(Errno::ENOENT));
+        // An existing node: EACCES without the access; owning needs the owner.
+        assert_eq!(get(&t, 3, "/local/domain/3/wo", Need::Write), Ok(()));
+        assert_eq!(
+            get(&t, 3, "/local/domain/3/wo", Need::Read),
+            Err(Errno::EACCES)
+        );
+        assert_eq!(
+            get(&t, 3, "/local/domain/3/wo", Need::Own),
+            Err(Errno::EACCES)
+        );
+        assert_eq!(get(&t, 0, "/local/domain/3/wo", Need::Own), Ok(()));
+    }
+
+    #[test]
+    fn rm_returns_children_before_parents_and_the_root_last() {
+        let mut t = x().tree;
+        for k in ["a/b/c", "a/b-c", "a/d"] {
+            let abs = format!("/local/domain/3/data/{k}");
+            Xenstored::op_write(&mut t, 9, 3, &abs, Some(b"")).unwrap();
+        }
+        let gone: Vec<String> = Xenstored::op_rm(&mut t, 3, "/local/domain/3/data/a")
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(gone.len(), 5);
+        assert_eq!(gone.last().unwrap(), "/local/domain/3/data/a");
+        for (i, p) in gone.iter().enumerate() {
+            assert!(
+                gone[i + 1..].iter().all(|q| !is_under(q, p) || q == p),
+                "{p} before its descendants in {gone:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn watch_permission_is_the_old_perms_the_node_or_its_parent() {
+        let none = vec![perm(XsPermKind::None, 7)];
+        let read = vec![perm(XsPermKind::None, 7), perm(XsPermKind::Read, 3)];
+        let parent_readable: BTreeMap<&str, Vec<XsPerm>> =
+            [("/d", read.clone()), ("/d/n", none.clone())].into();
+        let neither: BTreeMap<&str, Vec<XsPerm>> =
+            [("/d", none.clone()), ("/d/n", none.clone())].into();
+        let permitted = |m: &BTreeMap<&str, Vec<XsPerm>>, dom, abs, old: Option<&[XsPerm]>| {
+            watch_permitted(dom, abs, old, |p| m.get(p).map(Vec::as_slice))
+        };
+        assert!(permitted(&parent_readable, 3, "/d/n", None));
+        assert!(!permitted(&neither, 3, "/d/n", None));
+        // A permission change: readable before is enough.
+        assert!(permitted(&neither, 3, "/d/n", Some(&read)));
+        assert!(!permitted(&neither, 3, "/d/n", Some(&none)));
+        // A node that is gone is not readable, even below a readable parent.
+        assert!(!permitted(&parent_readable, 3, "/d/gone", None));
+        assert!(permitted(&neither, 0, "/d/n", None), "dom0 reads all");
     }
 
     #[test]
