@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 use guest::mm::hotplug::HotplugWindow;
 use guest::mm::Pfn;
-use guest::xen::grant::pair::{Env, FrameAccess, Pair, Role, PAGE_BYTES};
+use guest::xen::grant::pair::{Env, FrameAccess, Kit, Pair, Role, PAGE_BYTES};
 use guest::xen::grant::{ForeignMapper, GrantTable};
 use xen_bindings::abi::grant_table::GRANT_ENTRIES_PER_FRAME_V1;
 use xen_bindings::traits::{DomId, GrantEntryShared, GrantOps};
@@ -93,6 +93,17 @@ pub fn setup(
     })
 }
 
+/// The kernel's types for the handshake.
+struct KernelKit;
+
+impl Kit for KernelKit {
+    type Storage = crate::kmem::Storage;
+    type Xs = Xenstore;
+    type Grants = Xen;
+    type Events = Xen;
+    type Frames = KernelFrames;
+}
+
 /// Frame contents through the identity map. A device subsection gets its page tables
 /// on first use (2 MiB at a time; mapping an address with nothing behind it is harmless
 /// until it is touched, and the mapper touches only slots it mapped).
@@ -154,7 +165,7 @@ impl Grants {
         };
         let before = pair.state();
         let mut hv = *xen;
-        let mut env = Env {
+        let mut env = Env::<KernelKit> {
             mm,
             xs,
             gnt: &mut hv,

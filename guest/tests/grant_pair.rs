@@ -14,8 +14,8 @@ use guest::mm::hotplug::HotplugWindow;
 use guest::mm::{HeapStorage, MemModel, PageState, Pfn, PfnRange, SectionKind, StateKind};
 use guest::xen::grant::handshake::{self, encode_refs, parse_refs};
 use guest::xen::grant::pair::{
-    encode_checksum, stamp, Env, FrameAccess, Granter, Mapper, PairState, BENCH_ROUNDS, PAGE_BYTES,
-    RETRY_NS, TOKEN,
+    encode_checksum, stamp, Env, FrameAccess, Granter, Kit, Mapper, PairState, BENCH_ROUNDS,
+    PAGE_BYTES, RETRY_NS, TOKEN,
 };
 use guest::xen::grant::{ForeignMapper, GrantTable, RefState, MAX_BATCH};
 use guest::xen::xenstore::{WatchEvent, XenstoreClient, XsError, XsOps};
@@ -43,6 +43,17 @@ struct Frames {
     /// The device window: a slot there with nothing mapped reads as all ones and drops
     /// writes (as an HVM-type guest sees a gfn with nothing behind it).
     device: PfnRange,
+}
+
+/// The simulator's types for the handshake.
+struct SimKit;
+
+impl Kit for SimKit {
+    type Storage = HeapStorage;
+    type Xs = XenstoreClient<SimXen>;
+    type Grants = SimGrants;
+    type Events = SimXen;
+    type Frames = Frames;
 }
 
 impl FrameAccess for Frames {
@@ -136,7 +147,7 @@ impl World {
         }
     }
 
-    fn env(&mut self) -> Env<'_, HeapStorage, XenstoreClient<SimXen>, SimGrants, SimXen, Frames> {
+    fn env(&mut self) -> Env<'_, SimKit> {
         Env {
             mm: &self.mm,
             xs: &mut self.xs,

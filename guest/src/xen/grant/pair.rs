@@ -124,18 +124,33 @@ impl<H: EventChannels + xen_bindings::traits::Sched + Clock> Watcher
 /// Watch token the handshake's watches use; the kernel ticks the role on its events.
 pub const TOKEN: &str = "grant-test";
 
-/// What a role needs from the kernel for one step.
-pub struct Env<'a, S: MemmapStorage, X, G, E, F> {
-    /// The memory model (frames for the granter, device slots for the mapper).
-    pub mm: &'a MemModel<S>,
+/// The types a role works with, bundled so that each step names one parameter: the
+/// kernel and the host tests each implement it on a marker type.
+pub trait Kit {
+    /// The memory model's memmap storage.
+    type Storage: MemmapStorage;
     /// Xenstore.
-    pub xs: &'a mut X,
+    type Xs: XsOps + Watcher;
     /// Grant hypercalls.
-    pub gnt: &'a mut G,
+    type Grants: GrantOps;
     /// Event channels and the clock.
-    pub ev: &'a E,
+    type Events: EventChannels + Clock;
     /// Frame contents.
-    pub frames: &'a mut F,
+    type Frames: FrameAccess;
+}
+
+/// What a role needs from the kernel for one step.
+pub struct Env<'a, K: Kit> {
+    /// The memory model (frames for the granter, device slots for the mapper).
+    pub mm: &'a MemModel<K::Storage>,
+    /// Xenstore.
+    pub xs: &'a mut K::Xs,
+    /// Grant hypercalls.
+    pub gnt: &'a mut K::Grants,
+    /// Event channels and the clock.
+    pub ev: &'a K::Events,
+    /// Frame contents.
+    pub frames: &'a mut K::Frames,
 }
 
 /// Where a role is. Published as `data/grant-test/state`.
@@ -398,17 +413,7 @@ impl Granter {
 
     /// One step: called at start, on every watch event with [`TOKEN`], and at least once
     /// a second. Never panics on anything a peer or the toolstack wrote.
-    pub fn tick<S, X, G, E, F>(
-        &mut self,
-        table: &mut GrantTable<'_>,
-        env: &mut Env<'_, S, X, G, E, F>,
-    ) where
-        S: MemmapStorage,
-        X: XsOps + Watcher,
-        G: GrantOps,
-        E: EventChannels + Clock,
-        F: FrameAccess,
-    {
+    pub fn tick<K: Kit>(&mut self, table: &mut GrantTable<'_>, env: &mut Env<'_, K>) {
         match self.state {
             PairState::WaitPeer => self.wait_peer(table, env),
             PairState::Granted => self.granted(table, env),
@@ -417,17 +422,7 @@ impl Granter {
         }
     }
 
-    fn wait_peer<S, X, G, E, F>(
-        &mut self,
-        table: &mut GrantTable<'_>,
-        env: &mut Env<'_, S, X, G, E, F>,
-    ) where
-        S: MemmapStorage,
-        X: XsOps + Watcher,
-        G: GrantOps,
-        E: EventChannels + Clock,
-        F: FrameAccess,
-    {
+    fn wait_peer<K: Kit>(&mut self, table: &mut GrantTable<'_>, env: &mut Env<'_, K>) {
         let Some(peer) = self.intro.poll(env.xs, self.me) else {
             return;
         };
@@ -517,17 +512,7 @@ impl Granter {
         );
     }
 
-    fn granted<S, X, G, E, F>(
-        &mut self,
-        table: &mut GrantTable<'_>,
-        env: &mut Env<'_, S, X, G, E, F>,
-    ) where
-        S: MemmapStorage,
-        X: XsOps + Watcher,
-        G: GrantOps,
-        E: EventChannels + Clock,
-        F: FrameAccess,
-    {
+    fn granted<K: Kit>(&mut self, table: &mut GrantTable<'_>, env: &mut Env<'_, K>) {
         let peer = self.peer.expect("granted to a peer");
         if let Some(port) = self.port {
             if env.ev.take_pending(port) && !self.notified {
@@ -607,17 +592,7 @@ impl Granter {
 
     /// End access to every grant; released frames go back to the allocator, the rest
     /// wait on the deferred list.
-    fn end_all<S, X, G, E, F>(
-        &mut self,
-        table: &mut GrantTable<'_>,
-        env: &mut Env<'_, S, X, G, E, F>,
-    ) where
-        S: MemmapStorage,
-        X: XsOps + Watcher,
-        G: GrantOps,
-        E: EventChannels + Clock,
-        F: FrameAccess,
-    {
+    fn end_all<K: Kit>(&mut self, table: &mut GrantTable<'_>, env: &mut Env<'_, K>) {
         let (mut released, mut deferred) = (0, 0);
         for (pfn, gref) in core::mem::take(&mut self.grants) {
             match table.end_access(gref) {
@@ -642,14 +617,7 @@ impl Granter {
         self.finish_if_done(env);
     }
 
-    fn retry<S, X, G, E, F>(&mut self, table: &mut GrantTable<'_>, env: &mut Env<'_, S, X, G, E, F>)
-    where
-        S: MemmapStorage,
-        X: XsOps + Watcher,
-        G: GrantOps,
-        E: EventChannels + Clock,
-        F: FrameAccess,
-    {
+    fn retry<K: Kit>(&mut self, table: &mut GrantTable<'_>, env: &mut Env<'_, K>) {
         let now = env.ev.now_ns();
         if now.saturating_sub(self.last_retry_ns) < RETRY_NS {
             return;
@@ -664,12 +632,7 @@ impl Granter {
         self.finish_if_done(env);
     }
 
-    fn finish_if_done<S, X, G, E, F>(&mut self, env: &mut Env<'_, S, X, G, E, F>)
-    where
-        S: MemmapStorage,
-        X: XsOps + Watcher,
-        E: EventChannels + Clock,
-    {
+    fn finish_if_done<K: Kit>(&mut self, env: &mut Env<'_, K>) {
         if !self.deferred.is_empty() {
             let _ = publish(env.xs, &[("state", PairState::Ending.as_str().into())]);
             return;
@@ -765,17 +728,7 @@ impl Mapper {
     }
 
     /// One step; called like [`Granter::tick`].
-    pub fn tick<S, X, G, E, F>(
-        &mut self,
-        mapper: &mut ForeignMapper,
-        env: &mut Env<'_, S, X, G, E, F>,
-    ) where
-        S: MemmapStorage,
-        X: XsOps + Watcher,
-        G: GrantOps,
-        E: EventChannels + Clock,
-        F: FrameAccess,
-    {
+    pub fn tick<K: Kit>(&mut self, mapper: &mut ForeignMapper, env: &mut Env<'_, K>) {
         match self.state {
             PairState::WaitPeer => self.wait_peer(env),
             PairState::WaitGrants => self.wait_grants(mapper, env),
@@ -791,15 +744,7 @@ impl Mapper {
 
     /// Slots Xen refused to unmap (at `unmap`, at reclaim, or after a failed map) still
     /// hold the peer's pages: try again on every tick until they are gone.
-    fn unmap_leftovers<S, X, G, E, F>(
-        &mut self,
-        mapper: &mut ForeignMapper,
-        env: &mut Env<'_, S, X, G, E, F>,
-    ) where
-        S: MemmapStorage,
-        X: XsOps,
-        G: GrantOps,
-    {
+    fn unmap_leftovers<K: Kit>(&mut self, mapper: &mut ForeignMapper, env: &mut Env<'_, K>) {
         let left = format!("{}", self.unmap_all(mapper, env, MAX_BATCH));
         let mut fields = alloc::vec![("mapped", left.clone())];
         if self.state == PairState::Reclaimed {
@@ -808,11 +753,7 @@ impl Mapper {
         let _ = publish(env.xs, &fields);
     }
 
-    fn wait_peer<S, X, G, E, F>(&mut self, env: &mut Env<'_, S, X, G, E, F>)
-    where
-        S: MemmapStorage,
-        X: XsOps + Watcher,
-    {
+    fn wait_peer<K: Kit>(&mut self, env: &mut Env<'_, K>) {
         let Some(peer) = self.intro.poll(env.xs, self.me) else {
             return;
         };
@@ -831,17 +772,7 @@ impl Mapper {
         log::info!("grant-test: waiting for d{peer}'s grants");
     }
 
-    fn wait_grants<S, X, G, E, F>(
-        &mut self,
-        mapper: &mut ForeignMapper,
-        env: &mut Env<'_, S, X, G, E, F>,
-    ) where
-        S: MemmapStorage,
-        X: XsOps + Watcher,
-        G: GrantOps,
-        E: EventChannels + Clock,
-        F: FrameAccess,
-    {
+    fn wait_grants<K: Kit>(&mut self, mapper: &mut ForeignMapper, env: &mut Env<'_, K>) {
         let peer = self.peer.expect("a peer");
         match read_peer(env.xs, peer, "state") {
             Ok(Some(s)) if s == b"granted" => {}
@@ -924,17 +855,7 @@ impl Mapper {
         );
     }
 
-    fn mapped<S, X, G, E, F>(
-        &mut self,
-        mapper: &mut ForeignMapper,
-        env: &mut Env<'_, S, X, G, E, F>,
-    ) where
-        S: MemmapStorage,
-        X: XsOps + Watcher,
-        G: GrantOps,
-        E: EventChannels + Clock,
-        F: FrameAccess,
-    {
+    fn mapped<K: Kit>(&mut self, mapper: &mut ForeignMapper, env: &mut Env<'_, K>) {
         let peer = self.peer.expect("a peer");
         match read_peer(env.xs, peer, "state") {
             Ok(None) => {
@@ -1073,11 +994,7 @@ impl Mapper {
     }
 
     /// Reads every mapped page: how many do not hold their pattern, and the checksum.
-    fn verify<S, X, G, E, F>(&mut self, env: &mut Env<'_, S, X, G, E, F>) -> (usize, u64)
-    where
-        S: MemmapStorage,
-        F: FrameAccess,
-    {
+    fn verify<K: Kit>(&mut self, env: &mut Env<'_, K>) -> (usize, u64) {
         let mut pages = Vec::with_capacity(self.slots.len());
         let mut wrong = 0;
         for (i, &pfn) in self.slots.iter().enumerate() {
@@ -1096,16 +1013,12 @@ impl Mapper {
 
     /// Maps every published ref, `batch` per hypercall, into `slots` (in ref order, so
     /// slot `i` holds page `i`). On an error the slots mapped so far stay in `slots`.
-    fn map_all<S, X, G, E, F>(
+    fn map_all<K: Kit>(
         &mut self,
         mapper: &mut ForeignMapper,
-        env: &mut Env<'_, S, X, G, E, F>,
+        env: &mut Env<'_, K>,
         batch: usize,
-    ) -> Result<(), String>
-    where
-        S: MemmapStorage,
-        G: GrantOps,
-    {
+    ) -> Result<(), String> {
         let peer = self.peer.expect("a peer");
         for chunk in self.refs.chunks(batch) {
             let reqs: Vec<MapRequest> = chunk
@@ -1138,17 +1051,12 @@ impl Mapper {
     /// `bench`: unmap and map all pages again, `rounds` times with batches of
     /// [`MAX_BATCH`] and then one page per hypercall. Returns the mean microseconds per
     /// hypercall as `[(batch, map_us, unmap_us)]`; the pages are mapped again afterwards.
-    fn bench<S, X, G, E, F>(
+    fn bench<K: Kit>(
         &mut self,
         mapper: &mut ForeignMapper,
-        env: &mut Env<'_, S, X, G, E, F>,
+        env: &mut Env<'_, K>,
         rounds: u32,
-    ) -> Result<Vec<(usize, u64, u64)>, String>
-    where
-        S: MemmapStorage,
-        G: GrantOps,
-        E: Clock,
-    {
+    ) -> Result<Vec<(usize, u64, u64)>, String> {
         let mut out = Vec::new();
         for batch in [MAX_BATCH, 1] {
             let calls = (self.refs.len().div_ceil(batch) as u64 * u64::from(rounds)).max(1);
@@ -1170,16 +1078,12 @@ impl Mapper {
     }
 
     /// Unmaps every slot; returns how many stay mapped (Xen refused).
-    fn unmap_all<S, X, G, E, F>(
+    fn unmap_all<K: Kit>(
         &mut self,
         mapper: &mut ForeignMapper,
-        env: &mut Env<'_, S, X, G, E, F>,
+        env: &mut Env<'_, K>,
         batch: usize,
-    ) -> usize
-    where
-        S: MemmapStorage,
-        G: GrantOps,
-    {
+    ) -> usize {
         let mut left = Vec::new();
         for chunk in self.slots.chunks(batch) {
             match mapper.unmap_batch(env.mm, env.gnt, chunk) {
@@ -1204,11 +1108,7 @@ impl Mapper {
         self.slots.len()
     }
 
-    fn close_port<S, X, G, E, F>(&mut self, env: &mut Env<'_, S, X, G, E, F>)
-    where
-        S: MemmapStorage,
-        E: EventChannels,
-    {
+    fn close_port<K: Kit>(&mut self, env: &mut Env<'_, K>) {
         if let Some(p) = self.port.take() {
             if let Err(e) = env.ev.close(p) {
                 log::warn!("grant-test: closing event channel {p}: {e:?}");
