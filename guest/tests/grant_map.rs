@@ -2,7 +2,9 @@
 //! batches of 64, contents through the mapping, census and walker views, failures,
 //! peer death, grant-table frames, and the balloon working around foreign pages.
 
-use guest::mm::boot::{self, BootConfig, MemmapEntry, E820_RAM};
+mod common;
+
+use common::MIB;
 use guest::mm::geometry::{MAX_PFN, PAGES_PER_SUBSECTION};
 use guest::mm::hotplug::{saveable_walk, HotplugWindow};
 use guest::mm::{HeapStorage, MemModel, PageState, Pfn, PfnRange, SectionKind, StateKind};
@@ -17,25 +19,42 @@ use xen_bindings::sim::memory::SimMemory;
 use xen_bindings::traits::GrantOps;
 use xen_bindings::Errno;
 
-const MIB: u64 = 1 << 20;
 const ME: u16 = 1;
 const PEER: u16 = 2;
 
+/// `ram_mib` MiB of RAM with a 2 MiB kernel image, and its hotplug window.
 fn model(ram_mib: u64) -> (MemModel<HeapStorage>, HotplugWindow) {
-    let map = [MemmapEntry {
-        addr: 0,
-        size: ram_mib * MIB,
-        kind: E820_RAM,
-    }];
-    let reserved = [PfnRange::covering_bytes(MIB, 2 * MIB)];
-    let cfg = BootConfig {
-        memmap: &map,
-        reserved: &reserved,
-        touchable_ram_pages: None,
-    };
-    let mm = boot::build(&cfg, HeapStorage).unwrap();
-    mm.end_boot();
-    (mm, HotplugWindow::from_memmap(&map).unwrap())
+    common::ram_model(ram_mib, 2)
+}
+
+/// A booted guest, its hotplug window, the simulated grant side of Xen, and our mapper
+/// over the guest's device window.
+type Rig = (
+    MemModel<HeapStorage>,
+    HotplugWindow,
+    SimGrants,
+    ForeignMapper,
+);
+
+fn rig(ram_mib: u64) -> Rig {
+    let (mm, window) = model(ram_mib);
+    let mapper = ForeignMapper::new(window.device);
+    (mm, window, SimGrants::new(ME, 1, 64), mapper)
+}
+
+/// One batch of maps that must all succeed; the slots, in request order.
+fn map_all(
+    mapper: &mut ForeignMapper,
+    mm: &MemModel<HeapStorage>,
+    sim: &mut SimGrants,
+    reqs: &[MapRequest],
+) -> Vec<Pfn> {
+    mapper
+        .map_batch(mm, sim, reqs)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
 }
 
 /// The handshake's page pattern, distinct per peer and page.
@@ -68,14 +87,11 @@ fn device_state(mm: &MemModel<HeapStorage>, pfn: Pfn) -> PageState {
 
 #[test]
 fn map_64_verify_unmap_and_census_sees_foreign_only_while_mapped() {
-    let (mm, window) = model(64);
-    let mut sim = SimGrants::new(ME, 1, 64);
-    let mut mapper = ForeignMapper::new(window.device);
+    let (mm, window, mut sim, mut mapper) = rig(64);
     let reqs = peer_granting(&sim, PEER, 64, true);
     let ram_before = mm.census().ram_pages();
 
-    let res = mapper.map_batch(&mm, &mut sim, &reqs).unwrap();
-    let slots: Vec<Pfn> = res.into_iter().map(Result::unwrap).collect();
+    let slots = map_all(&mut mapper, &mm, &mut sim, &reqs);
     assert_eq!(sim.stats().calls, 1, "one hypercall for the batch");
     for (i, &pfn) in slots.iter().enumerate() {
         assert!(window.device.contains(pfn));
@@ -157,17 +173,10 @@ fn map_64_verify_unmap_and_census_sees_foreign_only_while_mapped() {
 
 #[test]
 fn writable_maps_write_through_and_read_only_ones_refuse() {
-    let (mm, window) = model(64);
-    let mut sim = SimGrants::new(ME, 1, 64);
-    let mut mapper = ForeignMapper::new(window.device);
+    let (mm, _, mut sim, mut mapper) = rig(64);
     let mut reqs = peer_granting(&sim, PEER, 2, false);
     reqs[1].readonly = true;
-    let slots: Vec<Pfn> = mapper
-        .map_batch(&mm, &mut sim, &reqs)
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let slots = map_all(&mut mapper, &mm, &mut sim, &reqs);
     let data = [0x5a; FRAME_BYTES];
     sim.write_mapped(slots[0].0, &data).unwrap();
     assert_eq!(sim.peer_frame(PEER, 0), data);
@@ -177,9 +186,7 @@ fn writable_maps_write_through_and_read_only_ones_refuse() {
 
 #[test]
 fn failed_maps_are_typed_and_leave_slots_unpopulated() {
-    let (mm, window) = model(64);
-    let mut sim = SimGrants::new(ME, 1, 64);
-    let mut mapper = ForeignMapper::new(window.device);
+    let (mm, _, mut sim, mut mapper) = rig(64);
     let good = peer_granting(&sim, PEER, 4, true);
     sim.add_peer(5, 1, 16);
     let ro_only = MapRequest {
@@ -248,16 +255,9 @@ fn failed_maps_are_typed_and_leave_slots_unpopulated() {
 
 #[test]
 fn failed_unmaps_keep_the_slot_foreign_and_non_foreign_pfns_are_refused() {
-    let (mm, window) = model(64);
-    let mut sim = SimGrants::new(ME, 1, 64);
-    let mut mapper = ForeignMapper::new(window.device);
+    let (mm, _, mut sim, mut mapper) = rig(64);
     let reqs = peer_granting(&sim, PEER, 2, true);
-    let slots: Vec<Pfn> = mapper
-        .map_batch(&mm, &mut sim, &reqs)
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let slots = map_all(&mut mapper, &mm, &mut sim, &reqs);
     sim.faults(|f| f.unmap_status = Some((gntst::GENERAL_ERROR, 1)));
     let free = slots[1].add(1);
     let res = mapper
@@ -284,9 +284,7 @@ fn failed_unmaps_keep_the_slot_foreign_and_non_foreign_pfns_are_refused() {
 
 #[test]
 fn granter_death_while_mapped_reclaims_every_slot_and_new_maps_fail() {
-    let (mm, window) = model(64);
-    let mut sim = SimGrants::new(ME, 1, 64);
-    let mut mapper = ForeignMapper::new(window.device);
+    let (mm, _, mut sim, mut mapper) = rig(64);
     let dying = peer_granting(&sim, PEER, 100, true);
     let other = peer_granting(&sim, 3, 10, true);
     for chunk in dying.chunks(MAX_BATCH) {
@@ -327,9 +325,7 @@ fn granter_death_while_mapped_reclaims_every_slot_and_new_maps_fail() {
 
 #[test]
 fn mappings_xen_already_dropped_just_return_their_slots() {
-    let (mm, window) = model(64);
-    let mut sim = SimGrants::new(ME, 1, 64);
-    let mut mapper = ForeignMapper::new(window.device);
+    let (mm, _, mut sim, mut mapper) = rig(64);
     let reqs = peer_granting(&sim, PEER, 5, false);
     mapper.map_batch(&mm, &mut sim, &reqs).unwrap();
     sim.destroy_peer(PEER);
@@ -350,9 +346,7 @@ fn mappings_xen_already_dropped_just_return_their_slots() {
 
 #[test]
 fn grant_table_frames_sit_in_device_slots_as_xen_pages() {
-    let (mm, window) = model(64);
-    let mut sim = SimGrants::new(ME, 1, 64);
-    let mut mapper = ForeignMapper::new(window.device);
+    let (mm, _, mut sim, mut mapper) = rig(64);
     let ram = mm.census().ram_pages();
     let (nr, max) = sim.query_size().unwrap();
     assert_eq!((nr, max), (1, 64));
@@ -402,13 +396,8 @@ fn grant_table_frames_sit_in_device_slots_as_xen_pages() {
 
 #[test]
 fn a_full_device_window_is_reported_and_nothing_is_mapped() {
-    let map = [MemmapEntry {
-        addr: 0,
-        size: 64 * MIB,
-        kind: E820_RAM,
-    }];
     let (mm, _) = model(64);
-    let window = HotplugWindow::with_sizes(&map, 128 * MIB, 128 * MIB).unwrap();
+    let window = HotplugWindow::with_sizes(&common::ram_memmap(64), 128 * MIB, 128 * MIB).unwrap();
     // A window of one subsection.
     let dev = PfnRange::from_count(window.device.start, PAGES_PER_SUBSECTION);
     let mut sim = SimGrants::new(ME, 1, 64);
@@ -438,13 +427,11 @@ fn a_full_device_window_is_reported_and_nothing_is_mapped() {
 /// they never count as RAM, and accounting against Xen closes after every settle.
 #[test]
 fn ballooning_around_foreign_pages() {
-    let (mm, window) = model(128);
+    let (mm, _, mut sim, mut mapper) = rig(128);
     let mut xen = SimMemory::new(&[(0, 128 * 256)], 128 * 256 + 256);
     let mut balloon = Balloon::new(BalloonConfig::default());
     let mut now = 1_000_000_000u64;
     balloon.adopt_boot_offline(&mm, &mut xen, now).unwrap();
-    let mut sim = SimGrants::new(ME, 1, 64);
-    let mut mapper = ForeignMapper::new(window.device);
     let reqs = peer_granting(&sim, PEER, 128, false);
     let mut slots = Vec::new();
     for chunk in reqs.chunks(MAX_BATCH) {

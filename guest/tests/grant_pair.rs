@@ -5,11 +5,11 @@
 //! what each machine publishes, what it holds in the memory model, and what the
 //! simulated Xen holds.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::ptr::NonNull;
 use std::sync::Arc;
 
-use guest::mm::boot::{self, BootConfig, MemmapEntry, E820_RAM};
 use guest::mm::hotplug::HotplugWindow;
 use guest::mm::{HeapStorage, MemModel, PageState, Pfn, PfnRange, SectionKind, StateKind};
 use guest::xen::grant::handshake::{self, encode_refs, parse_refs};
@@ -24,11 +24,10 @@ use xen_bindings::abi::grant_table::{gntst, gtf, GRANT_ENTRIES_PER_FRAME_V1};
 use xen_bindings::abi::xs_wire::{XsPerm, XsPermKind};
 use xen_bindings::sim::evtchn::Binding;
 use xen_bindings::sim::grant::{Frame, SimGrants};
-use xen_bindings::sim::{SimConfig, SimXen};
+use xen_bindings::sim::SimXen;
 use xen_bindings::traits::{GrantEntryShared, Port};
 use xen_bindings::Errno;
 
-const MIB: u64 = 1 << 20;
 const ME: u16 = 3;
 const PEER: u16 = 5;
 /// The event channel the simulated granter publishes.
@@ -103,35 +102,12 @@ struct World {
     frames: Frames,
 }
 
-fn model(ram_mib: u64) -> (MemModel<HeapStorage>, HotplugWindow) {
-    let map = [MemmapEntry {
-        addr: 0,
-        size: ram_mib * MIB,
-        kind: E820_RAM,
-    }];
-    let reserved = [PfnRange::covering_bytes(MIB, 2 * MIB)];
-    let cfg = BootConfig {
-        memmap: &map,
-        reserved: &reserved,
-        touchable_ram_pages: None,
-    };
-    let mm = boot::build(&cfg, HeapStorage).unwrap();
-    mm.end_boot();
-    (mm, HotplugWindow::from_memmap(&map).unwrap())
-}
-
 impl World {
     fn new(ram_mib: u64) -> World {
-        let sim = SimXen::new(SimConfig {
-            domid: ME,
-            ..SimConfig::default()
-        });
-        let page = NonNull::new(sim.xs_page()).unwrap();
-        // SAFETY: the page lives as long as any clone of `sim`, and the client holds one;
-        // it is the only guest-side user.
-        let xs = unsafe { XenstoreClient::new(sim.clone(), page, sim.xs_port()) };
+        let (sim, xs) = common::xs_domain(ME);
         let gnt = SimGrants::new(ME, 1, 4);
-        let (mm, window) = model(ram_mib);
+        // A 2 MiB kernel image.
+        let (mm, window) = common::ram_model(ram_mib, 2);
         let frames = Frames {
             own: BTreeMap::new(),
             grants: gnt.clone(),
@@ -157,14 +133,6 @@ impl World {
         }
     }
 
-    fn granter_tick(&mut self, g: &mut Granter, t: &mut GrantTable<'_>) {
-        g.tick(t, &mut self.env());
-    }
-
-    fn mapper_tick(&mut self, m: &mut Mapper, fm: &mut ForeignMapper) {
-        m.tick(fm, &mut self.env());
-    }
-
     /// Our own `data/grant-test/<key>`, read as the toolstack.
     fn ours(&self, key: &str) -> Option<String> {
         match self.sim.xs_read(&format!("data/grant-test/{key}")) {
@@ -174,9 +142,19 @@ impl World {
         }
     }
 
-    /// The toolstack introduces the peer.
+    /// The toolstack writes our `data/grant-test/peer`.
     fn set_peer(&self, v: &str) {
         self.sim.xs_write("data/grant-test/peer", v).unwrap();
+    }
+
+    /// The toolstack introduces PEER.
+    fn introduce(&self) {
+        self.set_peer(&PEER.to_string());
+    }
+
+    /// The toolstack writes our `data/grant-test/command`.
+    fn command(&self, c: &str) {
+        self.sim.xs_write("data/grant-test/command", c).unwrap();
     }
 
     /// The peer writes its `data/grant-test/<key>`.
@@ -230,6 +208,12 @@ impl World {
         out
     }
 
+    /// Our `rejected-peers` counts `n` refusals and there is a `peer-error`.
+    fn assert_rejected(&self, n: usize, bad: &str) {
+        assert_eq!(self.ours("rejected-peers"), Some(n.to_string()), "{bad:?}");
+        assert!(self.ours("peer-error").is_some(), "{bad:?}");
+    }
+
     fn port(&self, port: Port) -> Option<Binding> {
         self.sim.lock().evtchn.get(port).map(|p| p.binding)
     }
@@ -254,6 +238,80 @@ impl World {
 
     fn state_of(&self, pfn: Pfn) -> PageState {
         self.mm.read().pfn_to_page(pfn).unwrap().state()
+    }
+
+    // ---- PEER as the mapper of our grants (through the simulated Xen) ----
+
+    /// PEER's domain comes up in the simulated Xen, with no frames of its own.
+    fn add_mapping_peer(&self) {
+        self.gnt.add_peer(PEER, 0, 8);
+    }
+
+    /// PEER maps every ref read-only; returns the handles and the frames.
+    fn peer_maps(&self, refs: &[u32]) -> Vec<(u32, Pfn)> {
+        refs.iter()
+            .map(|&r| {
+                let m = self.gnt.peer_map_own(PEER, r, true).unwrap();
+                (m.handle, Pfn(u64::from(m.frame)))
+            })
+            .collect()
+    }
+
+    /// PEER comes up and maps every ref read-only; returns the handles and the frames.
+    fn peer_maps_all(&self, refs: &[u32]) -> Vec<(u32, Pfn)> {
+        self.add_mapping_peer();
+        self.peer_maps(refs)
+    }
+
+    /// PEER unmaps each of `maps`.
+    fn peer_unmaps(&self, maps: &[(u32, Pfn)]) {
+        for &(h, _) in maps {
+            self.gnt.peer_unmap_own(h).unwrap();
+        }
+    }
+
+    // ---- PEER as the granter of pages to us ----
+
+    /// PEER with `n` pattern pages granted to us, read-only unless `writable`; returns
+    /// the refs (page order).
+    fn granter_of(&self, n: usize, writable: bool) -> Vec<u32> {
+        self.gnt.add_peer(PEER, n, n + 16);
+        (0..n)
+            .map(|i| {
+                self.gnt.peer_write_frame(PEER, i, &pattern(i));
+                self.gnt.peer_grant(PEER, i, ME, !writable)
+            })
+            .collect()
+    }
+
+    /// PEER with `n` pattern pages granted read-only to us; returns the refs (page
+    /// order).
+    fn sim_granter(&self, n: usize) -> Vec<u32> {
+        self.granter_of(n, false)
+    }
+
+    /// PEER publishes refs, evtchn and state=granted.
+    fn publish_grants(&self, refs: &[u32]) {
+        self.peer_write("pages", refs.len().to_string());
+        self.peer_write("refs", encode_refs(refs));
+        self.peer_write("evtchn", PEER_PORT.to_string());
+        self.peer_write("state", "granted");
+    }
+
+    /// PEER's directory, shared with us, with its grants published.
+    fn share_grants(&self, refs: &[u32]) {
+        self.peer_dir(true);
+        self.publish_grants(refs);
+    }
+
+    /// PEER with `n` pattern pages, granted read-write (or, lying, read-only), its
+    /// directory shared and `access=rw` and the grants published; returns the refs.
+    fn rw_granter(&self, n: usize, grant_rw: bool) -> Vec<u32> {
+        let refs = self.granter_of(n, grant_rw);
+        self.peer_dir(true);
+        self.peer_write("access", "rw");
+        self.publish_grants(&refs);
+        refs
     }
 }
 
@@ -283,13 +341,186 @@ fn pattern_sum(n: usize) -> u64 {
     handshake::checksum(pages.iter().map(|p| &p[..]))
 }
 
-/// The live part of our simulated grant table.
-fn live(mem: &Arc<[GrantEntryShared]>) -> &[GrantEntryShared] {
-    &mem[..GRANT_ENTRIES_PER_FRAME_V1]
+/// The live part of our simulated grant table. The table memory is leaked (one small
+/// block per test) so that a fixture can own the `GrantTable` that borrows it.
+fn live(mem: Arc<[GrantEntryShared]>) -> &'static [GrantEntryShared] {
+    &Box::leak(Box::new(mem))[..GRANT_ENTRIES_PER_FRAME_V1]
 }
 
 fn is_watch_on(events: &[WatchEvent], path: &str) -> bool {
     events.iter().any(|e| e.path == path && e.token == TOKEN)
+}
+
+// ---- the machines on our side ------------------------------------------------------------
+
+/// Our granter of `pages` pages, with our grant table, in its world.
+struct GranterRig {
+    w: World,
+    t: GrantTable<'static>,
+    g: Granter,
+    pages: usize,
+    /// Frames allocated before the granter allocated any.
+    alloc0: u64,
+}
+
+impl GranterRig {
+    /// A read-only granter in a 64 MiB guest.
+    fn new(pages: usize) -> GranterRig {
+        GranterRig::on(World::new(64), pages)
+    }
+
+    fn on(w: World, pages: usize) -> GranterRig {
+        let t = GrantTable::new(live(w.gnt.own_table()));
+        let alloc0 = w.allocated();
+        GranterRig {
+            w,
+            t,
+            g: Granter::new(ME, pages as u32),
+            pages,
+            alloc0,
+        }
+    }
+
+    /// The granter grants read-write access.
+    fn writable(self) -> GranterRig {
+        GranterRig {
+            g: self.g.writable(true),
+            ..self
+        }
+    }
+
+    fn tick(&mut self) {
+        self.g.tick(&mut self.t, &mut self.w.env());
+    }
+
+    /// The toolstack introduces PEER; a tick.
+    fn introduce(&mut self) {
+        self.w.introduce();
+        self.tick();
+    }
+
+    /// Introduced, the granter has published its grants to PEER; returns the refs and
+    /// the event channel.
+    fn grant(&mut self) -> (Vec<u32>, Port) {
+        self.introduce();
+        assert_eq!(
+            self.g.state(),
+            PairState::Granted,
+            "error: {:?}",
+            self.g.error()
+        );
+        let refs = parse_refs(self.w.ours("refs").unwrap().as_bytes()).unwrap();
+        assert_eq!(refs.len(), self.pages);
+        let port: Port = self.w.ours("evtchn").unwrap().parse().unwrap();
+        (refs, port)
+    }
+
+    /// PEER writes its state; a tick.
+    fn peer_says(&mut self, state: &str) {
+        self.w.peer_write("state", state);
+        self.tick();
+    }
+
+    /// PEER's directory appears, shared with us or not, with `state`; a tick.
+    fn peer_appears(&mut self, shared: bool, state: &str) {
+        self.w.peer_dir(shared);
+        self.peer_says(state);
+    }
+
+    /// Failed, saying `because`.
+    fn assert_failed(&self, because: &str) {
+        assert_eq!(self.g.state(), PairState::Failed);
+        let error = self.g.error();
+        assert!(error.is_some_and(|e| e.contains(because)), "{error:?}");
+    }
+
+    /// Ended, and every frame it allocated given back.
+    fn assert_ended(&self) {
+        assert_eq!(
+            self.g.state(),
+            PairState::Ended,
+            "error: {:?}",
+            self.g.error()
+        );
+        assert_eq!(self.w.allocated(), self.alloc0, "every frame freed");
+    }
+}
+
+/// A granter of 4 pages that has granted to PEER, whose directory has appeared (shared
+/// with us or not) saying `wait-grants`: still Granted.
+fn waiting_granter(shared: bool) -> GranterRig {
+    let mut r = GranterRig::new(4);
+    r.grant();
+    r.peer_appears(shared, "wait-grants");
+    assert_eq!(r.g.state(), PairState::Granted);
+    r
+}
+
+/// Our mapper, with its device-window slots, in its world.
+struct MapperRig {
+    w: World,
+    fm: ForeignMapper,
+    m: Mapper,
+}
+
+impl MapperRig {
+    /// A mapper in a 64 MiB guest.
+    fn new() -> MapperRig {
+        MapperRig::on(World::new(64))
+    }
+
+    fn on(w: World) -> MapperRig {
+        MapperRig {
+            fm: ForeignMapper::new(w.window.device),
+            m: Mapper::new(ME),
+            w,
+        }
+    }
+
+    fn tick(&mut self) {
+        self.m.tick(&mut self.fm, &mut self.w.env());
+    }
+
+    /// The toolstack introduces PEER; two ticks (one sees the peer, one its grants).
+    fn introduce(&mut self) {
+        self.w.introduce();
+        self.tick();
+        self.tick();
+    }
+
+    /// The toolstack writes our command; a tick.
+    fn command(&mut self, c: &str) {
+        self.w.command(c);
+        self.tick();
+    }
+
+    /// Mapped `n` pages of PEER as a read-only granter; returns its refs.
+    fn map_granter(&mut self, n: usize) -> Vec<u32> {
+        let refs = self.w.sim_granter(n);
+        self.w.share_grants(&refs);
+        self.introduce();
+        assert_eq!(
+            self.m.state(),
+            PairState::Mapped,
+            "error: {:?}",
+            self.m.error()
+        );
+        refs
+    }
+
+    /// Failed, saying `because`.
+    fn assert_failed(&self, because: &str) {
+        assert_eq!(self.m.state(), PairState::Failed);
+        let error = self.m.error();
+        assert!(error.is_some_and(|e| e.contains(because)), "{error:?}");
+    }
+
+    /// No slot held, nothing foreign in the model, nothing mapped in Xen.
+    fn assert_nothing_mapped(&self) {
+        assert_eq!(self.w.foreign(), 0);
+        assert!(self.m.slots().is_empty());
+        assert!(self.w.gnt.mapped_gfns().is_empty());
+    }
 }
 
 // ---- granter ---------------------------------------------------------------------------
@@ -308,76 +539,48 @@ const BAD_PEERS: [&str; 10] = [
     "\u{e9}",
 ];
 
-/// A granter of `n` pages that has published its grants to PEER; returns the refs and
-/// the event channel.
-fn granted(w: &mut World, g: &mut Granter, t: &mut GrantTable<'_>, n: usize) -> (Vec<u32>, Port) {
-    w.set_peer(&PEER.to_string());
-    w.granter_tick(g, t);
-    assert_eq!(g.state(), PairState::Granted, "error: {:?}", g.error());
-    let refs = parse_refs(w.ours("refs").unwrap().as_bytes()).unwrap();
-    assert_eq!(refs.len(), n);
-    let port: Port = w.ours("evtchn").unwrap().parse().unwrap();
-    (refs, port)
-}
-
-/// The simulated peer maps every ref read-only; returns the handles and the frames.
-fn peer_maps(w: &World, refs: &[u32]) -> Vec<(u32, Pfn)> {
-    refs.iter()
-        .map(|&r| {
-            let m = w.gnt.peer_map_own(PEER, r, true).unwrap();
-            (m.handle, Pfn(u64::from(m.frame)))
-        })
-        .collect()
-}
-
 #[test]
 fn granter_happy_path_grants_verifies_and_frees_everything() {
     const N: usize = 16;
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, N as u32);
-    let alloc0 = w.allocated();
+    let mut r = GranterRig::new(N);
 
     // No peer yet: nothing happens, nothing is published.
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::WaitPeer);
-    assert_eq!(w.ours("state"), None);
-    assert_eq!(w.allocated(), alloc0);
+    r.tick();
+    assert_eq!(r.g.state(), PairState::WaitPeer);
+    assert_eq!(r.w.ours("state"), None);
+    assert_eq!(r.w.allocated(), r.alloc0);
 
-    let (refs, port) = granted(&mut w, &mut g, &mut t, N);
-    assert_eq!(w.allocated(), alloc0 + N as u64, "N frames allocated");
-    assert_eq!(g.frames_held(), N);
-    assert_eq!(w.ours("pages").as_deref(), Some("16"));
-    assert_eq!(w.ours("state").as_deref(), Some("granted"));
-    assert_eq!(t.status().outstanding, N as u64);
+    let (refs, port) = r.grant();
+    assert_eq!(r.w.allocated(), r.alloc0 + N as u64, "N frames allocated");
+    assert_eq!(r.g.frames_held(), N);
+    assert_eq!(r.w.ours("pages").as_deref(), Some("16"));
+    assert_eq!(r.w.ours("state").as_deref(), Some("granted"));
+    assert_eq!(r.t.status().outstanding, N as u64);
     let mut sorted = refs.clone();
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(sorted.len(), N, "distinct refs");
-    assert!(refs.iter().all(|&r| r >= 8));
+    assert!(refs.iter().all(|&gref| gref >= 8));
     // An unbound port for the peer.
-    assert_eq!(w.port(port), Some(Binding::Unbound { remote: PEER }));
+    assert_eq!(r.w.port(port), Some(Binding::Unbound { remote: PEER }));
     // The directory: ours, the peer may read (and so may what we wrote into it).
     let dir_perms = vec![perm(XsPermKind::None, ME), perm(XsPermKind::Read, PEER)];
-    assert_eq!(w.sim.xs_get_perms("data/grant-test").unwrap(), dir_perms);
-    assert_eq!(
-        w.sim.xs_get_perms("data/grant-test/refs").unwrap(),
-        dir_perms
-    );
-    assert_eq!(
-        w.sim.xs_get_perms("data/grant-test/state").unwrap(),
-        dir_perms
-    );
+    for node in [
+        "data/grant-test",
+        "data/grant-test/refs",
+        "data/grant-test/state",
+    ] {
+        assert_eq!(r.w.sim.xs_get_perms(node).unwrap(), dir_perms, "{node}");
+    }
     // Every entry grants read-only access to PEER.
-    for &r in &refs {
+    for &gref in &refs {
         assert_eq!(
-            t.entry_flags(r),
+            r.t.entry_flags(gref),
             Some(gtf::PERMIT_ACCESS | gtf::READONLY),
-            "ref {r}"
+            "ref {gref}"
         );
         assert!(matches!(
-            t.ref_state(r),
+            r.t.ref_state(gref),
             Some(RefState::Granted {
                 domid: PEER,
                 readonly: true,
@@ -386,62 +589,61 @@ fn granter_happy_path_grants_verifies_and_frees_everything() {
         ));
     }
     // It watches the peer's state.
-    let ev = w.events();
+    let ev = r.w.events();
     assert!(is_watch_on(&ev, &peer_key("state")), "{ev:?}");
 
     // The simulated mapper maps every ref; a writable map of a read-only grant fails.
-    w.gnt.add_peer(PEER, 0, 8);
+    r.w.add_mapping_peer();
     assert_eq!(
-        w.gnt.peer_map_own(PEER, refs[0], false),
+        r.w.gnt.peer_map_own(PEER, refs[0], false),
         Err(gntst::GENERAL_ERROR)
     );
-    let maps = peer_maps(&w, &refs);
+    let maps = r.w.peer_maps(&refs);
     for (i, &(_, pfn)) in maps.iter().enumerate() {
-        assert_eq!(w.state_of(pfn), PageState::Allocated, "page {i}");
-        assert_eq!(w.frames.own[&pfn], pattern(i), "page {i} holds pattern {i}");
-        assert_ne!(t.entry_flags(refs[i]).unwrap() & gtf::READING, 0);
+        assert_eq!(r.w.state_of(pfn), PageState::Allocated, "page {i}");
+        assert_eq!(
+            r.w.frames.own[&pfn],
+            pattern(i),
+            "page {i} holds pattern {i}"
+        );
+        assert_ne!(r.t.entry_flags(refs[i]).unwrap() & gtf::READING, 0);
     }
 
     // Still unseen: the peer's xenstore does not exist yet.
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Granted);
+    r.tick();
+    assert_eq!(r.g.state(), PairState::Granted);
 
     // The peer publishes its checksum and state=mapped, and notifies.
-    w.peer_dir(true);
-    w.peer_write("checksum", encode_checksum(pattern_sum(N)));
-    w.peer_write("state", "mapped");
-    assert!(is_watch_on(&w.events(), &peer_key("state")));
-    w.sim.lock().evtchn.set_pending(port);
-    assert!(!g.notified());
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Granted);
-    assert_eq!(g.verified(), Some(true));
-    assert!(g.notified());
-    assert_eq!(w.ours("verified").as_deref(), Some("ok"));
-    assert_eq!(w.allocated(), alloc0 + N as u64);
+    r.w.peer_dir(true);
+    r.w.peer_write("checksum", encode_checksum(pattern_sum(N)));
+    r.w.peer_write("state", "mapped");
+    assert!(is_watch_on(&r.w.events(), &peer_key("state")));
+    r.w.sim.lock().evtchn.set_pending(port);
+    assert!(!r.g.notified());
+    r.tick();
+    assert_eq!(r.g.state(), PairState::Granted);
+    assert_eq!(r.g.verified(), Some(true));
+    assert!(r.g.notified());
+    assert_eq!(r.w.ours("verified").as_deref(), Some("ok"));
+    assert_eq!(r.w.allocated(), r.alloc0 + N as u64);
 
     // The peer unmaps and says so: every grant ends and every frame goes back.
-    for &(h, _) in &maps {
-        w.gnt.peer_unmap_own(h).unwrap();
-    }
-    w.peer_write("state", "unmapped");
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ended, "error: {:?}", g.error());
-    assert_eq!(w.ours("state").as_deref(), Some("ended"));
-    assert_eq!(w.allocated(), alloc0, "every frame freed");
-    assert_eq!(g.frames_held(), 0);
-    let st = t.status();
+    r.w.peer_unmaps(&maps);
+    r.peer_says("unmapped");
+    r.assert_ended();
+    assert_eq!(r.w.ours("state").as_deref(), Some("ended"));
+    assert_eq!(r.g.frames_held(), 0);
+    let st = r.t.status();
     assert_eq!((st.outstanding, st.deferred), (0, 0));
-    for &r in &refs {
-        assert_eq!(t.entry_flags(r), Some(0));
-        assert_eq!(t.ref_state(r), Some(RefState::Free));
+    for &gref in &refs {
+        assert_eq!(r.t.entry_flags(gref), Some(0));
+        assert_eq!(r.t.ref_state(gref), Some(RefState::Free));
     }
-    assert_eq!(w.port(port), None, "event channel closed");
-    assert_eq!(g.error(), None);
+    assert_eq!(r.w.port(port), None, "event channel closed");
+    assert_eq!(r.g.error(), None);
     // Ended is final: more ticks change nothing.
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ended);
-    assert_eq!(w.allocated(), alloc0);
+    r.tick();
+    r.assert_ended();
 }
 
 #[test]
@@ -453,248 +655,189 @@ fn granter_reports_a_wrong_checksum_as_mismatch() {
         "not a checksum".to_string(),
         encode_checksum(pattern_sum(8)).to_uppercase(),
     ] {
-        let mut w = World::new(64);
-        let mem = w.gnt.own_table();
-        let mut t = GrantTable::new(live(&mem));
-        let mut g = Granter::new(ME, 8);
-        granted(&mut w, &mut g, &mut t, 8);
-        w.peer_dir(true);
-        w.peer_write("checksum", &bad);
-        w.peer_write("state", "mapped");
-        w.granter_tick(&mut g, &mut t);
-        assert_eq!(g.verified(), Some(false), "{bad:?}");
-        assert_eq!(w.ours("verified").as_deref(), Some("mismatch"), "{bad:?}");
-        assert_eq!(g.state(), PairState::Granted);
+        let mut r = GranterRig::new(8);
+        r.grant();
+        r.w.peer_dir(true);
+        r.w.peer_write("checksum", &bad);
+        r.peer_says("mapped");
+        assert_eq!(r.g.verified(), Some(false), "{bad:?}");
+        assert_eq!(r.w.ours("verified").as_deref(), Some("mismatch"), "{bad:?}");
+        assert_eq!(r.g.state(), PairState::Granted);
     }
 }
 
 #[test]
 fn granter_ends_at_once_when_the_dead_mapper_s_mappings_are_gone() {
-    const N: usize = 8;
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, N as u32);
-    let alloc0 = w.allocated();
-    let (refs, port) = granted(&mut w, &mut g, &mut t, N);
-    w.gnt.add_peer(PEER, 0, 8);
-    peer_maps(&w, &refs);
-    w.peer_dir(true);
-    w.peer_write("state", "wait-grants");
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Granted);
+    let mut r = GranterRig::new(8);
+    let (refs, port) = r.grant();
+    r.w.peer_maps_all(&refs);
+    r.peer_appears(true, "wait-grants");
+    assert_eq!(r.g.state(), PairState::Granted);
 
     // xl destroy: Xen drops the peer's mappings of our grants, then its tree goes.
-    w.gnt.destroy_peer(PEER);
-    assert_eq!(w.gnt.own_mapped_count(), 0);
-    assert_eq!(t.entry_flags(refs[0]).unwrap() & gtf::READING, 0);
-    w.rm_peer_dir();
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ended, "error: {:?}", g.error());
-    assert_eq!(w.ours("state").as_deref(), Some("ended"));
-    assert_eq!(w.allocated(), alloc0);
-    assert_eq!(t.status().outstanding, 0);
-    assert_eq!(t.status().deferred, 0);
-    assert_eq!(w.port(port), None);
+    r.w.gnt.destroy_peer(PEER);
+    assert_eq!(r.w.gnt.own_mapped_count(), 0);
+    assert_eq!(r.t.entry_flags(refs[0]).unwrap() & gtf::READING, 0);
+    r.w.rm_peer_dir();
+    r.tick();
+    r.assert_ended();
+    assert_eq!(r.w.ours("state").as_deref(), Some("ended"));
+    assert_eq!(r.t.status().outstanding, 0);
+    assert_eq!(r.t.status().deferred, 0);
+    assert_eq!(r.w.port(port), None);
 }
 
 #[test]
 fn granter_defers_while_the_dead_mapper_still_maps_and_frees_only_what_is_released() {
     const N: usize = 8;
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, N as u32);
-    let alloc0 = w.allocated();
-    let (refs, port) = granted(&mut w, &mut g, &mut t, N);
-    w.gnt.add_peer(PEER, 0, 8);
-    let maps = peer_maps(&w, &refs);
-    w.peer_dir(true);
-    w.peer_write("state", "mapped");
-    w.granter_tick(&mut g, &mut t);
+    let mut r = GranterRig::new(N);
+    let (refs, port) = r.grant();
+    let maps = r.w.peer_maps_all(&refs);
+    r.peer_appears(true, "mapped");
 
     // The peer had unmapped half when it died; its xenstore tree goes first, Xen has not
     // torn down its domain yet.
-    for &(h, _) in &maps[..N / 2] {
-        w.gnt.peer_unmap_own(h).unwrap();
-    }
-    w.rm_peer_dir();
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ending);
-    assert_eq!(w.ours("state").as_deref(), Some("ending"));
-    assert_eq!(g.frames_held(), N / 2);
+    r.w.peer_unmaps(&maps[..N / 2]);
+    r.w.rm_peer_dir();
+    r.tick();
+    assert_eq!(r.g.state(), PairState::Ending);
+    assert_eq!(r.w.ours("state").as_deref(), Some("ending"));
+    assert_eq!(r.g.frames_held(), N / 2);
     assert_eq!(
-        w.allocated(),
-        alloc0 + (N / 2) as u64,
+        r.w.allocated(),
+        r.alloc0 + (N / 2) as u64,
         "only released frames freed"
     );
-    assert_eq!(t.status().deferred, (N / 2) as u64);
-    for (i, &r) in refs.iter().enumerate() {
-        let (state, pfn) = (t.ref_state(r).unwrap(), maps[i].1);
+    assert_eq!(r.t.status().deferred, (N / 2) as u64);
+    for (i, &gref) in refs.iter().enumerate() {
+        let (state, pfn) = (r.t.ref_state(gref).unwrap(), maps[i].1);
         if i < N / 2 {
-            assert_eq!(state, RefState::Free, "ref {r}");
+            assert_eq!(state, RefState::Free, "ref {gref}");
         } else {
             assert!(
                 matches!(state, RefState::Deferred { domid: PEER, .. }),
-                "ref {r}"
+                "ref {gref}"
             );
-            assert_eq!(w.state_of(pfn), PageState::Allocated, "mapped frame kept");
+            assert_eq!(r.w.state_of(pfn), PageState::Allocated, "mapped frame kept");
         }
     }
     // The port stays until the end.
-    assert!(w.port(port).is_some());
+    assert!(r.w.port(port).is_some());
 
     // Xen kills the domain: its mappings go. Nothing is retried before RETRY_NS.
-    w.gnt.destroy_peer(PEER);
-    w.sim.advance(RETRY_NS / 2);
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ending);
-    assert_eq!(w.allocated(), alloc0 + (N / 2) as u64);
-    w.sim.advance(RETRY_NS / 2);
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ended, "error: {:?}", g.error());
-    assert_eq!(w.ours("state").as_deref(), Some("ended"));
-    assert_eq!(w.allocated(), alloc0);
-    assert_eq!(g.frames_held(), 0);
-    assert_eq!((t.status().outstanding, t.status().deferred), (0, 0));
-    assert_eq!(w.port(port), None);
+    r.w.gnt.destroy_peer(PEER);
+    r.w.sim.advance(RETRY_NS / 2);
+    r.tick();
+    assert_eq!(r.g.state(), PairState::Ending);
+    assert_eq!(r.w.allocated(), r.alloc0 + (N / 2) as u64);
+    r.w.sim.advance(RETRY_NS / 2);
+    r.tick();
+    r.assert_ended();
+    assert_eq!(r.w.ours("state").as_deref(), Some("ended"));
+    assert_eq!(r.g.frames_held(), 0);
+    assert_eq!((r.t.status().outstanding, r.t.status().deferred), (0, 0));
+    assert_eq!(r.w.port(port), None);
 }
 
 #[test]
 fn granter_keeps_a_frame_the_peer_still_maps_after_saying_unmapped() {
     const N: usize = 4;
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, N as u32);
-    let alloc0 = w.allocated();
-    let (refs, _) = granted(&mut w, &mut g, &mut t, N);
-    w.gnt.add_peer(PEER, 0, 8);
-    let maps = peer_maps(&w, &refs);
+    let mut r = GranterRig::new(N);
+    let (refs, _) = r.grant();
+    let maps = r.w.peer_maps_all(&refs);
     // A second mapping of ref 0: one unmap is not enough.
-    let extra = w.gnt.peer_map_own(PEER, refs[0], true).unwrap();
-    w.peer_dir(true);
-    w.peer_write("checksum", encode_checksum(pattern_sum(N)));
-    for &(h, _) in &maps[1..] {
-        w.gnt.peer_unmap_own(h).unwrap();
-    }
-    w.gnt.peer_unmap_own(maps[0].0).unwrap();
-    w.peer_write("state", "unmapped");
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.verified(), Some(true));
-    assert_eq!(g.state(), PairState::Ending);
-    assert_eq!(g.frames_held(), 1);
-    assert_eq!(w.allocated(), alloc0 + 1);
-    assert_eq!(t.deferred().collect::<Vec<_>>(), [refs[0]]);
+    let extra = r.w.gnt.peer_map_own(PEER, refs[0], true).unwrap();
+    r.w.peer_dir(true);
+    r.w.peer_write("checksum", encode_checksum(pattern_sum(N)));
+    r.w.peer_unmaps(&maps[1..]);
+    r.w.peer_unmaps(&maps[..1]);
+    r.peer_says("unmapped");
+    assert_eq!(r.g.verified(), Some(true));
+    assert_eq!(r.g.state(), PairState::Ending);
+    assert_eq!(r.g.frames_held(), 1);
+    assert_eq!(r.w.allocated(), r.alloc0 + 1);
+    assert_eq!(r.t.deferred().collect::<Vec<_>>(), [refs[0]]);
     // Retries while still mapped free nothing and keep the entry granting.
     for _ in 0..3 {
-        w.sim.advance(RETRY_NS);
-        w.granter_tick(&mut g, &mut t);
-        assert_eq!(g.state(), PairState::Ending);
-        assert_eq!(w.allocated(), alloc0 + 1);
-        assert_eq!(w.state_of(maps[0].1), PageState::Allocated);
-        assert_ne!(t.entry_flags(refs[0]).unwrap() & gtf::PERMIT_ACCESS, 0);
-        assert_eq!(w.ours("state").as_deref(), Some("ending"));
+        r.w.sim.advance(RETRY_NS);
+        r.tick();
+        assert_eq!(r.g.state(), PairState::Ending);
+        assert_eq!(r.w.allocated(), r.alloc0 + 1);
+        assert_eq!(r.w.state_of(maps[0].1), PageState::Allocated);
+        assert_ne!(r.t.entry_flags(refs[0]).unwrap() & gtf::PERMIT_ACCESS, 0);
+        assert_eq!(r.w.ours("state").as_deref(), Some("ending"));
     }
-    w.gnt.peer_unmap_own(extra.handle).unwrap();
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ending, "not before RETRY_NS");
-    w.sim.advance(RETRY_NS);
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ended);
-    assert_eq!(w.allocated(), alloc0);
-    assert_eq!(t.status().deferred, 0);
-    assert_eq!(t.entry_flags(refs[0]), Some(0));
+    r.w.gnt.peer_unmap_own(extra.handle).unwrap();
+    r.tick();
+    assert_eq!(r.g.state(), PairState::Ending, "not before RETRY_NS");
+    r.w.sim.advance(RETRY_NS);
+    r.tick();
+    r.assert_ended();
+    assert_eq!(r.t.status().deferred, 0);
+    assert_eq!(r.t.entry_flags(refs[0]), Some(0));
 }
 
 #[test]
 fn granter_ends_when_the_peer_fails_or_reclaims() {
     for peer_state in ["failed", "reclaimed"] {
-        let mut w = World::new(64);
-        let mem = w.gnt.own_table();
-        let mut t = GrantTable::new(live(&mem));
-        let mut g = Granter::new(ME, 4);
-        let alloc0 = w.allocated();
-        granted(&mut w, &mut g, &mut t, 4);
-        w.peer_dir(true);
-        w.peer_write("state", "wait-grants");
-        w.granter_tick(&mut g, &mut t);
-        assert_eq!(g.state(), PairState::Granted);
-        w.peer_write("state", peer_state);
-        w.granter_tick(&mut g, &mut t);
-        assert_eq!(g.state(), PairState::Ended, "{peer_state}");
-        assert_eq!(w.allocated(), alloc0);
-        assert_eq!(g.verified(), None);
-        assert_eq!(w.ours("verified"), None);
+        let mut r = waiting_granter(true);
+        r.peer_says(peer_state);
+        assert_eq!(r.g.state(), PairState::Ended, "{peer_state}");
+        r.assert_ended();
+        assert_eq!(r.g.verified(), None);
+        assert_eq!(r.w.ours("verified"), None);
     }
 }
 
 #[test]
 fn granter_refuses_garbage_peers_allocates_nothing_and_keeps_waiting() {
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, 8);
-    let alloc0 = w.allocated();
+    let mut r = GranterRig::new(8);
     for (k, bad) in BAD_PEERS.iter().enumerate() {
-        w.set_peer(bad);
-        w.granter_tick(&mut g, &mut t);
+        r.w.set_peer(bad);
+        r.tick();
         // Polled again with the same value: refused, not counted twice.
-        w.granter_tick(&mut g, &mut t);
-        assert_eq!(g.state(), PairState::WaitPeer, "{bad:?}");
-        assert_eq!(
-            w.ours("rejected-peers"),
-            Some((k + 1).to_string()),
-            "{bad:?}"
-        );
-        let err = w.ours("peer-error").unwrap();
+        r.tick();
+        assert_eq!(r.g.state(), PairState::WaitPeer, "{bad:?}");
+        r.w.assert_rejected(k + 1, bad);
+        let err = r.w.ours("peer-error").unwrap();
         assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
-        assert_eq!(w.ours("state"), None, "{bad:?}");
-        assert_eq!(w.ours("refs"), None);
-        assert_eq!(w.allocated(), alloc0, "{bad:?}");
-        assert_eq!(g.frames_held(), 0);
-        assert_eq!(t.status().outstanding, 0);
-        assert!(w.frames.own.is_empty());
+        assert_eq!(r.w.ours("state"), None, "{bad:?}");
+        assert_eq!(r.w.ours("refs"), None);
+        assert_eq!(r.w.allocated(), r.alloc0, "{bad:?}");
+        assert_eq!(r.g.frames_held(), 0);
+        assert_eq!(r.t.status().outstanding, 0);
+        assert!(r.w.frames.own.is_empty());
         // No event channel beyond xenstore's.
-        assert_eq!(w.port(w.sim.xs_port() + 1), None);
+        assert_eq!(r.w.port(r.w.sim.xs_port() + 1), None);
     }
     // A good value at last.
-    granted(&mut w, &mut g, &mut t, 8);
-    assert_eq!(w.allocated(), alloc0 + 8);
-    assert_eq!(w.ours("rejected-peers"), Some(BAD_PEERS.len().to_string()));
+    r.grant();
+    assert_eq!(r.w.allocated(), r.alloc0 + 8);
+    assert_eq!(
+        r.w.ours("rejected-peers"),
+        Some(BAD_PEERS.len().to_string())
+    );
 }
 
 #[test]
 fn granter_gives_back_everything_when_refs_run_out() {
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
+    let mut r = GranterRig::new(128);
     // Somebody else holds all but 100 refs.
     let others: Vec<u32> = (0..504 - 100)
-        .map(|_| t.grant_access(9, 0x10, true).unwrap())
+        .map(|_| r.t.grant_access(9, 0x10, true).unwrap())
         .collect();
-    let alloc0 = w.allocated();
-    let mut g = Granter::new(ME, 128);
-    w.set_peer(&PEER.to_string());
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Failed);
-    assert!(
-        g.error().unwrap().contains("grant 101 of 128"),
-        "{:?}",
-        g.error()
-    );
-    assert_eq!(w.allocated(), alloc0);
-    assert_eq!(g.frames_held(), 0);
-    assert_eq!(t.status().outstanding, others.len() as u64);
-    assert_eq!(t.status().free, 100);
-    assert_eq!(w.ours("refs"), None);
+    r.introduce();
+    r.assert_failed("grant 101 of 128");
+    assert_eq!(r.w.allocated(), r.alloc0);
+    assert_eq!(r.g.frames_held(), 0);
+    assert_eq!(r.t.status().outstanding, others.len() as u64);
+    assert_eq!(r.t.status().free, 100);
+    assert_eq!(r.w.ours("refs"), None);
 }
 
 #[test]
 fn granter_gives_back_its_frames_when_memory_runs_out() {
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
+    let w = World::new(64);
     let mut hog = Vec::new();
     while let Ok(p) = w.mm.alloc_frames(0) {
         hog.push(p);
@@ -702,113 +845,80 @@ fn granter_gives_back_its_frames_when_memory_runs_out() {
     for p in hog.drain(..10) {
         w.mm.free_frames(p, 0).unwrap();
     }
-    let alloc0 = w.allocated();
-    let mut g = Granter::new(ME, 16);
-    w.set_peer(&PEER.to_string());
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Failed);
-    assert_eq!(w.allocated(), alloc0);
-    assert_eq!(t.status().outstanding, 0);
-    assert_eq!(w.mm.census().pages_in(StateKind::Free), 10);
+    let mut r = GranterRig::on(w, 16);
+    r.introduce();
+    assert_eq!(r.g.state(), PairState::Failed);
+    assert_eq!(r.w.allocated(), r.alloc0);
+    assert_eq!(r.t.status().outstanding, 0);
+    assert_eq!(r.w.mm.census().pages_in(StateKind::Free), 10);
 }
 
 // ---- mapper ----------------------------------------------------------------------------
 
-/// A simulated granter (PEER) with `n` pattern pages granted read-only to us; returns
-/// the refs (page order).
-fn sim_granter(w: &World, n: usize) -> Vec<u32> {
-    w.gnt.add_peer(PEER, n, n + 16);
-    (0..n)
-        .map(|i| {
-            w.gnt.peer_write_frame(PEER, i, &pattern(i));
-            w.gnt.peer_grant(PEER, i, ME, true)
-        })
-        .collect()
-}
-
-/// The simulated granter publishes refs, evtchn and state=granted.
-fn publish_grants(w: &World, refs: &[u32]) {
-    w.peer_write("pages", refs.len().to_string());
-    w.peer_write("refs", encode_refs(refs));
-    w.peer_write("evtchn", PEER_PORT.to_string());
-    w.peer_write("state", "granted");
-}
-
-/// A mapper that has mapped `n` pages of the simulated granter.
-fn mapped(w: &mut World, m: &mut Mapper, fm: &mut ForeignMapper, n: usize) -> Vec<u32> {
-    let refs = sim_granter(w, n);
-    w.peer_dir(true);
-    publish_grants(w, &refs);
-    w.set_peer(&PEER.to_string());
-    w.mapper_tick(m, fm);
-    w.mapper_tick(m, fm);
-    assert_eq!(m.state(), PairState::Mapped, "error: {:?}", m.error());
-    refs
-}
-
 fn mapper_happy_path(n: usize) {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    let ram0 = w.mm.census().ram_pages();
-    let refs = sim_granter(&w, n);
+    let mut r = MapperRig::new();
+    let ram0 = r.w.mm.census().ram_pages();
+    let refs = r.w.sim_granter(n);
     // Granted, but the directory not yet shared with us.
-    w.peer_dir(false);
-    publish_grants(&w, &refs);
+    r.w.peer_dir(false);
+    r.w.publish_grants(&refs);
 
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::WaitPeer);
-    assert_eq!(w.ours("state"), None);
+    r.tick();
+    assert_eq!(r.m.state(), PairState::WaitPeer);
+    assert_eq!(r.w.ours("state"), None);
 
-    w.set_peer(&PEER.to_string());
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::WaitGrants);
-    assert_eq!(w.ours("state").as_deref(), Some("wait-grants"));
+    r.w.introduce();
+    r.tick();
+    assert_eq!(r.m.state(), PairState::WaitGrants);
+    assert_eq!(r.w.ours("state").as_deref(), Some("wait-grants"));
     assert_eq!(
-        w.sim.xs_get_perms("data/grant-test/state").unwrap(),
+        r.w.sim.xs_get_perms("data/grant-test/state").unwrap(),
         [perm(XsPermKind::None, ME), perm(XsPermKind::Read, PEER)]
     );
-    let ev = w.events();
+    let ev = r.w.events();
     assert!(is_watch_on(&ev, &peer_key("state")), "{ev:?}");
     assert!(is_watch_on(&ev, "data/grant-test/command"), "{ev:?}");
 
     // EACCES on the granter's state: keep waiting, map nothing.
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::WaitGrants);
-    assert_eq!(w.gnt.stats().calls, 0);
-    assert_eq!(w.foreign(), 0);
+    r.tick();
+    assert_eq!(r.m.state(), PairState::WaitGrants);
+    assert_eq!(r.w.gnt.stats().calls, 0);
+    assert_eq!(r.w.foreign(), 0);
 
-    w.share_peer_dir(true);
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Mapped, "error: {:?}", m.error());
+    r.w.share_peer_dir(true);
+    r.tick();
+    assert_eq!(r.m.state(), PairState::Mapped, "error: {:?}", r.m.error());
     let batches = n.div_ceil(MAX_BATCH) as u64;
-    assert_eq!(w.gnt.stats().calls, batches, "map batches");
-    assert_eq!(m.slots().len(), n);
+    assert_eq!(r.w.gnt.stats().calls, batches, "map batches");
+    assert_eq!(r.m.slots().len(), n);
     assert_eq!(
-        w.foreign(),
+        r.w.foreign(),
         n as u64,
         "census: foreign pages in the device range"
     );
-    assert_eq!(w.mm.census().ram_pages(), ram0);
-    assert_eq!(fm.status().foreign_mapped, n as u64);
-    for (i, &pfn) in m.slots().iter().enumerate() {
-        assert!(w.window.device.contains(pfn));
-        match w.device_state(pfn) {
+    assert_eq!(r.w.mm.census().ram_pages(), ram0);
+    assert_eq!(r.fm.status().foreign_mapped, n as u64);
+    for (i, &pfn) in r.m.slots().iter().enumerate() {
+        assert!(r.w.window.device.contains(pfn));
+        match r.w.device_state(pfn) {
             PageState::Foreign(f) => assert_eq!((f.domid, f.gref), (PEER, refs[i]), "slot {i}"),
             s => panic!("slot {i} {pfn:?} is {s:?}"),
         }
-        assert_eq!(w.gnt.mapped_frame(pfn.0).unwrap(), pattern(i));
-        assert_ne!(w.gnt.peer_entry(PEER, refs[i]).flags & gtf::READING, 0);
+        assert_eq!(r.w.gnt.mapped_frame(pfn.0).unwrap(), pattern(i));
+        assert_ne!(r.w.gnt.peer_entry(PEER, refs[i]).flags & gtf::READING, 0);
     }
-    assert_eq!(w.ours("checksum").unwrap(), encode_checksum(pattern_sum(n)));
-    assert_eq!(w.ours("pattern-errors").as_deref(), Some("0"));
-    assert_eq!(w.ours("mapped"), Some(n.to_string()));
-    assert_eq!(w.ours("state").as_deref(), Some("mapped"));
-    assert!(w.ours("map-us").unwrap().parse::<u64>().is_ok());
-    assert!(w.ours("verify-us").unwrap().parse::<u64>().is_ok());
+    assert_eq!(
+        r.w.ours("checksum").unwrap(),
+        encode_checksum(pattern_sum(n))
+    );
+    assert_eq!(r.w.ours("pattern-errors").as_deref(), Some("0"));
+    assert_eq!(r.w.ours("mapped"), Some(n.to_string()));
+    assert_eq!(r.w.ours("state").as_deref(), Some("mapped"));
+    assert!(r.w.ours("map-us").unwrap().parse::<u64>().is_ok());
+    assert!(r.w.ours("verify-us").unwrap().parse::<u64>().is_ok());
     // Bound to the granter's port and notified it once.
     let bound: Vec<(Port, u64)> = {
-        let st = w.sim.lock();
+        let st = r.w.sim.lock();
         (1..32)
             .filter_map(|p| st.evtchn.get(p).map(|s| (p, s)))
             .filter(|(_, s)| {
@@ -823,45 +933,42 @@ fn mapper_happy_path(n: usize) {
     };
     assert_eq!(bound.len(), 1, "{bound:?}");
     let port = bound[0].0;
-    assert_eq!(w.port_sends(port), 1);
+    assert_eq!(r.w.port_sends(port), 1);
 
     // More ticks and an unknown command change nothing (the command is consumed).
-    w.sim
-        .xs_write("data/grant-test/command", "frobnicate")
-        .unwrap();
-    assert!(is_watch_on(&w.events(), "data/grant-test/command"));
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(w.ours("command").as_deref(), Some(""), "command consumed");
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Mapped);
-    assert_eq!(w.foreign(), n as u64);
-    assert_eq!(w.gnt.stats().calls, batches);
+    r.w.command("frobnicate");
+    assert!(is_watch_on(&r.w.events(), "data/grant-test/command"));
+    r.tick();
+    assert_eq!(r.w.ours("command").as_deref(), Some(""), "command consumed");
+    r.tick();
+    assert_eq!(r.m.state(), PairState::Mapped);
+    assert_eq!(r.w.foreign(), n as u64);
+    assert_eq!(r.w.gnt.stats().calls, batches);
 
     // The toolstack says unmap.
-    let slots = m.slots().to_vec();
-    w.sim.xs_write("data/grant-test/command", "unmap").unwrap();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Unmapped, "error: {:?}", m.error());
-    assert!(m.slots().is_empty());
+    let slots = r.m.slots().to_vec();
+    r.command("unmap");
+    assert_eq!(r.m.state(), PairState::Unmapped, "error: {:?}", r.m.error());
+    assert!(r.m.slots().is_empty());
     for &pfn in &slots {
-        assert_eq!(w.device_state(pfn), PageState::Unpopulated);
+        assert_eq!(r.w.device_state(pfn), PageState::Unpopulated);
     }
-    assert_eq!(w.foreign(), 0);
-    assert_eq!(fm.status().foreign_mapped, 0);
-    assert!(w.gnt.mapped_gfns().is_empty());
-    assert_eq!(w.gnt.stats().unmaps_ok, n as u64);
-    assert_eq!(w.gnt.stats().calls, 2 * batches);
-    assert_eq!(w.ours("state").as_deref(), Some("unmapped"));
-    assert_eq!(w.ours("mapped").as_deref(), Some("0"));
-    assert_eq!(w.ours("command").as_deref(), Some(""));
-    assert!(w.ours("unmap-us").is_some());
-    assert_eq!(w.port(port), None, "event channel closed");
+    assert_eq!(r.w.foreign(), 0);
+    assert_eq!(r.fm.status().foreign_mapped, 0);
+    assert!(r.w.gnt.mapped_gfns().is_empty());
+    assert_eq!(r.w.gnt.stats().unmaps_ok, n as u64);
+    assert_eq!(r.w.gnt.stats().calls, 2 * batches);
+    assert_eq!(r.w.ours("state").as_deref(), Some("unmapped"));
+    assert_eq!(r.w.ours("mapped").as_deref(), Some("0"));
+    assert_eq!(r.w.ours("command").as_deref(), Some(""));
+    assert!(r.w.ours("unmap-us").is_some());
+    assert_eq!(r.w.port(port), None, "event channel closed");
     // The granter can end access now.
-    for &r in &refs {
-        assert_eq!(w.gnt.peer_entry(PEER, r).flags & gtf::READING, 0);
-        assert!(w.gnt.peer_end_access(PEER, r));
+    for &gref in &refs {
+        assert_eq!(r.w.gnt.peer_entry(PEER, gref).flags & gtf::READING, 0);
+        assert!(r.w.gnt.peer_end_access(PEER, gref));
     }
-    assert_eq!(m.error(), None);
+    assert_eq!(r.m.error(), None);
 }
 
 #[test]
@@ -876,28 +983,23 @@ fn mapper_happy_path_100_pages_two_batches() {
 
 #[test]
 fn mapper_counts_pages_without_the_pattern() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    let refs = sim_granter(&w, 10);
+    let mut r = MapperRig::new();
+    let refs = r.w.sim_granter(10);
     let mut bad = pattern(3);
     bad[100] ^= 0xff;
-    w.gnt.peer_write_frame(PEER, 3, &bad);
-    w.gnt.peer_write_frame(PEER, 7, &pattern(6));
-    w.peer_dir(true);
-    publish_grants(&w, &refs);
-    w.set_peer(&PEER.to_string());
-    w.mapper_tick(&mut m, &mut fm);
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Mapped);
-    assert_eq!(w.ours("pattern-errors").as_deref(), Some("2"));
-    let pages: Vec<Frame> = (0..10).map(|i| w.gnt.peer_frame(PEER, i)).collect();
+    r.w.gnt.peer_write_frame(PEER, 3, &bad);
+    r.w.gnt.peer_write_frame(PEER, 7, &pattern(6));
+    r.w.share_grants(&refs);
+    r.introduce();
+    assert_eq!(r.m.state(), PairState::Mapped);
+    assert_eq!(r.w.ours("pattern-errors").as_deref(), Some("2"));
+    let pages: Vec<Frame> = (0..10).map(|i| r.w.gnt.peer_frame(PEER, i)).collect();
     assert_eq!(
-        w.ours("checksum").unwrap(),
+        r.w.ours("checksum").unwrap(),
         encode_checksum(handshake::checksum(pages.iter().map(|p| &p[..])))
     );
     assert_ne!(
-        w.ours("checksum").unwrap(),
+        r.w.ours("checksum").unwrap(),
         encode_checksum(pattern_sum(10))
     );
 }
@@ -905,74 +1007,73 @@ fn mapper_counts_pages_without_the_pattern() {
 #[test]
 fn mapper_reclaims_a_dead_granter_s_pages() {
     const N: usize = 70;
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    mapped(&mut w, &mut m, &mut fm, N);
-    let slots = m.slots().to_vec();
+    let mut r = MapperRig::new();
+    r.map_granter(N);
+    let slots = r.m.slots().to_vec();
 
-    w.gnt.destroy_peer(PEER);
-    assert!(w.gnt.peer_exists(PEER), "a zombie while we map it");
-    w.rm_peer_dir();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Reclaimed, "error: {:?}", m.error());
-    assert!(m.slots().is_empty());
+    r.w.gnt.destroy_peer(PEER);
+    assert!(r.w.gnt.peer_exists(PEER), "a zombie while we map it");
+    r.w.rm_peer_dir();
+    r.tick();
+    assert_eq!(
+        r.m.state(),
+        PairState::Reclaimed,
+        "error: {:?}",
+        r.m.error()
+    );
+    r.assert_nothing_mapped();
     for &pfn in &slots {
-        assert_eq!(w.device_state(pfn), PageState::Unpopulated);
+        assert_eq!(r.w.device_state(pfn), PageState::Unpopulated);
     }
-    assert_eq!(w.foreign(), 0);
-    assert_eq!(w.mm.census().pages_in(StateKind::Foreign), 0);
-    assert!(w.gnt.mapped_gfns().is_empty());
+    assert_eq!(r.w.mm.census().pages_in(StateKind::Foreign), 0);
     assert!(
-        !w.gnt.peer_exists(PEER),
+        !r.w.gnt.peer_exists(PEER),
         "the zombie went with the last unmap"
     );
-    assert_eq!(w.ours("state").as_deref(), Some("reclaimed"));
-    assert_eq!(w.ours("reclaimed"), Some(N.to_string()));
-    assert_eq!(w.ours("reclaim-failed").as_deref(), Some("0"));
-    assert_eq!(fm.status().foreign_mapped, 0);
-    assert_eq!(fm.status().slots_free, fm.status().slots_total);
+    assert_eq!(r.w.ours("state").as_deref(), Some("reclaimed"));
+    assert_eq!(r.w.ours("reclaimed"), Some(N.to_string()));
+    assert_eq!(r.w.ours("reclaim-failed").as_deref(), Some("0"));
+    assert_eq!(r.fm.status().foreign_mapped, 0);
+    assert_eq!(r.fm.status().slots_free, r.fm.status().slots_total);
 }
 
 #[test]
 fn mapper_reclaim_counts_mappings_xen_already_dropped() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    mapped(&mut w, &mut m, &mut fm, 5);
-    w.gnt.revoke_mappings_of(PEER);
-    w.gnt.destroy_peer(PEER);
-    w.rm_peer_dir();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Reclaimed);
-    assert_eq!(w.ours("reclaimed").as_deref(), Some("5"));
-    assert_eq!(w.foreign(), 0);
-    assert!(m.slots().is_empty());
+    let mut r = MapperRig::new();
+    r.map_granter(5);
+    r.w.gnt.revoke_mappings_of(PEER);
+    r.w.gnt.destroy_peer(PEER);
+    r.w.rm_peer_dir();
+    r.tick();
+    assert_eq!(r.m.state(), PairState::Reclaimed);
+    assert_eq!(r.w.ours("reclaimed").as_deref(), Some("5"));
+    assert_eq!(r.w.foreign(), 0);
+    assert!(r.m.slots().is_empty());
 }
 
 #[test]
 fn mapper_keeps_and_retries_slots_xen_refused_to_unmap_at_reclaim() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    mapped(&mut w, &mut m, &mut fm, 5);
-    w.gnt.destroy_peer(PEER);
-    w.rm_peer_dir();
-    w.gnt
+    let mut r = MapperRig::new();
+    r.map_granter(5);
+    r.w.gnt.destroy_peer(PEER);
+    r.w.rm_peer_dir();
+    r.w.gnt
         .faults(|f| f.unmap_status = Some((gntst::GENERAL_ERROR, 2)));
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Reclaimed);
-    assert_eq!(w.ours("reclaim-failed").as_deref(), Some("2"));
-    assert_eq!(w.foreign(), 2);
-    assert_eq!(m.slots().len(), 2, "the slots still mapped stay accounted");
-    assert!(w.gnt.peer_exists(PEER), "zombie pinned by our 2 mappings");
+    r.tick();
+    assert_eq!(r.m.state(), PairState::Reclaimed);
+    assert_eq!(r.w.ours("reclaim-failed").as_deref(), Some("2"));
+    assert_eq!(r.w.foreign(), 2);
+    assert_eq!(
+        r.m.slots().len(),
+        2,
+        "the slots still mapped stay accounted"
+    );
+    assert!(r.w.gnt.peer_exists(PEER), "zombie pinned by our 2 mappings");
     // A later tick tries again.
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Reclaimed);
-    assert_eq!(w.foreign(), 0);
-    assert!(m.slots().is_empty());
-    assert!(!w.gnt.peer_exists(PEER));
-    assert!(w.gnt.mapped_gfns().is_empty());
+    r.tick();
+    assert_eq!(r.m.state(), PairState::Reclaimed);
+    r.assert_nothing_mapped();
+    assert!(!r.w.gnt.peer_exists(PEER));
 }
 
 #[test]
@@ -988,155 +1089,119 @@ fn mapper_refuses_garbage_refs_and_leaves_nothing_mapped() {
         "0x8".to_string(),
         encode_refs(&too_many),
     ] {
-        let mut w = World::new(64);
-        let mut fm = ForeignMapper::new(w.window.device);
-        let mut m = Mapper::new(ME);
-        sim_granter(&w, 4);
-        w.peer_dir(true);
-        w.peer_write("refs", &bad);
-        w.peer_write("state", "granted");
-        w.set_peer(&PEER.to_string());
-        w.mapper_tick(&mut m, &mut fm);
-        w.mapper_tick(&mut m, &mut fm);
-        assert_eq!(m.state(), PairState::Failed, "{bad:?}");
-        assert!(m.error().is_some_and(|e| e.contains("refs")), "{bad:?}");
-        assert_eq!(w.ours("state").as_deref(), Some("failed"));
-        assert!(w.ours("error").is_some());
-        assert_eq!(w.ours("checksum"), None);
-        assert_eq!(w.gnt.stats().calls, 0, "{bad:?}: nothing mapped");
-        assert_eq!(w.foreign(), 0);
-        assert!(m.slots().is_empty());
+        let mut r = MapperRig::new();
+        r.w.sim_granter(4);
+        r.w.peer_dir(true);
+        r.w.peer_write("refs", &bad);
+        r.w.peer_write("state", "granted");
+        r.introduce();
+        assert_eq!(r.m.state(), PairState::Failed, "{bad:?}");
+        assert!(r.m.error().is_some_and(|e| e.contains("refs")), "{bad:?}");
+        assert_eq!(r.w.ours("state").as_deref(), Some("failed"));
+        assert!(r.w.ours("error").is_some());
+        assert_eq!(r.w.ours("checksum"), None);
+        assert_eq!(r.w.gnt.stats().calls, 0, "{bad:?}: nothing mapped");
+        assert_eq!(r.w.foreign(), 0);
+        assert!(r.m.slots().is_empty());
     }
     // Granted but no refs at all.
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    w.peer_dir(true);
-    w.peer_write("state", "granted");
-    w.set_peer(&PEER.to_string());
-    w.mapper_tick(&mut m, &mut fm);
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Failed);
-    assert_eq!(w.foreign(), 0);
+    let mut r = MapperRig::new();
+    r.w.peer_dir(true);
+    r.w.peer_write("state", "granted");
+    r.introduce();
+    assert_eq!(r.m.state(), PairState::Failed);
+    assert_eq!(r.w.foreign(), 0);
 }
 
 #[test]
 fn mapper_unmaps_everything_when_a_ref_of_the_second_batch_fails() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    let mut refs = sim_granter(&w, 100);
+    let mut r = MapperRig::new();
+    let mut refs = r.w.sim_granter(100);
     // Page 80's ref does not exist in the granter's table; page 90's grants another domain.
     refs[80] = 999;
-    refs[90] = w.gnt.peer_grant(PEER, 90, 42, true);
-    w.peer_dir(true);
-    publish_grants(&w, &refs);
-    w.set_peer(&PEER.to_string());
-    w.mapper_tick(&mut m, &mut fm);
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Failed);
-    assert!(m.error().unwrap().contains("999"), "{:?}", m.error());
-    assert_eq!(w.foreign(), 0);
-    assert!(m.slots().is_empty());
-    assert!(w.gnt.mapped_gfns().is_empty());
-    assert_eq!(fm.status().foreign_mapped, 0);
-    assert_eq!(w.ours("checksum"), None);
-    assert!(w.gnt.peer_end_access(PEER, refs[0]));
+    refs[90] = r.w.gnt.peer_grant(PEER, 90, 42, true);
+    r.w.share_grants(&refs);
+    r.introduce();
+    r.assert_failed("999");
+    r.assert_nothing_mapped();
+    assert_eq!(r.fm.status().foreign_mapped, 0);
+    assert_eq!(r.w.ours("checksum"), None);
+    assert!(r.w.gnt.peer_end_access(PEER, refs[0]));
 }
 
 #[test]
 fn mapper_refuses_garbage_peers_and_keeps_waiting() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    let refs = sim_granter(&w, 3);
-    w.peer_dir(true);
-    publish_grants(&w, &refs);
+    let mut r = MapperRig::new();
+    let refs = r.w.sim_granter(3);
+    r.w.share_grants(&refs);
     for (k, bad) in BAD_PEERS.iter().enumerate() {
-        w.set_peer(bad);
-        w.mapper_tick(&mut m, &mut fm);
-        w.mapper_tick(&mut m, &mut fm);
-        assert_eq!(m.state(), PairState::WaitPeer, "{bad:?}");
-        assert_eq!(
-            w.ours("rejected-peers"),
-            Some((k + 1).to_string()),
-            "{bad:?}"
-        );
-        assert!(w.ours("peer-error").is_some());
-        assert_eq!(w.ours("state"), None);
-        assert_eq!(w.gnt.stats().calls, 0);
+        r.w.set_peer(bad);
+        r.tick();
+        r.tick();
+        assert_eq!(r.m.state(), PairState::WaitPeer, "{bad:?}");
+        r.w.assert_rejected(k + 1, bad);
+        assert_eq!(r.w.ours("state"), None);
+        assert_eq!(r.w.gnt.stats().calls, 0);
     }
-    w.set_peer(&PEER.to_string());
-    w.mapper_tick(&mut m, &mut fm);
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Mapped);
-    assert_eq!(w.foreign(), 3);
+    r.introduce();
+    assert_eq!(r.m.state(), PairState::Mapped);
+    assert_eq!(r.w.foreign(), 3);
 }
 
 #[test]
 fn mapper_fails_cleanly_when_the_granter_dies_before_the_map() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    let refs = sim_granter(&w, 8);
-    w.peer_dir(true);
-    publish_grants(&w, &refs);
-    w.set_peer(&PEER.to_string());
-    w.mapper_tick(&mut m, &mut fm);
-    w.gnt.destroy_peer(PEER);
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Failed);
-    assert_eq!(w.foreign(), 0);
-    assert!(m.slots().is_empty());
+    let mut r = MapperRig::new();
+    let refs = r.w.sim_granter(8);
+    r.w.share_grants(&refs);
+    r.w.introduce();
+    r.tick();
+    r.w.gnt.destroy_peer(PEER);
+    r.tick();
+    assert_eq!(r.m.state(), PairState::Failed);
+    assert_eq!(r.w.foreign(), 0);
+    assert!(r.m.slots().is_empty());
 }
 
 #[test]
 fn mapper_verify_command_rereads_the_mapped_pages() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    mapped(&mut w, &mut m, &mut fm, 12);
+    let mut r = MapperRig::new();
+    r.map_granter(12);
     let sum = encode_checksum(pattern_sum(12));
-    assert_eq!(w.ours("checksum"), Some(sum.clone()));
-    let calls = w.gnt.stats().calls;
+    assert_eq!(r.w.ours("checksum"), Some(sum.clone()));
+    let calls = r.w.gnt.stats().calls;
 
-    w.sim.xs_write("data/grant-test/command", "verify").unwrap();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Mapped);
-    assert_eq!(w.ours("verify-runs").as_deref(), Some("1"));
-    assert_eq!(w.ours("pattern-errors").as_deref(), Some("0"));
-    assert_eq!(w.ours("checksum"), Some(sum.clone()));
-    assert_eq!(w.ours("command").as_deref(), Some(""));
-    assert_eq!(w.gnt.stats().calls, calls, "no map or unmap");
+    r.command("verify");
+    assert_eq!(r.m.state(), PairState::Mapped);
+    assert_eq!(r.w.ours("verify-runs").as_deref(), Some("1"));
+    assert_eq!(r.w.ours("pattern-errors").as_deref(), Some("0"));
+    assert_eq!(r.w.ours("checksum"), Some(sum.clone()));
+    assert_eq!(r.w.ours("command").as_deref(), Some(""));
+    assert_eq!(r.w.gnt.stats().calls, calls, "no map or unmap");
 
     // The granter changes page 2 behind the mapping: the next verify sees it.
     let mut p = pattern(2);
     p[4095] ^= 1;
-    w.gnt.peer_write_frame(PEER, 2, &p);
-    w.sim.xs_write("data/grant-test/command", "verify").unwrap();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(w.ours("verify-runs").as_deref(), Some("2"));
-    assert_eq!(w.ours("pattern-errors").as_deref(), Some("1"));
-    assert_ne!(w.ours("checksum"), Some(sum));
-    assert_eq!(m.slots().len(), 12);
-    assert_eq!(w.foreign(), 12);
+    r.w.gnt.peer_write_frame(PEER, 2, &p);
+    r.command("verify");
+    assert_eq!(r.w.ours("verify-runs").as_deref(), Some("2"));
+    assert_eq!(r.w.ours("pattern-errors").as_deref(), Some("1"));
+    assert_ne!(r.w.ours("checksum"), Some(sum));
+    assert_eq!(r.m.slots().len(), 12);
+    assert_eq!(r.w.foreign(), 12);
 }
 
 #[test]
 fn mapper_bench_command_remaps_everything_in_page_order() {
     const N: usize = 70;
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    let refs = mapped(&mut w, &mut m, &mut fm, N);
-    let calls = w.gnt.stats().calls;
-    w.sim.xs_write("data/grant-test/command", "bench").unwrap();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Mapped);
+    let mut r = MapperRig::new();
+    let refs = r.map_granter(N);
+    let calls = r.w.gnt.stats().calls;
+    r.command("bench");
+    assert_eq!(r.m.state(), PairState::Mapped);
     // Per round: unmap and map, in 2 batches of <= 64, then in N batches of 1.
     let rounds = u64::from(BENCH_ROUNDS);
     assert_eq!(
-        w.gnt.stats().calls - calls,
+        r.w.gnt.stats().calls - calls,
         rounds * 2 * (2 + N as u64),
         "hypercalls"
     );
@@ -1147,69 +1212,65 @@ fn mapper_bench_command_remaps_everything_in_page_order() {
         "bench/batch-1/unmap-us",
     ] {
         assert!(
-            w.ours(key).is_some_and(|v| v.parse::<u64>().is_ok()),
+            r.w.ours(key).is_some_and(|v| v.parse::<u64>().is_ok()),
             "{key}"
         );
     }
-    assert_eq!(w.ours("bench/error"), None);
-    assert_eq!(w.ours("bench-runs").as_deref(), Some("1"));
-    assert_eq!(w.ours("pattern-errors").as_deref(), Some("0"));
-    assert_eq!(w.ours("mapped"), Some(N.to_string()));
-    assert_eq!(w.ours("command").as_deref(), Some(""));
-    assert_eq!(m.slots().len(), N);
-    assert_eq!(w.foreign(), N as u64);
-    assert_eq!(w.gnt.mapped_gfns().len(), N);
-    for (i, &pfn) in m.slots().iter().enumerate() {
-        assert_eq!(w.gnt.mapping_at(pfn.0).unwrap().1, refs[i], "slot {i}");
-        assert_eq!(w.gnt.mapped_frame(pfn.0).unwrap(), pattern(i));
+    assert_eq!(r.w.ours("bench/error"), None);
+    assert_eq!(r.w.ours("bench-runs").as_deref(), Some("1"));
+    assert_eq!(r.w.ours("pattern-errors").as_deref(), Some("0"));
+    assert_eq!(r.w.ours("mapped"), Some(N.to_string()));
+    assert_eq!(r.w.ours("command").as_deref(), Some(""));
+    assert_eq!(r.m.slots().len(), N);
+    assert_eq!(r.w.foreign(), N as u64);
+    assert_eq!(r.w.gnt.mapped_gfns().len(), N);
+    for (i, &pfn) in r.m.slots().iter().enumerate() {
+        assert_eq!(r.w.gnt.mapping_at(pfn.0).unwrap().1, refs[i], "slot {i}");
+        assert_eq!(r.w.gnt.mapped_frame(pfn.0).unwrap(), pattern(i));
     }
     // Still unmaps cleanly afterwards.
-    w.sim.xs_write("data/grant-test/command", "unmap").unwrap();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Unmapped);
-    assert_eq!(w.foreign(), 0);
-    assert!(w.gnt.mapped_gfns().is_empty());
+    r.command("unmap");
+    assert_eq!(r.m.state(), PairState::Unmapped);
+    assert_eq!(r.w.foreign(), 0);
+    assert!(r.w.gnt.mapped_gfns().is_empty());
 }
 
 #[test]
 fn mapper_bench_that_cannot_remap_keeps_its_accounting() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    mapped(&mut w, &mut m, &mut fm, 10);
+    let mut r = MapperRig::new();
+    r.map_granter(10);
     // The granter died (Xen side) but its tree is still there: the unmaps work, the
     // maps are refused.
-    w.gnt.destroy_peer(PEER);
-    w.sim.xs_write("data/grant-test/command", "bench").unwrap();
-    w.mapper_tick(&mut m, &mut fm);
-    assert!(w.ours("bench/error").is_some());
-    assert_eq!(w.ours("mapped").as_deref(), Some("0"));
-    assert!(m.slots().is_empty());
-    assert_eq!(w.foreign(), 0);
-    assert!(!w.gnt.peer_exists(PEER));
-    w.rm_peer_dir();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Reclaimed);
-    assert_eq!(w.foreign(), 0);
+    r.w.gnt.destroy_peer(PEER);
+    r.command("bench");
+    assert!(r.w.ours("bench/error").is_some());
+    assert_eq!(r.w.ours("mapped").as_deref(), Some("0"));
+    assert!(r.m.slots().is_empty());
+    assert_eq!(r.w.foreign(), 0);
+    assert!(!r.w.gnt.peer_exists(PEER));
+    r.w.rm_peer_dir();
+    r.tick();
+    assert_eq!(r.m.state(), PairState::Reclaimed);
+    assert_eq!(r.w.foreign(), 0);
 }
 
 #[test]
 fn granter_rw_grants_writable_access_and_finds_the_mapper_s_stamps() {
     const N: usize = 4;
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, N as u32).writable(true);
-    let alloc0 = w.allocated();
-    let (refs, _) = granted(&mut w, &mut g, &mut t, N);
-    assert_eq!(w.ours("access").as_deref(), Some("rw"));
-    w.gnt.add_peer(PEER, 0, 8);
+    let mut r = GranterRig::new(N).writable();
+    let (refs, _) = r.grant();
+    assert_eq!(r.w.ours("access").as_deref(), Some("rw"));
+    r.w.add_mapping_peer();
     let mut maps = Vec::new();
-    for &r in &refs {
-        assert_eq!(t.entry_flags(r), Some(gtf::PERMIT_ACCESS), "ref {r}");
-        let m = w.gnt.peer_map_own(PEER, r, false).unwrap();
+    for &gref in &refs {
         assert_eq!(
-            t.entry_flags(r).unwrap() & (gtf::READING | gtf::WRITING),
+            r.t.entry_flags(gref),
+            Some(gtf::PERMIT_ACCESS),
+            "ref {gref}"
+        );
+        let m = r.w.gnt.peer_map_own(PEER, gref, false).unwrap();
+        assert_eq!(
+            r.t.entry_flags(gref).unwrap() & (gtf::READING | gtf::WRITING),
             gtf::READING | gtf::WRITING
         );
         maps.push((m.handle, Pfn(u64::from(m.frame))));
@@ -1218,148 +1279,105 @@ fn granter_rw_grants_writable_access_and_finds_the_mapper_s_stamps() {
     // mappings, which land in our frames.
     for (i, &(_, pfn)) in maps.iter().enumerate() {
         let v = stamp(if i == 2 { 7 } else { i as u32 });
-        w.frames.own.get_mut(&pfn).unwrap()[..8].copy_from_slice(&v.to_le_bytes());
+        r.w.frames.own.get_mut(&pfn).unwrap()[..8].copy_from_slice(&v.to_le_bytes());
     }
-    w.peer_dir(true);
-    w.peer_write("state", "mapped");
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.writes_seen(), None, "not before the mapper says it wrote");
-    w.peer_write("written", N.to_string());
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.writes_seen(), Some(N - 1));
-    assert_eq!(w.ours("writes-seen"), Some((N - 1).to_string()));
-    for &(h, _) in &maps {
-        w.gnt.peer_unmap_own(h).unwrap();
-    }
-    w.peer_write("state", "unmapped");
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ended);
-    assert_eq!(w.allocated(), alloc0);
+    r.peer_appears(true, "mapped");
+    assert_eq!(
+        r.g.writes_seen(),
+        None,
+        "not before the mapper says it wrote"
+    );
+    r.w.peer_write("written", N.to_string());
+    r.tick();
+    assert_eq!(r.g.writes_seen(), Some(N - 1));
+    assert_eq!(r.w.ours("writes-seen"), Some((N - 1).to_string()));
+    r.w.peer_unmaps(&maps);
+    r.peer_says("unmapped");
+    r.assert_ended();
 }
 
 #[test]
 fn granter_ro_refuses_writable_maps_and_ignores_written() {
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, 2);
-    let (refs, _) = granted(&mut w, &mut g, &mut t, 2);
-    assert_eq!(w.ours("access").as_deref(), Some("ro"));
-    w.gnt.add_peer(PEER, 0, 8);
+    let mut r = GranterRig::new(2);
+    let (refs, _) = r.grant();
+    assert_eq!(r.w.ours("access").as_deref(), Some("ro"));
+    r.w.add_mapping_peer();
     assert_eq!(
-        w.gnt.peer_map_own(PEER, refs[0], false),
+        r.w.gnt.peer_map_own(PEER, refs[0], false),
         Err(gntst::GENERAL_ERROR)
     );
-    w.peer_dir(true);
-    w.peer_write("written", "2");
-    w.peer_write("state", "mapped");
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.writes_seen(), None);
-    assert_eq!(w.ours("writes-seen"), None);
-}
-
-/// A simulated granter of `n` pattern pages, granted read-write, with `access=rw`.
-fn rw_granter(w: &World, n: usize, grant_rw: bool) -> Vec<u32> {
-    w.gnt.add_peer(PEER, n, n + 16);
-    let refs: Vec<u32> = (0..n)
-        .map(|i| {
-            w.gnt.peer_write_frame(PEER, i, &pattern(i));
-            w.gnt.peer_grant(PEER, i, ME, !grant_rw)
-        })
-        .collect();
-    w.peer_dir(true);
-    w.peer_write("access", "rw");
-    publish_grants(w, &refs);
-    refs
+    r.w.peer_dir(true);
+    r.w.peer_write("written", "2");
+    r.peer_says("mapped");
+    assert_eq!(r.g.writes_seen(), None);
+    assert_eq!(r.w.ours("writes-seen"), None);
 }
 
 #[test]
 fn mapper_maps_rw_grants_writable_and_stamps_them_on_write() {
     const N: usize = 66;
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    let refs = rw_granter(&w, N, true);
-    w.set_peer(&PEER.to_string());
-    w.mapper_tick(&mut m, &mut fm);
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Mapped, "error: {:?}", m.error());
-    assert_eq!(w.ours("pattern-errors").as_deref(), Some("0"));
-    for &r in &refs {
-        assert_ne!(w.gnt.peer_entry(PEER, r).flags & gtf::WRITING, 0, "ref {r}");
+    let mut r = MapperRig::new();
+    let refs = r.w.rw_granter(N, true);
+    r.introduce();
+    assert_eq!(r.m.state(), PairState::Mapped, "error: {:?}", r.m.error());
+    assert_eq!(r.w.ours("pattern-errors").as_deref(), Some("0"));
+    for &gref in &refs {
+        assert_ne!(
+            r.w.gnt.peer_entry(PEER, gref).flags & gtf::WRITING,
+            0,
+            "ref {gref}"
+        );
     }
-    w.sim.xs_write("data/grant-test/command", "write").unwrap();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(w.ours("written"), Some(N.to_string()));
-    assert_eq!(w.ours("command").as_deref(), Some(""));
+    r.command("write");
+    assert_eq!(r.w.ours("written"), Some(N.to_string()));
+    assert_eq!(r.w.ours("command").as_deref(), Some(""));
     for i in 0..N {
-        let f = w.gnt.peer_frame(PEER, i);
+        let f = r.w.gnt.peer_frame(PEER, i);
         assert_eq!(f[..8], stamp(i as u32).to_le_bytes(), "page {i}");
         assert_eq!(f[8..], pattern(i)[8..], "page {i}: only the stamp changed");
     }
-    w.sim.xs_write("data/grant-test/command", "unmap").unwrap();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Unmapped);
-    assert_eq!(w.foreign(), 0);
+    r.command("unmap");
+    assert_eq!(r.m.state(), PairState::Unmapped);
+    assert_eq!(r.w.foreign(), 0);
 }
 
 #[test]
 fn mapper_refuses_write_on_read_only_mappings() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    mapped(&mut w, &mut m, &mut fm, 3);
-    w.sim.xs_write("data/grant-test/command", "write").unwrap();
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Mapped);
+    let mut r = MapperRig::new();
+    r.map_granter(3);
+    r.command("write");
+    assert_eq!(r.m.state(), PairState::Mapped);
     assert_eq!(
-        w.ours("command-error").as_deref(),
+        r.w.ours("command-error").as_deref(),
         Some("write: mapped read-only")
     );
-    assert_eq!(w.ours("written"), None);
-    assert_eq!(w.ours("command").as_deref(), Some(""));
+    assert_eq!(r.w.ours("written"), None);
+    assert_eq!(r.w.ours("command").as_deref(), Some(""));
     for i in 0..3 {
-        assert_eq!(w.gnt.peer_frame(PEER, i), pattern(i));
+        assert_eq!(r.w.gnt.peer_frame(PEER, i), pattern(i));
     }
 }
 
 #[test]
 fn mapper_fails_cleanly_when_rw_is_announced_but_the_grants_are_read_only() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    rw_granter(&w, 70, false);
-    w.set_peer(&PEER.to_string());
-    w.mapper_tick(&mut m, &mut fm);
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Failed);
-    assert!(m.error().unwrap().contains("General"), "{:?}", m.error());
-    assert_eq!(w.foreign(), 0);
-    assert!(m.slots().is_empty());
-    assert!(w.gnt.mapped_gfns().is_empty());
+    let mut r = MapperRig::new();
+    r.w.rw_granter(70, false);
+    r.introduce();
+    r.assert_failed("General");
+    r.assert_nothing_mapped();
 }
 
 #[test]
 fn granter_takes_an_unreadable_peer_state_after_seeing_it_as_gone() {
     // xenstored answers EACCES for a removed node whose nearest parent we cannot read.
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, 4);
-    let alloc0 = w.allocated();
-    granted(&mut w, &mut g, &mut t, 4);
     // Unreadable before the peer ever shared: just wait.
-    w.peer_dir(false);
-    w.peer_write("state", "wait-grants");
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Granted);
-    w.share_peer_dir(true);
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Granted);
-    w.share_peer_dir(false);
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ended);
-    assert_eq!(w.allocated(), alloc0);
+    let mut r = waiting_granter(false);
+    r.w.share_peer_dir(true);
+    r.tick();
+    assert_eq!(r.g.state(), PairState::Granted);
+    r.w.share_peer_dir(false);
+    r.tick();
+    r.assert_ended();
 }
 
 #[test]
@@ -1367,68 +1385,49 @@ fn a_removed_peer_fires_our_watch_and_then_reads_as_eacces() {
     // `xl destroy` removes the peer's tree: xenstored fires our watch on the peer's state
     // (we may read that node) and then answers EACCES, not ENOENT, for it: the nearest
     // node left, `/local/domain`, is dom0's. The granter takes that as gone.
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, 4);
-    let alloc0 = w.allocated();
-    granted(&mut w, &mut g, &mut t, 4);
-    w.peer_dir(true);
-    w.peer_write("state", "wait-grants");
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Granted);
-    let _ = w.events();
-    w.rm_peer_dir();
-    let ev = w.events();
+    let mut r = waiting_granter(true);
+    let _ = r.w.events();
+    r.w.rm_peer_dir();
+    let ev = r.w.events();
     assert!(is_watch_on(&ev, &peer_key("state")), "{ev:?}");
     assert_eq!(
-        w.xs.read(&peer_key("state")),
+        r.w.xs.read(&peer_key("state")),
         Err(XsError::Xs(Errno::EACCES))
     );
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Ended);
-    assert_eq!(w.allocated(), alloc0);
+    r.tick();
+    r.assert_ended();
 }
 
 #[test]
 fn a_removed_peer_that_never_shared_fires_nothing() {
     // Neither the state node nor its parent was readable to us: no event (xenstored's
     // `watch_permitted`), and the read is EACCES before and after.
-    let mut w = World::new(64);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, 4);
-    granted(&mut w, &mut g, &mut t, 4);
-    w.peer_dir(false);
-    w.peer_write("state", "wait-grants");
-    w.granter_tick(&mut g, &mut t);
-    let _ = w.events();
+    let mut r = waiting_granter(false);
+    let _ = r.w.events();
     assert_eq!(
-        w.xs.read(&peer_key("state")),
+        r.w.xs.read(&peer_key("state")),
         Err(XsError::Xs(Errno::EACCES))
     );
-    w.rm_peer_dir();
-    assert_eq!(w.events(), []);
+    r.w.rm_peer_dir();
+    assert_eq!(r.w.events(), []);
     assert_eq!(
-        w.xs.read(&peer_key("state")),
+        r.w.xs.read(&peer_key("state")),
         Err(XsError::Xs(Errno::EACCES))
     );
-    w.granter_tick(&mut g, &mut t);
-    assert_eq!(g.state(), PairState::Granted, "it never saw the peer");
+    r.tick();
+    assert_eq!(r.g.state(), PairState::Granted, "it never saw the peer");
 }
 
 #[test]
 fn mapper_takes_an_unreadable_granter_state_as_gone() {
-    let mut w = World::new(64);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
-    mapped(&mut w, &mut m, &mut fm, 3);
-    w.share_peer_dir(false);
-    w.mapper_tick(&mut m, &mut fm);
-    assert_eq!(m.state(), PairState::Reclaimed);
-    assert_eq!(w.ours("reclaimed").as_deref(), Some("3"));
-    assert_eq!(w.foreign(), 0);
-    assert!(w.gnt.mapped_gfns().is_empty());
+    let mut r = MapperRig::new();
+    r.map_granter(3);
+    r.w.share_peer_dir(false);
+    r.tick();
+    assert_eq!(r.m.state(), PairState::Reclaimed);
+    assert_eq!(r.w.ours("reclaimed").as_deref(), Some("3"));
+    assert_eq!(r.w.foreign(), 0);
+    assert!(r.w.gnt.mapped_gfns().is_empty());
 }
 
 // ---- random interleavings ----------------------------------------------------------------
@@ -1492,30 +1491,30 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn check(w: &World, m: &Mapper, fm: &ForeignMapper) -> Result<(), TestCaseError> {
-    let c = w.mm.census();
-    let slots = m.slots();
+fn check(r: &MapperRig) -> Result<(), TestCaseError> {
+    let c = r.w.mm.census();
+    let slots = r.m.slots();
     prop_assert_eq!(
         c.pages_of(SectionKind::Device, StateKind::Foreign),
         slots.len() as u64,
         "foreign pages vs the mapper's slots (state {:?})",
-        m.state()
+        r.m.state()
     );
     prop_assert_eq!(c.pages_in(StateKind::Foreign), slots.len() as u64);
-    prop_assert_eq!(fm.status().foreign_mapped, slots.len() as u64);
+    prop_assert_eq!(r.fm.status().foreign_mapped, slots.len() as u64);
     prop_assert_eq!(c.pages_of(SectionKind::Device, StateKind::Reserved), 0);
     for &pfn in slots {
         prop_assert!(
-            matches!(w.device_state(pfn), PageState::Foreign(f) if f.domid == PEER),
+            matches!(r.w.device_state(pfn), PageState::Foreign(f) if f.domid == PEER),
             "{:?}",
             pfn
         );
     }
     // Xen maps nothing we do not account for.
-    for gfn in w.gnt.mapped_gfns() {
+    for gfn in r.w.gnt.mapped_gfns() {
         prop_assert!(slots.contains(&Pfn(gfn)), "Xen maps {} unaccounted", gfn);
     }
-    match m.state() {
+    match r.m.state() {
         PairState::WaitPeer | PairState::WaitGrants => prop_assert!(slots.is_empty()),
         PairState::Mapped | PairState::Unmapped | PairState::Reclaimed | PairState::Failed => {}
         s => prop_assert!(false, "a mapper is never {:?}", s),
@@ -1524,102 +1523,101 @@ fn check(w: &World, m: &Mapper, fm: &ForeignMapper) -> Result<(), TestCaseError>
 }
 
 fn run(pages: usize, introduced: bool, rw: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut w = World::new(32);
-    let mut fm = ForeignMapper::new(w.window.device);
-    let mut m = Mapper::new(ME);
+    let mut r = MapperRig::on(World::new(32));
     let refs = if rw {
-        rw_granter(&w, pages, true)
+        r.w.rw_granter(pages, true)
     } else {
-        let refs = sim_granter(&w, pages);
-        w.peer_dir(true);
+        let refs = r.w.sim_granter(pages);
+        r.w.peer_dir(true);
         refs
     };
     if introduced {
         // Most cases start introduced and granted, so that the ops hit a mapped mapper.
-        w.set_peer("5");
-        publish_grants(&w, &refs);
+        r.w.set_peer("5");
+        r.w.publish_grants(&refs);
     }
     let mut peer_alive = true;
     for op in ops {
         match op {
-            Op::Tick => w.mapper_tick(&mut m, &mut fm),
+            Op::Tick => r.tick(),
             Op::SetPeer { valid } => {
-                w.set_peer(if valid { "5" } else { "05" });
+                r.w.set_peer(if valid { "5" } else { "05" });
             }
             Op::Publish { refs: kind } => {
                 let v = match kind {
                     0 | 1 => encode_refs(&refs),
                     2 => "8 08".to_string(),
                     _ => {
-                        let mut r = refs.clone();
-                        *r.last_mut().unwrap() = 4000;
-                        encode_refs(&r)
+                        let mut bad = refs.clone();
+                        *bad.last_mut().unwrap() = 4000;
+                        encode_refs(&bad)
                     }
                 };
                 // Writes into a removed tree recreate it as dom0's (inherited from
                 // `/local/domain`), unreadable to us: as good as gone for the machine.
-                w.peer_write("refs", v);
-                w.peer_write("evtchn", "7");
-                w.peer_write("state", "granted");
+                r.w.peer_write("refs", v);
+                r.w.peer_write("evtchn", "7");
+                r.w.peer_write("state", "granted");
             }
             Op::PeerState { v } => match v {
-                0 => w.peer_write("state", "ended"),
-                1 => w.peer_write("state", ""),
-                2 => w.peer_write("state", "granted"),
+                0 => r.w.peer_write("state", "ended"),
+                1 => r.w.peer_write("state", ""),
+                2 => r.w.peer_write("state", "granted"),
                 _ => {
-                    let _ = w.sim.xs_rm(&peer_key("state"));
+                    let _ = r.w.sim.xs_rm(&peer_key("state"));
                 }
             },
             Op::Share { shared } => {
-                if w.sim.xs_read(&peer_key("")).is_ok() {
-                    w.share_peer_dir(shared);
+                if r.w.sim.xs_read(&peer_key("")).is_ok() {
+                    r.w.share_peer_dir(shared);
                 }
             }
             Op::Command { v } => {
-                let c = ["unmap", "bogus", "", "verify", "bench", "write"][v as usize];
-                w.sim.xs_write("data/grant-test/command", c).unwrap();
+                r.w.command(["unmap", "bogus", "", "verify", "bench", "write"][v as usize]);
             }
             Op::PeerDies { destroy, rm } => {
                 if destroy && peer_alive {
-                    w.gnt.destroy_peer(PEER);
+                    r.w.gnt.destroy_peer(PEER);
                     peer_alive = false;
                 }
                 if rm {
-                    w.rm_peer_dir();
+                    r.w.rm_peer_dir();
                 }
             }
-            Op::Revoke => w.gnt.revoke_mappings_of(PEER),
-            Op::FailUnmap { n } => w
-                .gnt
-                .faults(|f| f.unmap_status = Some((gntst::GENERAL_ERROR, u32::from(n)))),
-            Op::FailMap => w
-                .gnt
-                .faults(|f| f.map_status = Some((gntst::GENERAL_ERROR, 1))),
-            Op::FailCall => w.gnt.faults(|f| f.fail_calls = Some((Errno::EAGAIN, 1))),
-            Op::Advance => w.sim.advance(RETRY_NS),
+            Op::Revoke => r.w.gnt.revoke_mappings_of(PEER),
+            Op::FailUnmap { n } => {
+                r.w.gnt
+                    .faults(|f| f.unmap_status = Some((gntst::GENERAL_ERROR, u32::from(n))))
+            }
+            Op::FailMap => {
+                r.w.gnt
+                    .faults(|f| f.map_status = Some((gntst::GENERAL_ERROR, 1)))
+            }
+            Op::FailCall => r.w.gnt.faults(|f| f.fail_calls = Some((Errno::EAGAIN, 1))),
+            Op::Advance => r.w.sim.advance(RETRY_NS),
         }
         // Drain watch events as the kernel would (it ticks on each).
-        let _ = w.events();
-        check(&w, &m, &fm)?;
+        let _ = r.w.events();
+        check(&r)?;
     }
     // Whatever happened, once faults stop and the granter is gone, a few ticks leave
     // nothing mapped.
-    w.gnt.faults(|f| *f = Default::default());
-    w.gnt.destroy_peer(PEER);
-    w.sim.xs_rm(&format!("/local/domain/{PEER}")).unwrap();
+    r.w.gnt.faults(|f| *f = Default::default());
+    r.w.gnt.destroy_peer(PEER);
+    r.w.rm_peer_dir();
     for _ in 0..3 {
-        w.mapper_tick(&mut m, &mut fm);
-        check(&w, &m, &fm)?;
+        r.tick();
+        check(&r)?;
     }
     prop_assert!(
-        m.slots().is_empty(),
+        r.m.slots().is_empty(),
         "{:?} with {:?} still mapped after the granter is gone",
-        m.state(),
-        m.slots()
+        r.m.state(),
+        r.m.slots()
     );
-    prop_assert_eq!(w.mm.census().pages_in(StateKind::Foreign), 0);
-    prop_assert!(w.gnt.mapped_gfns().is_empty());
-    prop_assert!(!w.gnt.peer_exists(PEER), "the zombie granter is gone");
+    prop_assert_eq!(r.w.mm.census().pages_in(StateKind::Foreign), 0);
+    prop_assert!(r.w.gnt.mapped_gfns().is_empty());
+    prop_assert!(!r.w.gnt.peer_exists(PEER), "the zombie granter is gone");
     Ok(())
 }
 
@@ -1692,24 +1690,18 @@ fn gop() -> impl Strategy<Value = GOp> {
 
 /// The granter's safety: a frame a peer maps is never freed, and what it holds is
 /// exactly what the allocator and the grant table say.
-fn check_granter(
-    w: &World,
-    g: &Granter,
-    t: &GrantTable<'_>,
-    alloc0: u64,
-    maps: &[(u32, u32, Pfn)],
-) -> Result<(), TestCaseError> {
-    prop_assert_eq!(w.allocated(), alloc0 + g.frames_held() as u64);
-    let st = t.status();
-    prop_assert_eq!(st.outstanding + st.deferred, g.frames_held() as u64);
+fn check_granter(r: &GranterRig, maps: &[(u32, u32, Pfn)]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(r.w.allocated(), r.alloc0 + r.g.frames_held() as u64);
+    let st = r.t.status();
+    prop_assert_eq!(st.outstanding + st.deferred, r.g.frames_held() as u64);
     for &(_, gref, pfn) in maps {
         prop_assert_eq!(
-            w.state_of(pfn),
+            r.w.state_of(pfn),
             PageState::Allocated,
             "ref {} still mapped but its frame was freed",
             gref
         );
-        let rs = t.ref_state(gref);
+        let rs = r.t.ref_state(gref);
         prop_assert!(
             matches!(
                 rs,
@@ -1720,42 +1712,38 @@ fn check_granter(
             rs
         );
     }
-    match g.state() {
-        PairState::WaitPeer => prop_assert_eq!(g.frames_held(), 0),
+    match r.g.state() {
+        PairState::WaitPeer => prop_assert_eq!(r.g.frames_held(), 0),
         PairState::Granted | PairState::Ending => {}
-        PairState::Ended => prop_assert_eq!(g.frames_held(), 0),
-        s => prop_assert!(false, "granter in {:?} ({:?})", s, g.error()),
+        PairState::Ended => prop_assert_eq!(r.g.frames_held(), 0),
+        s => prop_assert!(false, "granter in {:?} ({:?})", s, r.g.error()),
     }
     Ok(())
 }
 
 fn run_granter(pages: u32, ops: Vec<GOp>) -> Result<(), TestCaseError> {
-    let mut w = World::new(32);
-    let mem = w.gnt.own_table();
-    let mut t = GrantTable::new(live(&mem));
-    let mut g = Granter::new(ME, pages);
-    let alloc0 = w.allocated();
-    w.gnt.add_peer(PEER, 0, 8);
-    w.peer_dir(true);
+    let mut r = GranterRig::on(World::new(32), pages as usize);
+    r.w.add_mapping_peer();
+    r.w.peer_dir(true);
     // (handle, ref, frame) of the peer's live mappings of our grants.
     let mut maps: Vec<(u32, u32, Pfn)> = Vec::new();
     for op in ops {
         match op {
-            GOp::Tick => w.granter_tick(&mut g, &mut t),
-            GOp::SetPeer { valid } => w.set_peer(if valid { "5" } else { "5x" }),
+            GOp::Tick => r.tick(),
+            GOp::SetPeer { valid } => r.w.set_peer(if valid { "5" } else { "5x" }),
             GOp::Map { pick } => {
-                if let Some(refs) = w.ours("refs") {
+                if let Some(refs) = r.w.ours("refs") {
                     let refs = parse_refs(refs.as_bytes()).unwrap();
-                    let r = refs[pick % refs.len()];
-                    if let Ok(m) = w.gnt.peer_map_own(PEER, r, true) {
-                        maps.push((m.handle, r, Pfn(u64::from(m.frame))));
+                    let gref = refs[pick % refs.len()];
+                    if let Ok(m) = r.w.gnt.peer_map_own(PEER, gref, true) {
+                        maps.push((m.handle, gref, Pfn(u64::from(m.frame))));
                     }
                 }
             }
             GOp::Unmap { pick } => {
                 if !maps.is_empty() {
                     let (h, _, _) = maps.swap_remove(pick % maps.len());
-                    w.gnt.peer_unmap_own(h).unwrap();
+                    r.w.gnt.peer_unmap_own(h).unwrap();
                 }
             }
             GOp::State { v } => {
@@ -1767,55 +1755,55 @@ fn run_granter(pages: u32, ops: Vec<GOp>) -> Result<(), TestCaseError> {
                     "reclaimed",
                     "?",
                 ];
-                w.peer_write("state", s[v as usize]);
+                r.w.peer_write("state", s[v as usize]);
             }
             GOp::Checksum { right } => {
                 let sum = pattern_sum(pages as usize) ^ u64::from(!right);
-                w.peer_write("checksum", encode_checksum(sum));
+                r.w.peer_write("checksum", encode_checksum(sum));
             }
             GOp::Share { shared } => {
-                if w.sim.xs_read(&peer_key("")).is_ok() {
-                    w.share_peer_dir(shared);
+                if r.w.sim.xs_read(&peer_key("")).is_ok() {
+                    r.w.share_peer_dir(shared);
                 }
             }
             GOp::Dies { destroy, rm } => {
                 if destroy {
                     // Xen drops the dying peer's mappings of our grants.
-                    w.gnt.destroy_peer(PEER);
+                    r.w.gnt.destroy_peer(PEER);
                     maps.clear();
                 }
                 if rm {
-                    w.rm_peer_dir();
+                    r.w.rm_peer_dir();
                 }
             }
             GOp::Notify => {
-                if let Some(p) = w.ours("evtchn").and_then(|p| p.parse().ok()) {
-                    w.sim.lock().evtchn.set_pending(p);
+                if let Some(p) = r.w.ours("evtchn").and_then(|p| p.parse().ok()) {
+                    r.w.sim.lock().evtchn.set_pending(p);
                 }
             }
-            GOp::Advance => w.sim.advance(RETRY_NS / 2),
+            GOp::Advance => r.w.sim.advance(RETRY_NS / 2),
         }
-        let _ = w.events();
-        check_granter(&w, &g, &t, alloc0, &maps)?;
-        prop_assert_eq!(w.gnt.own_mapped_count(), maps.len());
+        let _ = r.w.events();
+        check_granter(&r, &maps)?;
+        prop_assert_eq!(r.w.gnt.own_mapped_count(), maps.len());
     }
     // The peer dies for good and says goodbye readably: everything comes back.
-    w.gnt.destroy_peer(PEER);
+    r.w.gnt.destroy_peer(PEER);
     maps.clear();
-    w.peer_dir(true);
-    w.peer_write("state", "unmapped");
+    r.w.peer_dir(true);
+    r.w.peer_write("state", "unmapped");
     for _ in 0..3 {
-        w.granter_tick(&mut g, &mut t);
-        w.sim.advance(RETRY_NS);
-        check_granter(&w, &g, &t, alloc0, &maps)?;
+        r.tick();
+        r.w.sim.advance(RETRY_NS);
+        check_granter(&r, &maps)?;
     }
     prop_assert!(
-        matches!(g.state(), PairState::WaitPeer | PairState::Ended),
+        matches!(r.g.state(), PairState::WaitPeer | PairState::Ended),
         "{:?}",
-        g.state()
+        r.g.state()
     );
-    prop_assert_eq!(w.allocated(), alloc0);
-    prop_assert_eq!(t.status().outstanding + t.status().deferred, 0);
+    prop_assert_eq!(r.w.allocated(), r.alloc0);
+    prop_assert_eq!(r.t.status().outstanding + r.t.status().deferred, 0);
     Ok(())
 }
 

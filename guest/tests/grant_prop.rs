@@ -7,11 +7,11 @@
 //! - census, mapper status, grant-table status and the simulated Xen agree; no device
 //!   page is Reserved; our RAM count never moves.
 
+mod common;
+
 use std::collections::BTreeMap;
 
-use guest::mm::boot::{self, BootConfig, MemmapEntry, E820_RAM};
-use guest::mm::hotplug::HotplugWindow;
-use guest::mm::{HeapStorage, MemModel, PageState, Pfn, PfnRange, SectionKind, StateKind};
+use guest::mm::{HeapStorage, MemModel, PageState, Pfn, SectionKind, StateKind};
 use guest::xen::grant::{
     EndAccess, ForeignMapper, GrantTable, MapRequest, RefState, Unmapped, DOMID_XEN,
 };
@@ -93,22 +93,6 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn model() -> (MemModel<HeapStorage>, HotplugWindow) {
-    let map = [MemmapEntry {
-        addr: 0,
-        size: 32 << 20,
-        kind: E820_RAM,
-    }];
-    let cfg = BootConfig {
-        memmap: &map,
-        reserved: &[PfnRange::covering_bytes(1 << 20, 1 << 20)],
-        touchable_ram_pages: None,
-    };
-    let mm = boot::build(&cfg, HeapStorage).unwrap();
-    mm.end_boot();
-    (mm, HotplugWindow::from_memmap(&map).unwrap())
-}
-
 /// A peer's mapping of one of our grants, as the test saw it made.
 #[derive(Clone, Copy, Debug)]
 struct OwnMap {
@@ -118,7 +102,8 @@ struct OwnMap {
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let (mm, window) = model();
+    // 32 MiB of RAM, a 1 MiB kernel image.
+    let (mm, window) = common::ram_model(32, 1);
     let mut sim = SimGrants::new(ME, 1, 4);
     for p in PEERS {
         sim.add_peer(p, PEER_FRAMES, 256);

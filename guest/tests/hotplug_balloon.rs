@@ -3,12 +3,14 @@
 //! removed with their memmap freed, re-added; failures rolled back and retried without
 //! spinning; the saveable-page walker interleaved with all of it.
 
+mod common;
+
 use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use guest::mm::boot::{self, BootConfig, MemmapEntry, E820_ACPI, E820_RAM, E820_RESERVED};
+use common::{booted, poison, pvh_memmap, Quarantine, ACPI, MIB, SPECIAL};
 use guest::mm::geometry::{section_start_pfn, MAX_PFN, PAGES_PER_SECTION, PAGES_PER_SUBSECTION};
 use guest::mm::hotplug::{hot_add, hot_remove_section, saveable_walk, HotplugError, HotplugWindow};
 use guest::mm::{
@@ -20,32 +22,9 @@ use guest::xen::hotplug::{Hotplug, HotplugCounters, HotplugOutcome};
 use xen_bindings::sim::memory::SimMemory;
 use xen_bindings::traits::MemoryReservation;
 
-const MIB: u64 = 1 << 20;
 const SEC: u64 = 1_000_000_000;
-const ACPI: (u64, u64) = (0xfc000, 11);
-const SPECIAL: (u64, u64) = (0xfeff8, 8);
 const NONRAM: u64 = ACPI.1 + SPECIAL.1;
 const SECTION_MEMMAP: u64 = 64 * MEMMAP_BYTES_PER_SUBSECTION as u64;
-
-fn memmap(ram_mib: u64) -> [MemmapEntry; 3] {
-    [
-        MemmapEntry {
-            addr: 0,
-            size: ram_mib * MIB,
-            kind: E820_RAM,
-        },
-        MemmapEntry {
-            addr: ACPI.0 << 12,
-            size: ACPI.1 << 12,
-            kind: E820_ACPI,
-        },
-        MemmapEntry {
-            addr: SPECIAL.0 << 12,
-            size: SPECIAL.1 << 12,
-            kind: E820_RESERVED,
-        },
-    ]
-}
 
 struct World<S: MemmapStorage> {
     mm: MemModel<S>,
@@ -59,18 +38,12 @@ struct World<S: MemmapStorage> {
 
 /// memory == maxmem == `ram_mib`; `xl mem-max` already raised Xen's limit to `max_mib`.
 fn world<S: MemmapStorage>(ram_mib: u64, max_mib: u64, storage: S) -> World<S> {
-    let map = memmap(ram_mib);
+    let map = pvh_memmap(ram_mib);
     let reserved = [
         PfnRange::covering_bytes(MIB, 2 * MIB + 123),
         PfnRange::covering_bytes(0x1000, 0x100),
     ];
-    let cfg = BootConfig {
-        memmap: &map,
-        reserved: &reserved,
-        touchable_ram_pages: None,
-    };
-    let mm = boot::build(&cfg, storage).unwrap();
-    mm.end_boot();
+    let mm = booted(&map, &reserved, storage);
     let pages = ram_mib * 256;
     let xen = SimMemory::new(&[(0, pages), ACPI, SPECIAL], max_mib * 256 + NONRAM + 256);
     let hp = Hotplug::new(HotplugWindow::from_memmap(&map).unwrap());
@@ -460,18 +433,9 @@ fn map_failure_rolls_back_and_new_target_retries() {
 
 #[test]
 fn hot_add_takes_the_lowest_free_sections_and_reports_a_full_window() {
-    let map = memmap(256);
+    let map = pvh_memmap(256);
     let window = HotplugWindow::with_sizes(&map, 3 * 128 * MIB, 128 * MIB).unwrap();
-    let mm = boot::build(
-        &BootConfig {
-            memmap: &map,
-            reserved: &[],
-            touchable_ram_pages: None,
-        },
-        HeapStorage,
-    )
-    .unwrap();
-    mm.end_boot();
+    let mm = booted(&map, &[], HeapStorage);
     let a = hot_add(&mm, &window, 1).unwrap();
     assert_eq!(
         (a.sections.as_slice(), a.pages),
@@ -591,27 +555,16 @@ fn balloon_out_from_takes_only_inside_the_range_highest_first() {
 /// initialised, or reads memmap after it was freed, panics.
 #[derive(Clone, Default)]
 struct Poisoned {
-    quarantine: Arc<Mutex<Vec<(usize, Layout)>>>,
+    quarantine: Quarantine,
     outstanding: Arc<AtomicU64>,
-}
-
-fn poison(ptr: NonNull<u8>, layout: Layout) {
-    for i in 0..layout.size() / 16 {
-        // SAFETY: the block is `layout.size()` bytes, 16-byte aligned (memmap and chunk
-        // layouts are), and exclusively ours (fresh, or given back by the model).
-        unsafe {
-            let slot = ptr.as_ptr().add(i * 16).cast::<u64>();
-            slot.write(0xf);
-            slot.add(1).write(0);
-        }
-    }
 }
 
 impl MemmapStorage for Poisoned {
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let p = HeapStorage.alloc(layout)?;
         if layout.size() == MEMMAP_BYTES_PER_SUBSECTION {
-            poison(p, layout);
+            // SAFETY: a fresh block of `layout.size()` bytes, ours alone.
+            unsafe { poison(p, layout) };
         } else {
             // SAFETY: fresh block of `layout.size()` bytes; section tables start zeroed.
             unsafe { p.as_ptr().write_bytes(0, layout.size()) };
@@ -623,25 +576,12 @@ impl MemmapStorage for Poisoned {
     }
 
     unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        poison(ptr, layout);
         // SeqCst: as in `alloc`.
         self.outstanding
             .fetch_sub(layout.size() as u64, Ordering::SeqCst);
-        self.quarantine
-            .lock()
-            .unwrap()
-            .push((ptr.as_ptr() as usize, layout));
-    }
-}
-
-impl Drop for Poisoned {
-    fn drop(&mut self) {
-        if Arc::strong_count(&self.quarantine) == 1 {
-            for (p, l) in self.quarantine.lock().unwrap().drain(..) {
-                // SAFETY: the block came from `HeapStorage.alloc(l)` and nothing uses it.
-                unsafe { HeapStorage.free(NonNull::new(p as *mut u8).unwrap(), l) };
-            }
-        }
+        // SAFETY: the block came from `HeapStorage.alloc(layout)` (above) and the model
+        // gives it back and never uses it again.
+        unsafe { self.quarantine.keep(ptr, layout) };
     }
 }
 

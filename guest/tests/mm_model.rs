@@ -1,21 +1,22 @@
 //! The memory model through its public API: boot from start_info-style memmaps, frame
 //! allocation, the census, and walkers racing removal on other threads.
 
+mod common;
+
 use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use guest::mm::boot::{self, BootConfig, BootError, MemmapEntry, E820_ACPI, E820_RAM};
+use common::{acpi_entry, boot_config, booted, ram_entry, Quarantine, MIB};
+use guest::mm::boot::{self, BootError, MemmapEntry};
 use guest::mm::census::CensusKey;
 use guest::mm::geometry::{subsection_start_pfn, PAGES_PER_SUBSECTION};
 use guest::mm::{
     ForeignMap, HeapStorage, MemModel, MemmapStorage, MmError, PageState, Pfn, PfnRange,
     SectionKind, StateKind, MAX_ORDER,
 };
-
-const MIB: u64 = 1 << 20;
 
 /// Heap storage that counts outstanding bytes, can be told to fail, and on free poisons a
 /// block and keeps it (quarantine), so a reader touching freed memmap sees an invalid
@@ -24,7 +25,7 @@ const MIB: u64 = 1 << 20;
 struct Checked {
     outstanding: Arc<AtomicIsize>,
     budget: Arc<AtomicUsize>,
-    quarantine: Arc<Mutex<Vec<(usize, Layout)>>>,
+    quarantine: Quarantine,
 }
 
 impl Checked {
@@ -53,62 +54,21 @@ impl MemmapStorage for Checked {
     unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
         self.outstanding
             .fetch_sub(layout.size() as isize, Ordering::SeqCst);
-        // Poison every 16-byte slot as a descriptor with an invalid tag (0xf) and an even
-        // sequence, so that a reader of freed memmap panics instead of spinning or reading
-        // something plausible.
-        for i in 0..layout.size() / 16 {
-            // SAFETY: the model gives the block back and never uses it again; it is
-            // `layout.size()` bytes long and 8-byte aligned (memmap and chunk layouts are).
-            unsafe {
-                let slot = ptr.as_ptr().add(i * 16).cast::<u64>();
-                slot.write(0xf);
-                slot.add(1).write(0);
-            }
-        }
-        self.quarantine
-            .lock()
-            .unwrap()
-            .push((ptr.as_ptr() as usize, layout));
+        // SAFETY: the block came from `HeapStorage.alloc(layout)` (above) and the model
+        // gives it back and never uses it again.
+        unsafe { self.quarantine.keep(ptr, layout) };
     }
 }
 
-impl Drop for Checked {
-    fn drop(&mut self) {
-        if Arc::strong_count(&self.quarantine) == 1 {
-            for (p, l) in self.quarantine.lock().unwrap().drain(..) {
-                // SAFETY: the block came from `HeapStorage.alloc(l)` and nothing uses it.
-                unsafe { HeapStorage.free(NonNull::new(p as *mut u8).unwrap(), l) };
-            }
-        }
-    }
-}
-
+/// 256 MiB of RAM and Xen's ACPI tables.
 fn pvh_256() -> [MemmapEntry; 2] {
-    [
-        MemmapEntry {
-            addr: 0,
-            size: 256 * MIB,
-            kind: E820_RAM,
-        },
-        MemmapEntry {
-            addr: 0xfc00_0000,
-            size: 0xb000,
-            kind: E820_ACPI,
-        },
-    ]
+    [ram_entry(256), acpi_entry()]
 }
 
 #[test]
 fn boot_then_run_the_frame_allocator() {
-    let map = pvh_256();
     let reserved = [PfnRange::covering_bytes(MIB, 3 * MIB)];
-    let cfg = BootConfig {
-        memmap: &map,
-        reserved: &reserved,
-        touchable_ram_pages: None,
-    };
-    let m = boot::build(&cfg, Checked::unlimited()).unwrap();
-    m.end_boot();
+    let m = booted(&pvh_256(), &reserved, Checked::unlimited());
     let c0 = m.census();
     assert_eq!(c0.pages_in(StateKind::Reserved), 768);
     assert_eq!(c0.pages_in(StateKind::Free), 65536 - 768);
@@ -160,12 +120,7 @@ fn boot_then_run_the_frame_allocator() {
 #[test]
 fn census_fields_name_every_number() {
     let map = pvh_256();
-    let cfg = BootConfig {
-        memmap: &map,
-        reserved: &[],
-        touchable_ram_pages: None,
-    };
-    let m = boot::build(&cfg, HeapStorage).unwrap();
+    let m = boot::build(&boot_config(&map, &[]), HeapStorage).unwrap();
     m.add_section(40, SectionKind::Device).unwrap();
     let c = m.census();
     let get = |key: &str| {
@@ -342,11 +297,7 @@ fn storage_failure_leaves_no_half_present_subsection() {
 #[test]
 fn failed_boot_returns_all_storage() {
     let map = pvh_256();
-    let cfg = BootConfig {
-        memmap: &map,
-        reserved: &[],
-        touchable_ram_pages: None,
-    };
+    let cfg = boot_config(&map, &[]);
     let p = boot::plan(&cfg).unwrap();
     let storage = Checked::default();
     storage

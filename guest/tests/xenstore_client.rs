@@ -1,28 +1,18 @@
 //! The xenstore client against the simulated xenstored: every operation, its errors,
 //! relative paths, and a model check of random operation sequences.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::ptr::NonNull;
 
 use guest::xen::xenstore::{XenstoreClient, XsError, XsOps, XsPerm, XsPermKind};
 use proptest::prelude::*;
 use xen_bindings::sim::{SimConfig, SimXen};
 use xen_bindings::Errno;
 
-fn client(sim: &SimXen) -> XenstoreClient<SimXen> {
-    let page = NonNull::new(sim.xs_page()).unwrap();
-    // SAFETY: the page lives as long as any clone of `sim`, and the client holds one; it is
-    // the only guest-side user.
-    unsafe { XenstoreClient::new(sim.clone(), page, sim.xs_port()) }
-}
-
+/// We are domain 5.
 fn setup() -> (SimXen, XenstoreClient<SimXen>) {
-    let sim = SimXen::new(SimConfig {
-        domid: 5,
-        ..SimConfig::default()
-    });
-    let c = client(&sim);
-    (sim, c)
+    common::xs_domain(5)
 }
 
 #[test]
@@ -328,8 +318,8 @@ proptest! {
         ops in prop::collection::vec(op(), 1..40),
         start in prop_oneof![Just(0u32), (u32::MAX - 2048)..=u32::MAX],
     ) {
-        let sim = SimXen::new(SimConfig { domid: 5, xs_ring_start: start, ..SimConfig::default() });
-        let mut c = client(&sim);
+        let (_sim, mut c) =
+            common::xs_world(SimConfig { domid: 5, xs_ring_start: start, ..SimConfig::default() });
         c.mkdir("data/m").unwrap();
         let mut model: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
         for o in ops {

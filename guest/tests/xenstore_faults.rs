@@ -1,7 +1,7 @@
 //! A misbehaving xenstored: every damaged reply becomes a typed error, never a panic, and
 //! the client recovers whenever the byte stream is still framed.
 
-use std::ptr::NonNull;
+mod common;
 
 use guest::xen::xenstore::{XenstoreClient, XsError, XsOps};
 use xen_bindings::abi::xs_wire::{XsdSockmsgType, XENSTORE_ERROR_PROTO};
@@ -10,21 +10,21 @@ use xen_bindings::sim::{ReplyFault, SimConfig, SimXen};
 use xen_bindings::traits::Clock;
 use xen_bindings::Errno;
 
-fn client(sim: &SimXen) -> XenstoreClient<SimXen> {
-    let page = NonNull::new(sim.xs_page()).unwrap();
-    // SAFETY: the page lives as long as any clone of `sim`, and the client holds one; it is
-    // the only guest-side user.
-    unsafe { XenstoreClient::new(sim.clone(), page, sim.xs_port()) }
-}
-
 fn setup() -> (SimXen, XenstoreClient<SimXen>) {
-    let sim = SimXen::new(SimConfig::default());
-    let c = client(&sim);
-    (sim, c)
+    common::xs_world(SimConfig::default())
 }
 
 fn fault(sim: &SimXen, f: ReplyFault) {
     sim.xs_faults(|x| x.reply_faults.push_back(f));
+}
+
+/// Xenstored's side sets ring index `field` to `ahead` past index `base`.
+fn set_index(sim: &SimXen, field: PageField, base: PageField, ahead: u32) {
+    let st = sim.lock();
+    let page = st.xenstored.page();
+    let v = page.field(base).load(std::sync::atomic::Ordering::SeqCst);
+    page.field(field)
+        .store(v.wrapping_add(ahead), std::sync::atomic::Ordering::SeqCst);
 }
 
 const MS: u64 = 1_000_000;
@@ -142,15 +142,7 @@ fn a_dropped_reply_times_out() {
 #[test]
 fn corrupt_ring_indices() {
     let (sim, mut c) = setup();
-    {
-        let st = sim.lock();
-        let page = st.xenstored.page();
-        let cons = page
-            .field(PageField::RspCons)
-            .load(std::sync::atomic::Ordering::SeqCst);
-        page.field(PageField::RspProd)
-            .store(cons.wrapping_add(2000), std::sync::atomic::Ordering::SeqCst);
-    }
+    set_index(&sim, PageField::RspProd, PageField::RspCons, 2000);
     assert!(matches!(c.read("domid"), Err(XsError::RingCorrupt { .. })));
     assert_eq!(c.read("domid"), Err(XsError::Disconnected));
 }
@@ -158,16 +150,8 @@ fn corrupt_ring_indices() {
 #[test]
 fn corrupt_request_index_from_the_daemon_side() {
     let (sim, mut c) = setup();
-    {
-        let st = sim.lock();
-        let page = st.xenstored.page();
-        let prod = page
-            .field(PageField::ReqProd)
-            .load(std::sync::atomic::Ordering::SeqCst);
-        // The daemon claims to have consumed bytes we never produced.
-        page.field(PageField::ReqCons)
-            .store(prod.wrapping_add(5), std::sync::atomic::Ordering::SeqCst);
-    }
+    // The daemon claims to have consumed bytes we never produced.
+    set_index(&sim, PageField::ReqCons, PageField::ReqProd, 5);
     assert!(matches!(c.read("domid"), Err(XsError::RingCorrupt { .. })));
 }
 

@@ -2,10 +2,12 @@
 //! streams survive index wrap-around, full rings and arbitrary chunking, in both
 //! directions; whole requests of random sizes survive it too.
 
+mod common;
+
 use std::ptr::NonNull;
 
 use guest::xen::xenstore::ring::XsRing;
-use guest::xen::xenstore::{XenstoreClient, XsOps};
+use guest::xen::xenstore::XsOps;
 use proptest::prelude::*;
 use xen_bindings::sim::xs_ring::{ServerRing, SharedPage};
 use xen_bindings::sim::{SimConfig, SimXen};
@@ -20,21 +22,32 @@ fn start_index() -> impl Strategy<Value = u32> {
     prop_oneof![Just(0u32), (u32::MAX - 4096)..=u32::MAX, any::<u32>(),]
 }
 
+/// A start index, a byte stream of up to a few rings' worth, and the sizes the writer
+/// and the reader use in turn.
+fn stream_case() -> impl Strategy<Value = (u32, Vec<u8>, Vec<usize>, Vec<usize>)> {
+    let chunk_sizes = || prop::collection::vec(1usize..1500, 1..20);
+    (
+        start_index(),
+        prop::collection::vec(any::<u8>(), 0..5000),
+        chunk_sizes(),
+        chunk_sizes(),
+    )
+}
+
+/// The guest's and the daemon's ends of the ring on `page`.
+fn ends(page: &SharedPage) -> (XsRing, ServerRing<'_>) {
+    (guest_ring(page), ServerRing::new(page))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Guest -> xenstored: the guest writes chunks (partially when the ring is full), the
     /// daemon reads in its own chunk sizes; the stream arrives intact and in order.
     #[test]
-    fn request_stream_is_intact(
-        start in start_index(),
-        data in prop::collection::vec(any::<u8>(), 0..5000),
-        writes in prop::collection::vec(1usize..1500, 1..20),
-        reads in prop::collection::vec(1usize..1500, 1..20),
-    ) {
+    fn request_stream_is_intact((start, data, writes, reads) in stream_case()) {
         let page = SharedPage::new(start);
-        let mut g = guest_ring(&page);
-        let s = ServerRing::new(&page);
+        let (mut g, s) = ends(&page);
         let (mut sent, mut got) = (0usize, Vec::new());
         let mut i = 0;
         while got.len() < data.len() {
@@ -53,15 +66,9 @@ proptest! {
 
     /// xenstored -> guest, symmetric.
     #[test]
-    fn response_stream_is_intact(
-        start in start_index(),
-        data in prop::collection::vec(any::<u8>(), 0..5000),
-        writes in prop::collection::vec(1usize..1500, 1..20),
-        reads in prop::collection::vec(1usize..1500, 1..20),
-    ) {
+    fn response_stream_is_intact((start, data, writes, reads) in stream_case()) {
         let page = SharedPage::new(start);
-        let mut g = guest_ring(&page);
-        let s = ServerRing::new(&page);
+        let (mut g, s) = ends(&page);
         let (mut sent, mut got) = (0usize, Vec::new());
         let mut buf = vec![0u8; 1500];
         let mut i = 0;
@@ -88,10 +95,7 @@ proptest! {
     ) {
         let sim = SimXen::new(SimConfig { xs_ring_start: start, ..SimConfig::default() });
         sim.xs_faults(|f| f.byte_at_a_time = trickle);
-        let page = NonNull::new(sim.xs_page()).unwrap();
-        // SAFETY: the page lives as long as any clone of `sim`; the client holds one and is
-        // the only guest-side user.
-        let mut c = unsafe { XenstoreClient::new(sim.clone(), page, sim.xs_port()) };
+        let mut c = common::xs_client(&sim);
         for (i, &n) in sizes.iter().enumerate() {
             let v: Vec<u8> = (0..n).map(|j| (j as u8).wrapping_mul(31).wrapping_add(seed ^ i as u8)).collect();
             c.write("data/v", &v).unwrap();
@@ -111,9 +115,7 @@ fn indices_really_wrap_past_u32_max() {
         xs_ring_start: u32::MAX - 100,
         ..SimConfig::default()
     });
-    let page = NonNull::new(sim.xs_page()).unwrap();
-    // SAFETY: as in the property test above.
-    let mut c = unsafe { XenstoreClient::new(sim.clone(), page, sim.xs_port()) };
+    let mut c = common::xs_client(&sim);
     c.write("data/x", &[7u8; 3000]).unwrap();
     assert_eq!(c.read("data/x").unwrap(), vec![7u8; 3000]);
     let st = sim.lock();

@@ -1,28 +1,18 @@
 //! Transactions against the simulated xenstored: isolation, commit, conflicts and the
 //! bounded EAGAIN retry of `XenstoreClient::transaction`.
 
+mod common;
+
 use std::cell::Cell;
-use std::ptr::NonNull;
 
 use guest::xen::xenstore::{XenstoreClient, XsError, XsOps, DEFAULT_TX_ATTEMPTS};
 use xen_bindings::abi::xs_wire::XsdSockmsgType;
-use xen_bindings::sim::{SimConfig, SimXen};
+use xen_bindings::sim::SimXen;
 use xen_bindings::Errno;
 
-fn client(sim: &SimXen) -> XenstoreClient<SimXen> {
-    let page = NonNull::new(sim.xs_page()).unwrap();
-    // SAFETY: the page lives as long as any clone of `sim`, and the client holds one; it is
-    // the only guest-side user.
-    unsafe { XenstoreClient::new(sim.clone(), page, sim.xs_port()) }
-}
-
+/// We are domain 2.
 fn setup() -> (SimXen, XenstoreClient<SimXen>) {
-    let sim = SimXen::new(SimConfig {
-        domid: 2,
-        ..SimConfig::default()
-    });
-    let c = client(&sim);
-    (sim, c)
+    common::xs_domain(2)
 }
 
 fn count(sim: &SimXen, t: XsdSockmsgType) -> usize {

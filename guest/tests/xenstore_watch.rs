@@ -1,27 +1,16 @@
 //! Watches against the simulated xenstored: initial events, changes from the toolstack
 //! and from the guest, events arriving while a reply is awaited, unwatch, timeouts.
 
-use std::ptr::NonNull;
+mod common;
 
 use guest::xen::xenstore::{WatchEvent, XenstoreClient, XsError, XsOps, XsPerm, XsPermKind};
-use xen_bindings::sim::{SimConfig, SimXen};
+use xen_bindings::sim::SimXen;
 use xen_bindings::traits::Clock;
 use xen_bindings::Errno;
 
-fn client(sim: &SimXen) -> XenstoreClient<SimXen> {
-    let page = NonNull::new(sim.xs_page()).unwrap();
-    // SAFETY: the page lives as long as any clone of `sim`, and the client holds one; it is
-    // the only guest-side user.
-    unsafe { XenstoreClient::new(sim.clone(), page, sim.xs_port()) }
-}
-
+/// We are domain 4.
 fn setup() -> (SimXen, XenstoreClient<SimXen>) {
-    let sim = SimXen::new(SimConfig {
-        domid: 4,
-        ..SimConfig::default()
-    });
-    let c = client(&sim);
-    (sim, c)
+    common::xs_domain(4)
 }
 
 fn ev(path: &str, token: &str) -> WatchEvent {
