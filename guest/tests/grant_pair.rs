@@ -667,6 +667,27 @@ fn granter_reports_a_wrong_checksum_as_mismatch() {
 }
 
 #[test]
+fn granter_ends_when_the_toolstack_withdraws_a_peer_that_never_shared() {
+    // The mapper died before it ever shared its directory: its state never became
+    // readable, so only the toolstack can tell us. Removing our `peer` does.
+    let mut r = GranterRig::new(4);
+    r.grant();
+    r.tick();
+    assert_eq!(r.g.state(), PairState::Granted);
+    r.w.sim.xs_rm("data/grant-test/peer").unwrap();
+    r.tick();
+    r.assert_ended();
+    assert_eq!(r.t.status().outstanding, 0);
+
+    // Changing the introduction to another domain withdraws it too.
+    let mut r = GranterRig::new(4);
+    r.grant();
+    r.w.set_peer("9");
+    r.tick();
+    r.assert_ended();
+}
+
+#[test]
 fn granter_ends_at_once_when_the_dead_mapper_s_mappings_are_gone() {
     let mut r = GranterRig::new(8);
     let (refs, port) = r.grant();

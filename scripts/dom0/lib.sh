@@ -666,3 +666,13 @@ device_census_is() {
     [ "$(gt_read "$1" grant/foreign-mapped)" = "$2" ] \
         && [ "$(gt_read "$1" mm/pages/device/foreign)" = $((f + $2)) ]
 }
+
+# expect_gt G|M KEY WANT WHAT: the role's data/KEY becomes WANT within 5 s. The guest
+# republishes data/grant/ right after a handshake step, a moment after its state.
+expect_gt() {
+    wait_for 5 "$4" gt_is "$1" "$2" "$3" || fail "$4: got '$(gt_read "$1" "$2")', want '$3'"
+}
+
+gt_is() {
+    [ "$(gt_read "$1" "$2")" = "$3" ]
+}

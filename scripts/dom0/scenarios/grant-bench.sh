@@ -10,8 +10,8 @@ scenario_grant_bench() {
     tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" bench || fail "cannot command bench"
     wait_for 60 "bench" bench_done || fail "no bench result from the mapper"
     err=$(gt_read M grant-test/bench/error) && fail "bench: $err"
-    expect_eq "pattern errors after the bench" "$(gt_read M grant-test/pattern-errors)" 0
-    expect_eq "pages mapped after the bench" "$(gt_read M grant-test/mapped)" 64
+    expect_gt M grant-test/pattern-errors 0 "pattern errors after the bench"
+    expect_gt M grant-test/mapped 64 "pages mapped after the bench"
     check_device_range M 64
     b64m=$(gt_read M grant-test/bench/batch-64/map-us)
     b64u=$(gt_read M grant-test/bench/batch-64/unmap-us)

@@ -25,6 +25,10 @@
 //! `verify-runs`), `bench` (unmap and map everything [`BENCH_ROUNDS`] times with
 //! hypercalls of 64 and of 1 page: `bench/batch-<n>/{map,unmap}-us` per hypercall).
 //!
+//! The toolstack may withdraw an introduction by removing (or changing) a guest's `peer`:
+//! the granter then ends its grants — the only way it learns of a mapper that died before
+//! it ever shared its directory.
+//!
 //! Peer death: when the other guest's `data/grant-test/state`, once readable, can no
 //! longer be read (its xenstore tree is removed when the domain dies; see `read_peer`)
 //! the mapper unmaps every slot of the granter
@@ -500,8 +504,10 @@ impl Granter {
             self.error = Some(format!("publish: {e:?}"));
             return self.end_all(table, env);
         }
-        if let Err(e) = env.xs.watch_path(&peer_path(peer, "state"), TOKEN) {
-            log::warn!("grant-test: cannot watch d{peer}'s state ({e:?}); polling once a second");
+        for path in [peer_path(peer, "state"), format!("{DIR}/peer")] {
+            if let Err(e) = env.xs.watch_path(&path, TOKEN) {
+                log::warn!("grant-test: cannot watch {path} ({e:?}); polling once a second");
+            }
         }
         self.state = PairState::Granted;
         log::info!(
@@ -519,6 +525,21 @@ impl Granter {
                 self.notified = true;
                 log::info!("grant-test: d{peer} notified us on event channel {port}");
             }
+        }
+        // The toolstack withdraws the introduction (removes or changes our `peer`) when
+        // the peer is gone for good — the one signal that also covers a peer that died
+        // before it ever shared its directory with us (an unprivileged domain cannot ask
+        // xenstored or Xen whether another domain exists).
+        match read_opt(env.xs, &format!("{DIR}/peer")) {
+            Ok(Some(raw)) if parse_domid(&raw, self.me) == Ok(peer) => {}
+            Ok(now) => {
+                log::warn!(
+                    "grant-test: the toolstack withdrew d{peer} ({DIR}/peer is now {:?}); ending our grants",
+                    now.as_deref().map(String::from_utf8_lossy)
+                );
+                return self.end_all(table, env);
+            }
+            Err(e) => log::warn!("grant-test: cannot read {DIR}/peer: {e:?}"),
         }
         let state = match read_peer(env.xs, peer, "state") {
             Ok(s) => s,
