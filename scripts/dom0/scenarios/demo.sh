@@ -1,8 +1,8 @@
 # xenci-scenario: demo
 # xenci-ci: no
 # xenci-peer: yes
-# xenci-budget: 120
-# xenci-about: scripts/demo: boot, show xl list / xenstore, a balloon cycle (256 -> 64 -> 256 MiB, then beyond boot memory to 384 MiB), the log, shut down
+# xenci-budget: 180
+# xenci-about: scripts/demo: boot, show xl list / xenstore, a balloon cycle (256 -> 64 -> 256 MiB, then beyond boot memory to 384 MiB), the log, shut down; then two guests exchange 64 pages through grant tables
 scenario_demo() {
     create_domain "xenci-demo-$SUBJECT"
     wait_ready 60
@@ -34,4 +34,24 @@ scenario_demo() {
     info "shutdown=$(reason_name "$(shutdown_reason)") after $(fmt_cs $(($(now_cs) - t0)))s"
     say "---- console log after shutdown (last 3 lines)"
     tail -n 3 "$CONSOLE_LOG" | sed "s/^/xenci[$SCENARIO] | /" >&3
+    [ "$SUBJECT" = guest ] && demo_grants
+}
+
+# Two more guests of ours: a granter shares 64 pages, a mapper maps them into its device
+# range, checks them, and lets go.
+demo_grants() {
+    say "---- grant tables: xenci-demo-gnt-g grants 64 pages, xenci-demo-gnt-m maps them"
+    grant_pair xenci-demo-gnt 64
+    wait_pair M 30 mapped
+    wait_for 10 "granter verified" gt_read G grant-test/verified || fail "granter never saw the checksum"
+    say "---- xenstore-ls /local/domain/$M_ID/data/grant (the mapper)"
+    xenstore-ls "/local/domain/$M_ID/data/grant" 2>&1 | sed "s/^/xenci[$SCENARIO] /" >&3
+    info "grant_map=64 pages in $(gt_read M grant-test/map-us) us, checksum verified by the granter: $(gt_read G grant-test/verified), mapper census pages/device/foreign=$(gt_read M mm/pages/device/foreign)"
+    tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" unmap || fail "cannot command the unmap"
+    wait_pair M 30 unmapped
+    wait_pair G 30 ended
+    say "---- the two logs (grant lines)"
+    grep -h 'grant' "$G_LOG" | sed "s/^/xenci[$SCENARIO] granter | /" >&3
+    grep -h 'grant' "$M_LOG" | sed "s/^/xenci[$SCENARIO] mapper  | /" >&3
+    info "grant_end=unmapped in $(gt_read M grant-test/unmap-us) us; granter $(gt_read G grant-test/state), $(gt_read G grant/outstanding) grants outstanding"
 }
