@@ -528,7 +528,7 @@ impl MapperRig {
 /// Values of `data/grant-test/peer` both roles refuse (we are ME = 3).
 const BAD_PEERS: [&str; 10] = [
     "",
-    "0",
+    "00",
     "3",
     "abc",
     "07",

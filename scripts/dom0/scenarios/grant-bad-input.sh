@@ -23,7 +23,7 @@ scenario_grant_bad_input() {
     remember_domain G
     wait_ready 90
     n=0
-    for bad in abc 0 "$G_ID" 07 32752 ''; do
+    for bad in abc 00 "$G_ID" 07 32752 ''; do
         n=$((n + 1))
         tool xenstore-write -- "/local/domain/$G_ID/data/grant-test/peer" "$bad"
         wait_for 10 "peer '$bad' rejected" rejected_peers_is "$n" \
