@@ -2,7 +2,7 @@
 # xenci-ci: yes
 # xenci-peer: no
 # xenci-budget: 120
-# xenci-about: benchmark (numbers; fails only on errors): grant map/unmap latency under real Xen, 64 pages, per call of 64 and of 1, 5 rounds each; ours (PVH guest mapper) beside Linux 6.1 (dom0 through /dev/xen/gntdev)
+# xenci-about: benchmark (numbers; fails only on errors): grant map/unmap latency under real Xen, 64 pages, per call of 64 and of 1, 20 rounds each; ours (PVH guest mapper) beside Linux 6.1 (dom0 through /dev/xen/gntdev)
 scenario_grant_bench() {
     [ "$SUBJECT" = guest ] || skip "the grant scenarios run two guests of ours"
     grant_pair xenci-gbench 64
@@ -41,7 +41,7 @@ linux_baseline() {
     tool xenstore-write "/local/domain/$G_ID/data/grant-test/peer" 0 || fail "cannot introduce dom0"
     wait_pair G 30 granted
     refs=$(gt_read G grant-test/refs)
-    out=$("$bench" "$G_ID" "$refs" 5 2>&1) || fail "gntdev-bench: $out"
+    out=$("$bench" "$G_ID" "$refs" 20 2>&1) || fail "gntdev-bench: $out"
     say "linux (dom0 gntdev): $out"
     info "linux_$(echo "$out" | sed 's/ checksum=.*//; s/ / linux_/g')"
     tool xenstore-write "$d0/checksum" "${out##*checksum=}" || fail "cannot write dom0's checksum"

@@ -279,7 +279,7 @@ pub fn stamp(i: u32) -> u64 {
 }
 
 /// Rounds of the mapper's `bench` command.
-pub const BENCH_ROUNDS: u32 = 5;
+pub const BENCH_ROUNDS: u32 = 20;
 
 fn bench_key(batch: usize, what: &str) -> String {
     format!("bench/batch-{batch}/{what}")
