@@ -28,6 +28,8 @@ pub struct Grants {
     pub pair: Option<Pair>,
     /// Table frames as `(nr_frames, max_nr_frames)` from `GNTTABOP_query_size` at boot.
     pub query: (u32, u32),
+    /// What `data/grant/` was last given, so it is rewritten only when something moved.
+    published: Vec<(&'static str, String)>,
 }
 
 /// Places our grant table in the device window and builds the mapper. `None` (logged)
@@ -90,6 +92,7 @@ pub fn setup(
         mapper,
         pair,
         query,
+        published: Vec::new(),
     })
 }
 
@@ -158,12 +161,11 @@ impl FrameAccess for KernelFrames {
 }
 
 impl Grants {
-    /// One step of the handshake, if this guest has a role. True if its state changed.
-    pub fn tick(&mut self, xen: &Xen, xs: &mut Xenstore, mm: &Model) -> bool {
+    /// One step of the handshake, if this guest has a role.
+    pub fn tick(&mut self, xen: &Xen, xs: &mut Xenstore, mm: &Model) {
         let Some(pair) = self.pair.as_mut() else {
-            return false;
+            return;
         };
-        let before = pair.state();
         let mut hv = *xen;
         let mut env = Env::<KernelKit> {
             mm,
@@ -176,7 +178,17 @@ impl Grants {
             Pair::Granter(g) => g.tick(&mut self.table, &mut env),
             Pair::Mapper(m) => m.tick(&mut self.mapper, &mut env),
         }
-        pair.state() != before
+    }
+
+    /// The `data/grant/` fields if they differ from what was last published (then they
+    /// count as published).
+    pub fn changed_fields(&mut self) -> Option<Vec<(&'static str, String)>> {
+        let now = self.fields();
+        if now == self.published {
+            return None;
+        }
+        self.published.clone_from(&now);
+        Some(now)
     }
 
     /// Everything published under `data/grant/`.

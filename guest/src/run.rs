@@ -82,8 +82,8 @@ pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: Ba
                 walk,
                 grants,
             };
-            if let Some(g) = m.grants.as_ref() {
-                publish_fields(&mut xs, "data/grant", &g.fields());
+            if let Some(f) = m.grants.as_mut().and_then(|g| g.changed_fields()) {
+                publish_fields(&mut xs, "data/grant", &f);
                 publish_census(&mut xs, mm, extra);
             }
             event_loop(&xen, &mut xs, &mut m)
@@ -233,8 +233,9 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
             let now = xen.now_ns();
             if now >= grant_due {
                 grant_due = now + GRANT_POLL_NS;
-                if g.tick(xen, xs, m.mm) {
-                    publish_fields(xs, "data/grant", &g.fields());
+                g.tick(xen, xs, m.mm);
+                if let Some(f) = g.changed_fields() {
+                    publish_fields(xs, "data/grant", &f);
                     publish_census(xs, m.mm, m.xen_extra);
                 }
             }
