@@ -97,13 +97,40 @@ pub fn pattern_ok(idx: u32, page: &[u8]) -> bool {
 
 /// FNV-1a over the pages in order: what the mapper writes back and the granter checks.
 pub fn checksum<'a>(pages: impl IntoIterator<Item = &'a [u8]>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut c = Checksum::new();
     for page in pages {
+        c.update(page);
+    }
+    c.value()
+}
+
+/// [`checksum`] fed one page at a time, so no caller has to hold all pages at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Checksum(u64);
+
+impl Checksum {
+    /// The checksum of nothing yet.
+    pub fn new() -> Checksum {
+        Checksum(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// Adds the next page.
+    pub fn update(&mut self, page: &[u8]) {
         for &b in page {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
-    h
+
+    /// The checksum of everything added.
+    pub fn value(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Checksum::new()
+    }
 }
 
 #[cfg(test)]

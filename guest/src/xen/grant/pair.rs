@@ -44,7 +44,7 @@ use xen_bindings::abi::grant_table::GrantRef;
 use xen_bindings::abi::xs_wire::{XsPerm, XsPermKind};
 use xen_bindings::traits::{Clock, DomId, EventChannels, GrantOps, Port};
 
-use super::handshake::{self, encode_refs, parse_refs, pattern_byte, DIR};
+use super::handshake::{self, encode_refs, parse_refs, pattern_byte, Checksum, DIR};
 use super::{EndAccess, ForeignMapper, GrantTable, MapRequest, Unmapped, MAX_BATCH};
 use crate::mm::{MemModel, MemmapStorage, Pfn};
 use crate::xen::xenstore::{XsError, XsOps};
@@ -447,16 +447,15 @@ impl Granter {
                 }
             }
         }
-        let mut pages: Vec<&[u8]> = Vec::new();
-        let mut bufs: Vec<[u8; PAGE_BYTES]> = Vec::new();
+        // The expected checksum from what the frames hold after the fill.
+        let mut sum = Checksum::new();
+        let mut buf = [0u8; PAGE_BYTES];
         for (i, &pfn) in frames.iter().enumerate() {
             env.frames.fill(pfn, &|b| pattern_byte(i as u32, b));
-            let mut buf = [0u8; PAGE_BYTES];
             env.frames.read(pfn, &mut buf);
-            bufs.push(buf);
+            sum.update(&buf);
         }
-        pages.extend(bufs.iter().map(|b| b.as_slice()));
-        self.expected = handshake::checksum(pages);
+        self.expected = sum.value();
         for &pfn in &frames {
             match table.grant_access(peer, pfn.0, !self.writable) {
                 Ok(gref) => self.grants.push((pfn, gref)),
@@ -1016,20 +1015,17 @@ impl Mapper {
 
     /// Reads every mapped page: how many do not hold their pattern, and the checksum.
     fn verify<K: Kit>(&mut self, env: &mut Env<'_, K>) -> (usize, u64) {
-        let mut pages = Vec::with_capacity(self.slots.len());
+        let mut sum = Checksum::new();
         let mut wrong = 0;
+        let mut buf = [0u8; PAGE_BYTES];
         for (i, &pfn) in self.slots.iter().enumerate() {
-            let mut buf = [0u8; PAGE_BYTES];
             env.frames.read(pfn, &mut buf);
             if !handshake::pattern_ok(i as u32, &buf) {
                 wrong += 1;
             }
-            pages.push(buf);
+            sum.update(&buf);
         }
-        (
-            wrong,
-            handshake::checksum(pages.iter().map(|b| b.as_slice())),
-        )
+        (wrong, sum.value())
     }
 
     /// Maps every published ref, `batch` per hypercall, into `slots` (in ref order, so
