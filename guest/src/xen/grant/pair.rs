@@ -254,6 +254,20 @@ fn read_peer<X: XsOps>(xs: &mut X, peer: DomId, key: &str) -> Result<Option<Vec<
     }
 }
 
+/// Logs and publishes why `role` gives up (`error`, then `state=failed`); returns `what`
+/// for the role to keep.
+fn fail<X: XsOps>(xs: &mut X, role: &str, what: String) -> String {
+    log::error!("grant-test: {role}: {what}");
+    let _ = publish(
+        xs,
+        &[
+            ("error", what.clone()),
+            ("state", PairState::Failed.as_str().into()),
+        ],
+    );
+    what
+}
+
 /// The peer's `data/grant-test/<key>`.
 fn peer_path(peer: DomId, key: &str) -> String {
     format!("/local/domain/{peer}/{DIR}/{key}")
@@ -409,10 +423,8 @@ impl Granter {
     }
 
     fn fail<X: XsOps>(&mut self, xs: &mut X, what: String) {
-        log::error!("grant-test: granter: {what}");
-        self.error = Some(what.clone());
+        self.error = Some(fail(xs, "granter", what));
         self.state = PairState::Failed;
-        let _ = publish(xs, &[("error", what), ("state", "failed".into())]);
     }
 
     /// One step: called at start, on every watch event with [`TOKEN`], and at least once
@@ -741,10 +753,8 @@ impl Mapper {
     }
 
     fn fail<X: XsOps>(&mut self, xs: &mut X, what: String) {
-        log::error!("grant-test: mapper: {what}");
-        self.error = Some(what.clone());
+        self.error = Some(fail(xs, "mapper", what));
         self.state = PairState::Failed;
-        let _ = publish(xs, &[("error", what), ("state", "failed".into())]);
     }
 
     /// One step; called like [`Granter::tick`].
