@@ -6,6 +6,6 @@
 extern crate alloc;
 
 pub mod cmdline;
+pub mod identity_map;
 pub mod mm;
-pub mod paging;
 pub mod xen;

@@ -7,9 +7,48 @@ use core::fmt;
 use super::buddy::{FreeLists, MAX_ORDER};
 use super::geometry::{PAGES_PER_SUBSECTION, PAGE_SIZE};
 use super::memmap::MEMMAP_BYTES_PER_SUBSECTION;
-use super::model::Stats;
-use super::page::{Phase, StateKind, STATE_KINDS};
+use super::page::{Phase, Raw, StateKind, STATE_KINDS};
 use super::section::{SectionKind, ROOT_ENTRIES, SECTION_KINDS};
+
+/// Counters kept under the mutation lock; the census is a copy of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stats {
+    pub(crate) pages: [[u64; STATE_KINDS.len()]; SECTION_KINDS.len()],
+    pub(crate) holes: [u64; SECTION_KINDS.len()],
+    pub(crate) present_subsections: u64,
+    pub(crate) sections_present: u64,
+    pub(crate) sections_online: u64,
+    pub(crate) memmap_bytes: u64,
+    pub(crate) chunk_bytes: u64,
+}
+
+impl Stats {
+    pub(crate) fn move_pages(&mut self, kind: SectionKind, from: StateKind, to: StateKind, n: u64) {
+        self.pages[kind.index()][from.index()] -= n;
+        self.pages[kind.index()][to.index()] += n;
+    }
+    pub(crate) fn add_pages(&mut self, kind: SectionKind, raw: Raw, n: u64) {
+        self.pages[kind.index()][raw.kind().index()] += n;
+        if raw == Raw::Hole {
+            self.holes[kind.index()] += n;
+        }
+    }
+    pub(crate) fn add_page(&mut self, kind: SectionKind, raw: Raw, sign: i8) {
+        let slot = &mut self.pages[kind.index()][raw.kind().index()];
+        if sign > 0 {
+            *slot += 1;
+        } else {
+            *slot -= 1;
+        }
+        if raw == Raw::Hole {
+            if sign > 0 {
+                self.holes[kind.index()] += 1;
+            } else {
+                self.holes[kind.index()] -= 1;
+            }
+        }
+    }
+}
 
 /// Counts at one moment, all exact (taken under the mutation lock).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

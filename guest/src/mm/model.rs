@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 use spin::Mutex;
 
 use super::buddy::{FreeLists, MAX_ORDER};
-use super::census::Census;
+use super::census::{Census, Stats};
 use super::geometry::{
     section_start_pfn, subsection_start_pfn, Pfn, PfnRange, MAX_PFN, PAGES_PER_SECTION,
     PAGES_PER_SUBSECTION, SUBSECTIONS_PER_SECTION,
@@ -128,46 +128,6 @@ impl fmt::Display for SectionInfo {
             self.present,
             self.active,
         )
-    }
-}
-
-/// Counters kept under the mutation lock; the census is a copy of them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Stats {
-    pub(crate) pages: [[u64; STATE_KINDS.len()]; SECTION_KINDS.len()],
-    pub(crate) holes: [u64; SECTION_KINDS.len()],
-    pub(crate) present_subsections: u64,
-    pub(crate) sections_present: u64,
-    pub(crate) sections_online: u64,
-    pub(crate) memmap_bytes: u64,
-    pub(crate) chunk_bytes: u64,
-}
-
-impl Stats {
-    fn move_pages(&mut self, kind: SectionKind, from: StateKind, to: StateKind, n: u64) {
-        self.pages[kind.index()][from.index()] -= n;
-        self.pages[kind.index()][to.index()] += n;
-    }
-    fn add_pages(&mut self, kind: SectionKind, raw: Raw, n: u64) {
-        self.pages[kind.index()][raw.kind().index()] += n;
-        if raw == Raw::Hole {
-            self.holes[kind.index()] += n;
-        }
-    }
-    fn add_page(&mut self, kind: SectionKind, raw: Raw, sign: i8) {
-        let slot = &mut self.pages[kind.index()][raw.kind().index()];
-        if sign > 0 {
-            *slot += 1;
-        } else {
-            *slot -= 1;
-        }
-        if raw == Raw::Hole {
-            if sign > 0 {
-                self.holes[kind.index()] += 1;
-            } else {
-                self.holes[kind.index()] -= 1;
-            }
-        }
     }
 }
 

@@ -29,6 +29,9 @@ pub const SHARED_INFO_PAGES: u64 = 1;
 struct SharedInfoPage([u8; 4096]);
 static mut SHARED_INFO_PAGE: SharedInfoPage = SharedInfoPage([0; 4096]);
 
+/// The xenstore client over the real Xen (its ring, event channel and poll).
+pub type Xenstore = guest::xen::xenstore::XenstoreClient<Xen>;
+
 /// Handle to the hypervisor, once the hypercall page and shared_info are set up.
 #[derive(Clone, Copy)]
 pub struct Xen {

@@ -16,11 +16,9 @@ use xen_bindings::abi::hvm::param;
 use xen_bindings::traits::{Clock, Sched, ShutdownReason};
 
 use crate::boot::BootInfo;
-use crate::hv::Xen;
+use crate::hv::{Xen, Xenstore};
 use crate::kmem::Model;
 use crate::{klog, selftest};
-
-pub type Xenstore = XenstoreClient<Xen>;
 
 /// Watch token for `control/shutdown`.
 const TOKEN_SHUTDOWN: &str = "control/shutdown";
@@ -260,7 +258,7 @@ fn hot_add(xen: &Xen, m: &mut Memory<'_>, pages: u64) -> StepOutcome {
         }
     }
     let map = |r: PfnRange| {
-        crate::arch::paging::map(r.start.addr(), r.end.addr())
+        crate::arch::page_tables::map(r.start.addr(), r.end.addr())
             .map(drop)
             .map_err(|e| format!("page tables: {e:?}"))
     };

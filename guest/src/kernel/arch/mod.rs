@@ -4,4 +4,4 @@ pub mod cpu;
 pub mod entry;
 pub mod idt;
 pub mod mem;
-pub mod paging;
+pub mod page_tables;

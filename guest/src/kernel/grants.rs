@@ -13,9 +13,8 @@ use guest::xen::grant::{ForeignMapper, GrantTable};
 use xen_bindings::abi::grant_table::GRANT_ENTRIES_PER_FRAME_V1;
 use xen_bindings::traits::{DomId, GrantEntryShared, GrantOps};
 
-use crate::hv::Xen;
+use crate::hv::{Xen, Xenstore};
 use crate::kmem::Model;
-use crate::run::Xenstore;
 
 /// Grant-table frames we set up: 4 frames are 2040 usable refs, plenty for the
 /// handshake's 256 pages; Xen's default `max_grant_frames` is 32 (64 in 4.17).
@@ -58,7 +57,7 @@ pub fn setup(
             return None;
         }
     };
-    if let Err(e) = crate::arch::paging::map(range.start.addr(), range.end.addr()) {
+    if let Err(e) = crate::arch::page_tables::map(range.start.addr(), range.end.addr()) {
         log::error!("grant: no page tables for the table frames: {e:?}");
         return None;
     }
@@ -114,7 +113,7 @@ pub struct KernelFrames;
 
 impl KernelFrames {
     fn ensure_mapped(pfn: Pfn) -> Result<(), String> {
-        crate::arch::paging::map(pfn.addr(), pfn.addr() + PAGE_BYTES as u64)
+        crate::arch::page_tables::map(pfn.addr(), pfn.addr() + PAGE_BYTES as u64)
             .map(drop)
             .map_err(|e| format!("page tables for {pfn:?}: {e:?}"))
     }

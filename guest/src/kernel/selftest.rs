@@ -17,9 +17,8 @@ use xen_bindings::Errno;
 
 use crate::arch::idt::BREAKPOINTS;
 use crate::boot::BootInfo;
-use crate::hv::Xen;
+use crate::hv::{Xen, Xenstore};
 use crate::kmem::Model;
-use crate::run::Xenstore;
 
 type Outcome = Result<(), String>;
 /// A named self-test; it gets the xenstore connection (most ignore it).

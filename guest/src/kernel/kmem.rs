@@ -111,6 +111,7 @@ pub fn init(info: &BootInfo, touchable: Option<u64>) -> &'static Model {
     };
     mm.end_boot();
     let mm = MM.call_once(|| mm);
+    crate::arch::page_tables::set_table_source(table_frame);
     log::info!(
         "mm: {} RAM pages, {} subsections, memmap storage [{:#x}-{:#x}) ({} KiB incl. {} KiB headroom), touch limit pfn {:#x}",
         plan.ram_pages,
@@ -133,15 +134,21 @@ pub fn map_ram_above_4g(info: &BootInfo) {
         let end = e.addr.saturating_add(e.size);
         if end > FOUR_G {
             let start = e.addr.max(FOUR_G);
-            match crate::arch::paging::map(start, end) {
+            match crate::arch::page_tables::map(start, end) {
                 Ok(n) => log::info!(
                     "paging: mapped RAM [{start:#x}-{end:#x}) above 4 GiB ({n} x 2 MiB, {} table pages)",
-                    crate::arch::paging::tables_allocated()
+                    crate::arch::page_tables::tables_allocated()
                 ),
                 Err(err) => log::error!("paging: cannot map RAM [{start:#x}-{end:#x}): {err:?}"),
             }
         }
     }
+}
+
+/// A frame from the model's allocator for a new page table (Allocated: it counts as our
+/// RAM).
+fn table_frame() -> Option<u64> {
+    Some(MM.get()?.alloc_frames(0).ok()?.addr())
 }
 
 /// Logs the census, one line each (the Display form is multi-line).

@@ -1,15 +1,26 @@
 //! The kernel's page tables: the entry stub's identity map of the low 4 GiB, extended
-//! (through [`guest::paging`]) for RAM above 4 GiB. New table pages are frames from the
-//! memory model's allocator (state Allocated, so they count as the kernel's RAM).
+//! (through [`guest::identity_map`]) for RAM above 4 GiB. New table pages are frames from
+//! the memory model's allocator (state Allocated, so they count as the kernel's RAM),
+//! reached through the source [`crate::kmem`] registers with [`set_table_source`]: arch
+//! code does not name the memory model.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use guest::paging::{map_identity_2m, MapError, TableStore};
-
-use crate::kmem::MM;
+use guest::identity_map::{map_identity_2m, MapError, TableStore};
 
 /// Table pages taken from the allocator (a statistic).
 static TABLES: AtomicUsize = AtomicUsize::new(0);
+
+/// Gives one free, backed, identity-mapped frame (its physical address) for a new table.
+pub type TableSource = fn() -> Option<u64>;
+
+/// Where new table pages come from; set once at boot, before the first [`map`].
+static SOURCE: spin::Once<TableSource> = spin::Once::new();
+
+/// Registers where new table pages come from (once, at boot).
+pub fn set_table_source(source: TableSource) {
+    SOURCE.call_once(|| source);
+}
 
 struct KernelTables;
 
@@ -22,9 +33,9 @@ impl TableStore for KernelTables {
     }
 
     fn alloc_table(&mut self) -> Option<u64> {
-        let pfn = MM.get()?.alloc_frames(0).ok()?;
-        let page = pfn.addr() as *mut u8;
-        // SAFETY: a Free frame just allocated to us (backed by Xen, identity-mapped).
+        let page = (*SOURCE.get()?)()? as *mut u8;
+        // SAFETY: the source hands out a frame just allocated to us (backed by Xen,
+        // identity-mapped) and nobody else's.
         unsafe { core::ptr::write_bytes(page, 0, 4096) };
         // Relaxed: a statistic.
         TABLES.fetch_add(1, Ordering::Relaxed);
