@@ -46,14 +46,17 @@ pub mod model;
 #[cfg(test)]
 mod model_tests;
 pub mod page;
+pub mod read;
 pub mod section;
+mod sections;
 pub mod storage;
 
 pub use buddy::MAX_ORDER;
 pub use census::Census;
 pub use geometry::{Pfn, PfnRange};
 pub use memmap::MEMMAP_BYTES_PER_SUBSECTION;
-pub use model::{ActivePages, MemModel, MmError, PageRef, ReadGuard, SectionInfo};
+pub use model::{MemModel, MmError, SectionInfo};
 pub use page::{ForeignMap, IllegalTransition, PageState, Phase, StateKind};
+pub use read::{ActivePages, PageRef, ReadGuard};
 pub use section::SectionKind;
 pub use storage::{Budgeted, BumpStorage, HeapStorage, MemmapStorage};

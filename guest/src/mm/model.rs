@@ -2,23 +2,22 @@
 //! mutation lock, with lock-free readers protected by grace periods.
 
 use core::fmt;
-use core::ptr::NonNull;
 
 use spin::Mutex;
 
 use super::buddy::{FreeLists, MAX_ORDER};
 use super::census::{Census, Stats};
 use super::geometry::{
-    section_start_pfn, subsection_start_pfn, Pfn, PfnRange, MAX_PFN, PAGES_PER_SECTION,
-    PAGES_PER_SUBSECTION, SUBSECTIONS_PER_SECTION,
+    section_start_pfn, subsection_start_pfn, Pfn, PfnRange, MAX_PFN, PAGES_PER_SUBSECTION,
+    SUBSECTIONS_PER_SECTION,
 };
-use super::grace::{GracePeriod, ReadToken};
-use super::memmap::{fill_block, init_block, Memmap, MemmapToken, MEMMAP_LAYOUT};
+use super::grace::GracePeriod;
+use super::memmap::{Memmap, MemmapToken, MEMMAP_LAYOUT};
 use super::page::{
-    check_transition, ForeignMap, IllegalTransition, PageDesc, PageState, Phase, Raw, StateKind,
-    STATE_KINDS,
+    check_transition, ForeignMap, IllegalTransition, PageState, Phase, Raw, StateKind, STATE_KINDS,
 };
-use super::section::{Section, SectionKind, SectionRoot, CHUNK_LAYOUT, SECTION_KINDS};
+use super::read::ReadGuard;
+use super::section::{SectionKind, SectionRoot, CHUNK_LAYOUT, SECTION_KINDS};
 use super::storage::MemmapStorage;
 
 /// Why a model operation was refused. Nothing is changed when an error is returned.
@@ -141,7 +140,7 @@ pub(crate) trait InitPages {
 }
 
 /// Every page starts in the same state.
-struct Uniform(Raw);
+pub(super) struct Uniform(pub(super) Raw);
 
 impl InitPages for Uniform {
     fn uniform(&mut self, _: Pfn) -> Option<Raw> {
@@ -154,10 +153,10 @@ impl InitPages for Uniform {
 
 pub(crate) struct Inner<S> {
     pub(crate) storage: S,
-    token: MemmapToken,
-    free: FreeLists,
-    phase: Phase,
-    stats: Stats,
+    pub(super) token: MemmapToken,
+    pub(super) free: FreeLists,
+    pub(super) phase: Phase,
+    pub(super) stats: Stats,
 }
 
 /// The memory model. Build it at boot with [`super::boot::build`] (or empty with
@@ -166,9 +165,9 @@ pub(crate) struct Inner<S> {
 /// Mutations take an internal spin lock. Readers use [`MemModel::read`] and never take it.
 /// Never hold a [`ReadGuard`] while calling a mutating method: removal waits for guards.
 pub struct MemModel<S: MemmapStorage> {
-    root: SectionRoot,
-    grace: GracePeriod,
-    inner: Mutex<Inner<S>>,
+    pub(super) root: SectionRoot,
+    pub(super) grace: GracePeriod,
+    pub(super) inner: Mutex<Inner<S>>,
 }
 
 fn block_range(pfn: Pfn, order: u8) -> PfnRange {
@@ -189,7 +188,7 @@ fn check_block(pfn: Pfn, order: u8) -> Result<(), MmError> {
 }
 
 /// Split `[start, end)` into maximal aligned buddy blocks.
-fn for_each_block(range: PfnRange, mut f: impl FnMut(Pfn, u8)) {
+pub(super) fn for_each_block(range: PfnRange, mut f: impl FnMut(Pfn, u8)) {
     let mut p = range.start.0;
     while p < range.end.0 {
         let align = if p == 0 {
@@ -249,10 +248,7 @@ impl<S: MemmapStorage> MemModel<S> {
     /// Enter the read side: descriptors reached through the guard stay valid until it
     /// is dropped.
     pub fn read(&self) -> ReadGuard<'_> {
-        ReadGuard {
-            root: &self.root,
-            _token: self.grace.read(),
-        }
+        ReadGuard::new(&self.root, self.grace.read())
     }
 
     /// The maps of section `nr`.
@@ -378,7 +374,7 @@ impl<S: MemmapStorage> MemModel<S> {
     // ---- lock-held helpers --------------------------------------------------------------
 
     /// Kind and online flag of the active subsection holding `pfn`.
-    fn placement(&self, pfn: Pfn) -> Result<(SectionKind, bool), MmError> {
+    pub(super) fn placement(&self, pfn: Pfn) -> Result<(SectionKind, bool), MmError> {
         if !pfn.in_range() {
             return Err(MmError::OutOfRange(pfn));
         }
@@ -696,323 +692,6 @@ impl<S: MemmapStorage> MemModel<S> {
         Ok(map)
     }
 
-    // ---- sections and subsections -------------------------------------------------------
-
-    /// Add the subsections of `range` (subsection aligned) as `kind`: RAM pages start
-    /// Offline (hotplugged memory is never Reserved), device pages Unpopulated. The
-    /// subsections are active on return; RAM sections still need
-    /// [`MemModel::online_section`] and [`MemModel::populate`].
-    pub fn add_subsections(&self, range: PfnRange, kind: SectionKind) -> Result<(), MmError> {
-        let init = if kind.is_ram() {
-            Raw::State(PageState::Offline)
-        } else {
-            Raw::State(PageState::Unpopulated)
-        };
-        let mut g = self.inner.lock();
-        self.add_with(&mut g, range, kind, false, Uniform(init))
-    }
-
-    /// Add a whole section (see [`MemModel::add_subsections`]).
-    pub fn add_section(&self, nr: usize, kind: SectionKind) -> Result<(), MmError> {
-        self.add_subsections(
-            PfnRange::from_count(section_start_pfn(nr), PAGES_PER_SECTION),
-            kind,
-        )
-    }
-
-    /// The worker behind adding subsections: allocate every chunk and memmap block first
-    /// (rolling back on failure), then initialise, activate, optionally online, and put
-    /// Free pages on the free lists.
-    pub(crate) fn add_with(
-        &self,
-        g: &mut Inner<S>,
-        range: PfnRange,
-        kind: SectionKind,
-        online: bool,
-        mut init: impl InitPages,
-    ) -> Result<(), MmError> {
-        if !range.is_subsection_aligned() {
-            return Err(MmError::Misaligned {
-                pfn: range.start,
-                order: MAX_ORDER,
-            });
-        }
-        if range.end.0 > MAX_PFN {
-            return Err(MmError::OutOfRange(range.end));
-        }
-        let subsections = || {
-            (range.start.0..range.end.0)
-                .step_by(PAGES_PER_SUBSECTION as usize)
-                .map(Pfn)
-        };
-        // Check everything before allocating anything.
-        for first in subsections() {
-            if let Some(s) = self.root.section_of(first) {
-                if s.present() & (1 << first.subsection_in_section()) != 0 {
-                    return Err(MmError::AlreadyPresent(first));
-                }
-                match s.kind() {
-                    Some(have) if have != kind => {
-                        return Err(MmError::KindMismatch {
-                            pfn: first,
-                            section: have,
-                            wanted: kind,
-                        })
-                    }
-                    _ => {}
-                }
-            }
-        }
-        // Chunks: kept even if a later step fails (empty slots are harmless and reused).
-        for first in subsections() {
-            if !self.root.has_chunk(first.section()) {
-                let mem = g
-                    .storage
-                    .alloc(CHUNK_LAYOUT)
-                    .ok_or(MmError::StorageExhausted {
-                        bytes: CHUNK_LAYOUT.size(),
-                    })?;
-                self.root.install_chunk(first.section(), mem);
-                g.stats.chunk_bytes += CHUNK_LAYOUT.size() as u64;
-            }
-        }
-        // Memmap blocks: parked in the (not yet present) slots; undone on failure.
-        for (n, first) in subsections().enumerate() {
-            let s = self.section(first);
-            match g.storage.alloc(MEMMAP_LAYOUT) {
-                Some(mem) => s.set_memmap_ptr(first.subsection_in_section(), Some(mem.cast())),
-                None => {
-                    for undo in subsections().take(n) {
-                        let s = self.section(undo);
-                        let idx = undo.subsection_in_section();
-                        let p = s.memmap_ptr(idx).expect("parked memmap block");
-                        s.set_memmap_ptr(idx, None);
-                        // SAFETY: `p` came from `alloc(MEMMAP_LAYOUT)` just above and was
-                        // never published (its present bit is clear).
-                        unsafe { g.storage.free(p.cast(), MEMMAP_LAYOUT) };
-                    }
-                    return Err(MmError::StorageExhausted {
-                        bytes: MEMMAP_LAYOUT.size(),
-                    });
-                }
-            }
-        }
-        // Initialise, then publish: present, kind, and active last (Release).
-        let mut nr = usize::MAX;
-        for first in subsections() {
-            let s = self.section(first);
-            let idx = first.subsection_in_section();
-            let mem = s.memmap_ptr(idx).expect("parked memmap block");
-            let uniform = init.uniform(first);
-            // Which pages start Free, to put them on the free lists without re-reading.
-            let mut free = [0u64; PAGES_PER_SUBSECTION as usize / 64];
-            match uniform {
-                Some(raw) => {
-                    debug_assert!(online || raw.kind() != StateKind::Free);
-                    fill_block(mem.cast(), raw);
-                    g.stats.add_pages(kind, raw, PAGES_PER_SUBSECTION);
-                    if raw.kind() == StateKind::Free {
-                        free = [u64::MAX; PAGES_PER_SUBSECTION as usize / 64];
-                    }
-                }
-                None => {
-                    let stats = &mut g.stats;
-                    init_block(mem.cast(), first, |pfn| {
-                        let raw = init.page(pfn);
-                        debug_assert!(online || raw.kind() != StateKind::Free);
-                        stats.add_pages(kind, raw, 1);
-                        if raw.kind() == StateKind::Free {
-                            let i = pfn.index_in_subsection();
-                            free[i / 64] |= 1 << (i % 64);
-                        }
-                        raw
-                    });
-                }
-            }
-            if s.present() == 0 {
-                s.set_kind(Some(kind));
-                g.stats.sections_present += 1;
-            }
-            s.set_present_bit(idx, true);
-            s.activate(idx);
-            g.stats.present_subsections += 1;
-            g.stats.memmap_bytes += MEMMAP_LAYOUT.size() as u64;
-            if !online {
-                continue;
-            }
-            if first.section() != nr {
-                nr = first.section();
-                if !s.online() {
-                    s.set_online(true);
-                    g.stats.sections_online += 1;
-                }
-            }
-            let mm = Memmap::new(&self.root, &g.token);
-            if free.iter().all(|&w| w == u64::MAX) {
-                g.free.insert(&mm, first, MAX_ORDER);
-                continue;
-            }
-            let is_free = |i: u64| free[i as usize / 64] & (1 << (i % 64)) != 0;
-            let mut i = 0;
-            while i < PAGES_PER_SUBSECTION {
-                if !is_free(i) {
-                    i += 1;
-                    continue;
-                }
-                let start = i;
-                while i < PAGES_PER_SUBSECTION && is_free(i) {
-                    i += 1;
-                }
-                let run = PfnRange::new(first.add(start), first.add(i));
-                for_each_block(run, |p, k| g.free.insert(&mm, p, k));
-            }
-        }
-        Ok(())
-    }
-
-    fn section(&self, pfn: Pfn) -> &Section {
-        self.root
-            .section_of(pfn)
-            .expect("section chunk installed before use")
-    }
-
-    /// Remove the subsections of `range` (subsection aligned). Every page must be Offline
-    /// or Unpopulated (nothing owns a frame). Order: clear active, wait a grace period
-    /// (walkers that may hold descriptors finish), free memmap, clear present.
-    pub fn remove_subsections(&self, range: PfnRange) -> Result<(), MmError> {
-        if !range.is_subsection_aligned() {
-            return Err(MmError::Misaligned {
-                pfn: range.start,
-                order: MAX_ORDER,
-            });
-        }
-        let mut g = self.inner.lock();
-        let g = &mut *g;
-        {
-            let mm = Memmap::new(&self.root, &g.token);
-            for first in (range.start.0..range.end.0)
-                .step_by(PAGES_PER_SUBSECTION as usize)
-                .map(Pfn)
-            {
-                self.placement(first)?;
-                for pfn in PfnRange::from_count(first, PAGES_PER_SUBSECTION).iter() {
-                    let state = mm.desc(pfn).load().kind();
-                    if !matches!(state, StateKind::Offline | StateKind::Unpopulated) {
-                        return Err(MmError::Busy { pfn, state });
-                    }
-                }
-            }
-        }
-        let subsections = || {
-            (range.start.0..range.end.0)
-                .step_by(PAGES_PER_SUBSECTION as usize)
-                .map(Pfn)
-        };
-        for first in subsections() {
-            self.section(first)
-                .deactivate(1 << first.subsection_in_section());
-        }
-        self.grace.synchronize();
-        for first in subsections() {
-            let s = self.section(first);
-            let idx = first.subsection_in_section();
-            let kind = s.kind().expect("present section has a kind");
-            {
-                let mm = Memmap::new(&self.root, &g.token);
-                for pfn in PfnRange::from_count(first, PAGES_PER_SUBSECTION).iter() {
-                    g.stats.add_page(kind, mm.desc(pfn).load(), -1);
-                }
-            }
-            self.free_memmap(g, s, idx);
-            if s.present() == 0 {
-                if s.online() {
-                    s.set_online(false);
-                    g.stats.sections_online -= 1;
-                }
-                s.set_kind(None);
-                g.stats.sections_present -= 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Free one deactivated subsection's memmap. Taking the token by `&mut` proves no
-    /// descriptor reference from the writers' view is alive.
-    fn free_memmap(&self, g: &mut Inner<S>, s: &Section, idx: usize) {
-        let _exclusive: &mut MemmapToken = &mut g.token;
-        let p = s.memmap_ptr(idx).expect("present subsection has memmap");
-        s.set_present_bit(idx, false);
-        s.set_memmap_ptr(idx, None);
-        // SAFETY: the subsection was deactivated and a grace period has passed, so no
-        // reader holds a descriptor; writers' views borrow the token, which we hold
-        // exclusively. `p` came from `alloc(MEMMAP_LAYOUT)` in `add_with`.
-        unsafe { g.storage.free(p.cast(), MEMMAP_LAYOUT) };
-        g.stats.present_subsections -= 1;
-        g.stats.memmap_bytes -= MEMMAP_LAYOUT.size() as u64;
-    }
-
-    /// Remove a whole section (see [`MemModel::remove_subsections`]).
-    pub fn remove_section(&self, nr: usize) -> Result<(), MmError> {
-        self.remove_subsections(PfnRange::from_count(
-            section_start_pfn(nr),
-            PAGES_PER_SECTION,
-        ))
-    }
-
-    /// Online a RAM section: its pages become reachable through `pfn_to_online_page` and
-    /// may be populated into the allocator.
-    pub fn online_section(&self, nr: usize) -> Result<(), MmError> {
-        let mut g = self.inner.lock();
-        let first = section_start_pfn(nr);
-        let s = self
-            .root
-            .section(nr)
-            .filter(|s| s.present() != 0)
-            .ok_or(MmError::NotActive(first))?;
-        let kind = s.kind().ok_or(MmError::NotActive(first))?;
-        if !kind.is_ram() {
-            return Err(MmError::WrongSection {
-                pfn: first,
-                kind,
-                online: false,
-            });
-        }
-        if !s.online() {
-            s.set_online(true);
-            g.stats.sections_online += 1;
-        }
-        Ok(())
-    }
-
-    /// Offline a RAM section whose pages are all Offline (ballooned out or never
-    /// populated).
-    pub fn offline_section(&self, nr: usize) -> Result<(), MmError> {
-        let mut g = self.inner.lock();
-        let g = &mut *g;
-        let first = section_start_pfn(nr);
-        let s = self
-            .root
-            .section(nr)
-            .filter(|s| s.present() != 0)
-            .ok_or(MmError::NotActive(first))?;
-        let mm = Memmap::new(&self.root, &g.token);
-        let present = s.present();
-        for idx in (0..SUBSECTIONS_PER_SECTION).filter(|i| present & (1 << i) != 0) {
-            let sub = subsection_start_pfn(nr, idx);
-            for pfn in PfnRange::from_count(sub, PAGES_PER_SUBSECTION).iter() {
-                let state = mm.desc(pfn).load().kind();
-                if state != StateKind::Offline {
-                    return Err(MmError::Busy { pfn, state });
-                }
-            }
-        }
-        if s.online() {
-            s.set_online(false);
-            g.stats.sections_online -= 1;
-        }
-        Ok(())
-    }
-
     /// Use the storage provider (e.g. to read or change a [`super::Budgeted`] budget).
     pub fn with_storage<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
         f(&mut self.inner.lock().storage)
@@ -1049,172 +728,5 @@ impl<S: MemmapStorage> Drop for MemModel<S> {
             // reference into them remains.
             unsafe { storage.free(p, CHUNK_LAYOUT) }
         });
-    }
-}
-
-// ---- read side -------------------------------------------------------------------------
-
-/// A read-side critical section. Descriptors reached through it stay valid until it is
-/// dropped; removal waits for it.
-pub struct ReadGuard<'m> {
-    root: &'m SectionRoot,
-    _token: ReadToken<'m>,
-}
-
-/// A page reached through a [`ReadGuard`].
-#[derive(Clone, Copy)]
-pub struct PageRef<'g> {
-    pfn: Pfn,
-    kind: SectionKind,
-    /// Whether the section was online when the page was reached.
-    online: bool,
-    desc: &'g PageDesc,
-}
-
-impl PageRef<'_> {
-    /// The page's pfn.
-    pub fn pfn(&self) -> Pfn {
-        self.pfn
-    }
-    /// Kind of the page's section.
-    pub fn section_kind(&self) -> SectionKind {
-        self.kind
-    }
-    /// Whether the page's section was online when the page was reached (for RAM: its
-    /// pages are managed by the kernel and the balloon).
-    pub fn section_online(&self) -> bool {
-        self.online
-    }
-    /// Current state (a consistent snapshot).
-    pub fn state(&self) -> PageState {
-        self.desc.state()
-    }
-    /// Whether the page is RAM (false for non-RAM pages of partly-RAM subsections).
-    pub fn is_ram(&self) -> bool {
-        self.desc.is_ram()
-    }
-}
-
-impl fmt::Debug for PageRef<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} {} {:?}", self.pfn, self.kind, self.state())
-    }
-}
-
-impl<'m> ReadGuard<'m> {
-    fn lookup(&self, pfn: Pfn) -> Option<(PageRef<'_>, bool)> {
-        let s = self.root.section_of(pfn)?;
-        let idx = pfn.subsection_in_section();
-        if s.active() & (1 << idx) == 0 {
-            return None;
-        }
-        let base = s.memmap_ptr(idx)?;
-        let kind = s.kind()?;
-        // SAFETY: the active bit was seen (Acquire) inside this read-side section: the
-        // block is initialised (written before the Release that set the bit), and removal
-        // clears the bit and then waits for this guard before freeing the block. The
-        // reference is bound to `&self`, so it cannot outlive the guard.
-        let desc = unsafe { base.add(pfn.index_in_subsection()).as_ref() };
-        let online = s.online();
-        Some((
-            PageRef {
-                pfn,
-                kind,
-                online,
-                desc,
-            },
-            online,
-        ))
-    }
-
-    /// The page of an active subsection, whatever its section (`pfn_active` + memmap).
-    pub fn pfn_to_page(&self, pfn: Pfn) -> Option<PageRef<'_>> {
-        self.lookup(pfn).map(|(p, _)| p)
-    }
-
-    /// The page if its subsection is active and its section online RAM.
-    pub fn pfn_to_online_page(&self, pfn: Pfn) -> Option<PageRef<'_>> {
-        match self.lookup(pfn)? {
-            (p, true) if p.kind.is_ram() => Some(p),
-            _ => None,
-        }
-    }
-
-    /// The page if its subsection is active and its section a device range.
-    pub fn pfn_to_device_page(&self, pfn: Pfn) -> Option<PageRef<'_>> {
-        match self.lookup(pfn)? {
-            (p, _) if p.kind == SectionKind::Device => Some(p),
-            _ => None,
-        }
-    }
-
-    /// Every page of an active subsection in `range`, in pfn order; holes and absent
-    /// sections are skipped without touching memory.
-    pub fn active_pages(&self, range: PfnRange) -> ActivePages<'_, 'm> {
-        ActivePages {
-            guard: self,
-            next: range.start,
-            end: Pfn(range.end.0.min(MAX_PFN)),
-            cached: None,
-        }
-    }
-}
-
-/// Iterator of [`ReadGuard::active_pages`].
-pub struct ActivePages<'g, 'm> {
-    guard: &'g ReadGuard<'m>,
-    next: Pfn,
-    end: Pfn,
-    /// (subsection number, memmap block, section kind, online) of the current subsection.
-    cached: Option<(u64, NonNull<PageDesc>, SectionKind, bool)>,
-}
-
-impl<'g> Iterator for ActivePages<'g, '_> {
-    type Item = PageRef<'g>;
-
-    fn next(&mut self) -> Option<PageRef<'g>> {
-        while self.next < self.end {
-            let pfn = self.next;
-            if let Some((sub, base, kind, online)) = self.cached {
-                if sub == pfn.subsection() {
-                    self.next = pfn.add(1);
-                    // SAFETY: as in `ReadGuard::lookup`: `base` was read after seeing the
-                    // subsection active under the guard this iterator borrows for 'g.
-                    let desc = unsafe { base.add(pfn.index_in_subsection()).as_ref() };
-                    return Some(PageRef {
-                        pfn,
-                        kind,
-                        online,
-                        desc,
-                    });
-                }
-            }
-            self.cached = None;
-            let root = self.guard.root;
-            let Some(s) = root.section_of(pfn) else {
-                // No chunk: jump to the next section that has one.
-                let nr = root.next_chunk_section(pfn.section() + 1)?;
-                self.next = section_start_pfn(nr).max(pfn);
-                continue;
-            };
-            let idx = pfn.subsection_in_section();
-            let active = s.active() & !((1u64 << idx) - 1);
-            if active == 0 {
-                self.next = section_start_pfn(pfn.section() + 1);
-                continue;
-            }
-            let first = active.trailing_zeros() as usize;
-            if first != idx {
-                self.next = subsection_start_pfn(pfn.section(), first);
-                continue;
-            }
-            match (s.memmap_ptr(idx), s.kind()) {
-                (Some(base), Some(kind)) => {
-                    self.cached = Some((pfn.subsection(), base, kind, s.online()))
-                }
-                _ => self.next = pfn.subsection_start().add(PAGES_PER_SUBSECTION),
-            }
-        }
-        None
     }
 }

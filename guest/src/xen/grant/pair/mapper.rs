@@ -11,7 +11,6 @@ use xen_bindings::abi::grant_table::GrantRef;
 use xen_bindings::traits::{Clock, DomId, EventChannels, Port};
 
 use super::super::handshake::{self, parse_refs, Checksum, DIR};
-use super::bench::{bench_key, BENCH_ROUNDS};
 use super::protocol::{
     encode_checksum, fail, peer_path, publish, read_opt, read_peer, share_dir, stamp, Introduction,
 };
@@ -19,6 +18,11 @@ use super::{Env, FrameAccess, Kit, PairState, Watcher, PAGE_BYTES, TOKEN};
 use crate::mm::Pfn;
 use crate::xen::grant::{ForeignMapper, MapRequest, Unmapped, MAX_BATCH};
 use crate::xen::xenstore::XsOps;
+
+mod bench;
+
+use bench::bench_key;
+pub use bench::BENCH_ROUNDS;
 
 /// The mapping side.
 pub struct Mapper {
@@ -29,7 +33,7 @@ pub struct Mapper {
     state: PairState,
     peer: Option<DomId>,
     /// The granter's refs, in page order.
-    pub(super) refs: Vec<GrantRef>,
+    refs: Vec<GrantRef>,
     slots: Vec<Pfn>,
     port: Option<Port>,
     checksum: Option<u64>,
@@ -372,7 +376,7 @@ impl Mapper {
 
     /// Maps every published ref, `batch` per hypercall, into `slots` (in ref order, so
     /// slot `i` holds page `i`). On an error the slots mapped so far stay in `slots`.
-    pub(super) fn map_all<K: Kit>(
+    fn map_all<K: Kit>(
         &mut self,
         mapper: &mut ForeignMapper,
         env: &mut Env<'_, K>,
@@ -408,7 +412,7 @@ impl Mapper {
     }
 
     /// Unmaps every slot; returns how many stay mapped (Xen refused).
-    pub(super) fn unmap_all<K: Kit>(
+    fn unmap_all<K: Kit>(
         &mut self,
         mapper: &mut ForeignMapper,
         env: &mut Env<'_, K>,

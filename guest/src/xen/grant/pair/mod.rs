@@ -37,18 +37,16 @@
 //! a mapping, retried once a second, each frame freed only once released.
 
 //! The files: [`protocol`] (introduction, xenstore helpers, value formats shared by both
-//! roles), [`granter`] and [`mapper`] (one role each), [`bench`] (the mapper's `bench`
-//! command). The roles are written against [`Kit`], so the kernel and the host tests
+//! roles), [`granter`] and [`mapper`] (one role each; `mapper/bench.rs` holds the mapper's
+//! `bench` command). The roles are written against [`Kit`], so the kernel and the host tests
 //! (`guest/tests/grant_pair.rs`, against the simulated Xen) run the same code.
 
-mod bench;
 mod granter;
 mod mapper;
 mod protocol;
 
-pub use bench::BENCH_ROUNDS;
 pub use granter::{Granter, RETRY_NS};
-pub use mapper::Mapper;
+pub use mapper::{Mapper, BENCH_ROUNDS};
 pub use protocol::{encode_checksum, parse_checksum, parse_domid, stamp};
 
 use xen_bindings::traits::{Clock, DomId, EventChannels, GrantOps};

@@ -8,8 +8,8 @@ use alloc::vec::Vec;
 
 use xen_bindings::traits::Clock;
 
-use super::mapper::Mapper;
-use super::{Env, Kit};
+use super::super::{Env, Kit};
+use super::Mapper;
 use crate::xen::grant::{ForeignMapper, MAX_BATCH};
 
 /// Rounds of the mapper's `bench` command.

@@ -1,0 +1,334 @@
+//! Adding and removing memory: subsections and sections come and go under the mutation
+//! lock, in the order the model promises walkers — memmap built, then active (Release),
+//! then online; on the way out offline, inactive, a grace period, and only then the
+//! memmap freed.
+
+use super::buddy::MAX_ORDER;
+use super::geometry::{
+    section_start_pfn, subsection_start_pfn, Pfn, PfnRange, MAX_PFN, PAGES_PER_SECTION,
+    PAGES_PER_SUBSECTION, SUBSECTIONS_PER_SECTION,
+};
+use super::memmap::{fill_block, init_block, Memmap, MemmapToken, MEMMAP_LAYOUT};
+use super::model::{for_each_block, InitPages, Inner, MemModel, MmError, Uniform};
+use super::page::{PageState, Raw, StateKind};
+use super::section::{Section, SectionKind, CHUNK_LAYOUT};
+use super::storage::MemmapStorage;
+
+impl<S: MemmapStorage> MemModel<S> {
+    // ---- sections and subsections -------------------------------------------------------
+
+    /// Add the subsections of `range` (subsection aligned) as `kind`: RAM pages start
+    /// Offline (hotplugged memory is never Reserved), device pages Unpopulated. The
+    /// subsections are active on return; RAM sections still need
+    /// [`MemModel::online_section`] and [`MemModel::populate`].
+    pub fn add_subsections(&self, range: PfnRange, kind: SectionKind) -> Result<(), MmError> {
+        let init = if kind.is_ram() {
+            Raw::State(PageState::Offline)
+        } else {
+            Raw::State(PageState::Unpopulated)
+        };
+        let mut g = self.inner.lock();
+        self.add_with(&mut g, range, kind, false, Uniform(init))
+    }
+
+    /// Add a whole section (see [`MemModel::add_subsections`]).
+    pub fn add_section(&self, nr: usize, kind: SectionKind) -> Result<(), MmError> {
+        self.add_subsections(
+            PfnRange::from_count(section_start_pfn(nr), PAGES_PER_SECTION),
+            kind,
+        )
+    }
+
+    /// The worker behind adding subsections: allocate every chunk and memmap block first
+    /// (rolling back on failure), then initialise, activate, optionally online, and put
+    /// Free pages on the free lists.
+    pub(crate) fn add_with(
+        &self,
+        g: &mut Inner<S>,
+        range: PfnRange,
+        kind: SectionKind,
+        online: bool,
+        mut init: impl InitPages,
+    ) -> Result<(), MmError> {
+        if !range.is_subsection_aligned() {
+            return Err(MmError::Misaligned {
+                pfn: range.start,
+                order: MAX_ORDER,
+            });
+        }
+        if range.end.0 > MAX_PFN {
+            return Err(MmError::OutOfRange(range.end));
+        }
+        let subsections = || {
+            (range.start.0..range.end.0)
+                .step_by(PAGES_PER_SUBSECTION as usize)
+                .map(Pfn)
+        };
+        // Check everything before allocating anything.
+        for first in subsections() {
+            if let Some(s) = self.root.section_of(first) {
+                if s.present() & (1 << first.subsection_in_section()) != 0 {
+                    return Err(MmError::AlreadyPresent(first));
+                }
+                match s.kind() {
+                    Some(have) if have != kind => {
+                        return Err(MmError::KindMismatch {
+                            pfn: first,
+                            section: have,
+                            wanted: kind,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Chunks: kept even if a later step fails (empty slots are harmless and reused).
+        for first in subsections() {
+            if !self.root.has_chunk(first.section()) {
+                let mem = g
+                    .storage
+                    .alloc(CHUNK_LAYOUT)
+                    .ok_or(MmError::StorageExhausted {
+                        bytes: CHUNK_LAYOUT.size(),
+                    })?;
+                self.root.install_chunk(first.section(), mem);
+                g.stats.chunk_bytes += CHUNK_LAYOUT.size() as u64;
+            }
+        }
+        // Memmap blocks: parked in the (not yet present) slots; undone on failure.
+        for (n, first) in subsections().enumerate() {
+            let s = self.section(first);
+            match g.storage.alloc(MEMMAP_LAYOUT) {
+                Some(mem) => s.set_memmap_ptr(first.subsection_in_section(), Some(mem.cast())),
+                None => {
+                    for undo in subsections().take(n) {
+                        let s = self.section(undo);
+                        let idx = undo.subsection_in_section();
+                        let p = s.memmap_ptr(idx).expect("parked memmap block");
+                        s.set_memmap_ptr(idx, None);
+                        // SAFETY: `p` came from `alloc(MEMMAP_LAYOUT)` just above and was
+                        // never published (its present bit is clear).
+                        unsafe { g.storage.free(p.cast(), MEMMAP_LAYOUT) };
+                    }
+                    return Err(MmError::StorageExhausted {
+                        bytes: MEMMAP_LAYOUT.size(),
+                    });
+                }
+            }
+        }
+        // Initialise, then publish: present, kind, and active last (Release).
+        let mut nr = usize::MAX;
+        for first in subsections() {
+            let s = self.section(first);
+            let idx = first.subsection_in_section();
+            let mem = s.memmap_ptr(idx).expect("parked memmap block");
+            let uniform = init.uniform(first);
+            // Which pages start Free, to put them on the free lists without re-reading.
+            let mut free = [0u64; PAGES_PER_SUBSECTION as usize / 64];
+            match uniform {
+                Some(raw) => {
+                    debug_assert!(online || raw.kind() != StateKind::Free);
+                    fill_block(mem.cast(), raw);
+                    g.stats.add_pages(kind, raw, PAGES_PER_SUBSECTION);
+                    if raw.kind() == StateKind::Free {
+                        free = [u64::MAX; PAGES_PER_SUBSECTION as usize / 64];
+                    }
+                }
+                None => {
+                    let stats = &mut g.stats;
+                    init_block(mem.cast(), first, |pfn| {
+                        let raw = init.page(pfn);
+                        debug_assert!(online || raw.kind() != StateKind::Free);
+                        stats.add_pages(kind, raw, 1);
+                        if raw.kind() == StateKind::Free {
+                            let i = pfn.index_in_subsection();
+                            free[i / 64] |= 1 << (i % 64);
+                        }
+                        raw
+                    });
+                }
+            }
+            if s.present() == 0 {
+                s.set_kind(Some(kind));
+                g.stats.sections_present += 1;
+            }
+            s.set_present_bit(idx, true);
+            s.activate(idx);
+            g.stats.present_subsections += 1;
+            g.stats.memmap_bytes += MEMMAP_LAYOUT.size() as u64;
+            if !online {
+                continue;
+            }
+            if first.section() != nr {
+                nr = first.section();
+                if !s.online() {
+                    s.set_online(true);
+                    g.stats.sections_online += 1;
+                }
+            }
+            let mm = Memmap::new(&self.root, &g.token);
+            if free.iter().all(|&w| w == u64::MAX) {
+                g.free.insert(&mm, first, MAX_ORDER);
+                continue;
+            }
+            let is_free = |i: u64| free[i as usize / 64] & (1 << (i % 64)) != 0;
+            let mut i = 0;
+            while i < PAGES_PER_SUBSECTION {
+                if !is_free(i) {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < PAGES_PER_SUBSECTION && is_free(i) {
+                    i += 1;
+                }
+                let run = PfnRange::new(first.add(start), first.add(i));
+                for_each_block(run, |p, k| g.free.insert(&mm, p, k));
+            }
+        }
+        Ok(())
+    }
+
+    fn section(&self, pfn: Pfn) -> &Section {
+        self.root
+            .section_of(pfn)
+            .expect("section chunk installed before use")
+    }
+
+    /// Remove the subsections of `range` (subsection aligned). Every page must be Offline
+    /// or Unpopulated (nothing owns a frame). Order: clear active, wait a grace period
+    /// (walkers that may hold descriptors finish), free memmap, clear present.
+    pub fn remove_subsections(&self, range: PfnRange) -> Result<(), MmError> {
+        if !range.is_subsection_aligned() {
+            return Err(MmError::Misaligned {
+                pfn: range.start,
+                order: MAX_ORDER,
+            });
+        }
+        let mut g = self.inner.lock();
+        let g = &mut *g;
+        {
+            let mm = Memmap::new(&self.root, &g.token);
+            for first in (range.start.0..range.end.0)
+                .step_by(PAGES_PER_SUBSECTION as usize)
+                .map(Pfn)
+            {
+                self.placement(first)?;
+                for pfn in PfnRange::from_count(first, PAGES_PER_SUBSECTION).iter() {
+                    let state = mm.desc(pfn).load().kind();
+                    if !matches!(state, StateKind::Offline | StateKind::Unpopulated) {
+                        return Err(MmError::Busy { pfn, state });
+                    }
+                }
+            }
+        }
+        let subsections = || {
+            (range.start.0..range.end.0)
+                .step_by(PAGES_PER_SUBSECTION as usize)
+                .map(Pfn)
+        };
+        for first in subsections() {
+            self.section(first)
+                .deactivate(1 << first.subsection_in_section());
+        }
+        self.grace.synchronize();
+        for first in subsections() {
+            let s = self.section(first);
+            let idx = first.subsection_in_section();
+            let kind = s.kind().expect("present section has a kind");
+            {
+                let mm = Memmap::new(&self.root, &g.token);
+                for pfn in PfnRange::from_count(first, PAGES_PER_SUBSECTION).iter() {
+                    g.stats.add_page(kind, mm.desc(pfn).load(), -1);
+                }
+            }
+            self.free_memmap(g, s, idx);
+            if s.present() == 0 {
+                if s.online() {
+                    s.set_online(false);
+                    g.stats.sections_online -= 1;
+                }
+                s.set_kind(None);
+                g.stats.sections_present -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Free one deactivated subsection's memmap. Taking the token by `&mut` proves no
+    /// descriptor reference from the writers' view is alive.
+    fn free_memmap(&self, g: &mut Inner<S>, s: &Section, idx: usize) {
+        let _exclusive: &mut MemmapToken = &mut g.token;
+        let p = s.memmap_ptr(idx).expect("present subsection has memmap");
+        s.set_present_bit(idx, false);
+        s.set_memmap_ptr(idx, None);
+        // SAFETY: the subsection was deactivated and a grace period has passed, so no
+        // reader holds a descriptor; writers' views borrow the token, which we hold
+        // exclusively. `p` came from `alloc(MEMMAP_LAYOUT)` in `add_with`.
+        unsafe { g.storage.free(p.cast(), MEMMAP_LAYOUT) };
+        g.stats.present_subsections -= 1;
+        g.stats.memmap_bytes -= MEMMAP_LAYOUT.size() as u64;
+    }
+
+    /// Remove a whole section (see [`MemModel::remove_subsections`]).
+    pub fn remove_section(&self, nr: usize) -> Result<(), MmError> {
+        self.remove_subsections(PfnRange::from_count(
+            section_start_pfn(nr),
+            PAGES_PER_SECTION,
+        ))
+    }
+
+    /// Online a RAM section: its pages become reachable through `pfn_to_online_page` and
+    /// may be populated into the allocator.
+    pub fn online_section(&self, nr: usize) -> Result<(), MmError> {
+        let mut g = self.inner.lock();
+        let first = section_start_pfn(nr);
+        let s = self
+            .root
+            .section(nr)
+            .filter(|s| s.present() != 0)
+            .ok_or(MmError::NotActive(first))?;
+        let kind = s.kind().ok_or(MmError::NotActive(first))?;
+        if !kind.is_ram() {
+            return Err(MmError::WrongSection {
+                pfn: first,
+                kind,
+                online: false,
+            });
+        }
+        if !s.online() {
+            s.set_online(true);
+            g.stats.sections_online += 1;
+        }
+        Ok(())
+    }
+
+    /// Offline a RAM section whose pages are all Offline (ballooned out or never
+    /// populated).
+    pub fn offline_section(&self, nr: usize) -> Result<(), MmError> {
+        let mut g = self.inner.lock();
+        let g = &mut *g;
+        let first = section_start_pfn(nr);
+        let s = self
+            .root
+            .section(nr)
+            .filter(|s| s.present() != 0)
+            .ok_or(MmError::NotActive(first))?;
+        let mm = Memmap::new(&self.root, &g.token);
+        let present = s.present();
+        for idx in (0..SUBSECTIONS_PER_SECTION).filter(|i| present & (1 << i) != 0) {
+            let sub = subsection_start_pfn(nr, idx);
+            for pfn in PfnRange::from_count(sub, PAGES_PER_SUBSECTION).iter() {
+                let state = mm.desc(pfn).load().kind();
+                if state != StateKind::Offline {
+                    return Err(MmError::Busy { pfn, state });
+                }
+            }
+        }
+        if s.online() {
+            s.set_online(false);
+            g.stats.sections_online -= 1;
+        }
+        Ok(())
+    }
+}
