@@ -1,4 +1,25 @@
-//! The guest kernel: wires arch -> memory -> Xen drivers -> event loop.
+//! The guest kernel: wires arch -> memory -> Xen drivers -> event loop. Everything here
+//! is glue around the host-tested library (`guest::mm`, `guest::xen`): the asm, the
+//! hypercalls and the one loop that drives the drivers.
+//!
+//! ```text
+//!  main.rs ── boot.rs      copy hvm_start_info (cmdline, memmap) out of low RAM
+//!     │    ── arch/        entry stub, GDT/IDT, CPU ops, mem functions, page tables
+//!     │    ── hv.rs        the real Xen behind xen_bindings::traits (hypercall page,
+//!     │                    shared_info, event channels, poll, clock)
+//!     │    ── kmem.rs      the memory model from start_info; kheap.rs (heap in 2 MiB
+//!     │                    frames from it); klog.rs (log → port 0xE9 + PV console)
+//!     └─▶ run.rs           console, xenstore, ready, then the event loop:
+//!           ├─ balloon + hotplug steps   (guest::xen::{balloon, hotplug})
+//!           ├─ grants.rs                 grant table + the two-guest handshake
+//!           ├─ walk.rs                   the saveable-page walker (`walk`)
+//!           └─ selftest.rs               the in-guest self-tests (`selftest`)
+//! ```
+//!
+//! Context: one vCPU (vCPU 0), interrupts never enabled. Everything runs in thread
+//! context from the event loop; waiting is `SCHEDOP_poll` on event-channel ports with a
+//! deadline, so nothing spins. Walkers therefore run only between mutations today.
+//! Dependencies point down the picture: `arch` names nothing else of the kernel.
 //!
 //! Boot order: entry stub (long mode, SSE, low 4 GiB identity-mapped) → log on port 0xE9,
 //! early heap → copy what start_info points at (it sits in low RAM) → command line →

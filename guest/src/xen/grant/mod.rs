@@ -1,6 +1,15 @@
 //! Grant tables: granting our pages to other domains, and mapping pages other domains
 //! granted to us (foreign pages) into the device range of the memory model.
 //!
+//! ```text
+//!   our frames (Allocated) ─▶ table::GrantTable ─▶ v1 entries Xen reads ─▶ peer maps them
+//!   peer's grants ─▶ mapper::ForeignMapper::map_batch ─▶ GNTTABOP_map_grant_ref
+//!                      └─▶ device-range slot: Unpopulated → Foreign{domid, gref, handle}
+//!                          (never Reserved, never RAM; back to Unpopulated on unmap)
+//!   pair/  the two-guest test handshake over xenstore (granter and mapper roles)
+//!   handshake  its value formats, page pattern and checksum
+//! ```
+//!
 //! - [`table`]: [`GrantTable`] over our v1 entries — grant read-only or read-write,
 //!   end access with a cmpxchg that succeeds only when no peer maps the grant, and a
 //!   deferred list (like Linux's `gnttab_end_foreign_access`) for grants still mapped.

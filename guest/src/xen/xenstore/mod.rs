@@ -1,5 +1,17 @@
 //! Xenstore client: wire codec, ring, requests, watches, transactions.
 //!
+//! ```text
+//!   callers (balloon status, grants, control)      XsOps: read / write / rm / perms
+//!        │                                              │
+//!   client::XenstoreClient ── req_id, timeouts, watch-event queue, transactions
+//!        │ bytes                                        ▲ messages
+//!   codec (encode requests, reassemble replies) ────────┘
+//!        │
+//!   ring (xenstore_domain_interface page: req/rsp rings, free-running indices)
+//!        │ notify / poll on the store event channel
+//!   xenstored in dom0
+//! ```
+//!
 //! Layers, each testable on its own:
 //! * [`codec`]: encode requests, reassemble messages from arbitrary byte chunks, parse
 //!   reply payloads. Pure.

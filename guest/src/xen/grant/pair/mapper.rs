@@ -93,7 +93,7 @@ impl Mapper {
         self.state = PairState::Failed;
     }
 
-    /// One step; called like [`Granter::tick`].
+    /// One step; called like [`super::Granter::tick`].
     pub fn tick<K: Kit>(&mut self, mapper: &mut ForeignMapper, env: &mut Env<'_, K>) {
         match self.state {
             PairState::WaitPeer => self.wait_peer(env),

@@ -36,8 +36,8 @@
 //! unmap), and the granter ends access to every grant — deferred while Xen still holds
 //! a mapping, retried once a second, each frame freed only once released.
 
-//! The files: [`protocol`] (introduction, xenstore helpers, value formats shared by both
-//! roles), [`granter`] and [`mapper`] (one role each; `mapper/bench.rs` holds the mapper's
+//! The files: `protocol.rs` (introduction, xenstore helpers, value formats shared by both
+//! roles), `granter.rs` and `mapper.rs` (one role each; `mapper/bench.rs` holds the mapper's
 //! `bench` command). The roles are written against [`Kit`], so the kernel and the host tests
 //! (`guest/tests/grant_pair.rs`, against the simulated Xen) run the same code.
 
