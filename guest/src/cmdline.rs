@@ -9,6 +9,7 @@
 //! | `panic` | panic deliberately once ready (proves the crash path) |
 //! | `hotplug-fail=N` | test switch: the memmap allocation of the first N hot-adds fails |
 //! | `walk` | run the saveable-page walker after every balloon settle (hotplug-walk scenario) |
+//! | `suspend-handback=on\|off` | before a suspend (`xl save`, `xl migrate`), hand free memory beyond a small reserve back to Xen and take it again afterwards (default `on`) |
 //! | `grant=give:N[:rw]` / `grant=map` | role in the two-guest grant handshake (`xen::grant::pair`): grant N pages (1..=256, read-only or `:rw`) to the peer, or map the peer's grants |
 //!
 //! Unknown words and bad values are collected, not fatal: the kernel logs each one and
@@ -71,6 +72,9 @@ pub struct Cmdline {
     pub walk: bool,
     /// The two-guest grant handshake role (`grant=give:N` or `grant=map`).
     pub grant: Option<crate::xen::grant::pair::Role>,
+    /// Hand free memory back to Xen before a suspend (so a save image holds only what is
+    /// used) and take it again after.
+    pub suspend_handback: bool,
     /// Words that were not understood, with why; logged by the kernel.
     pub rejected: Vec<(String, &'static str)>,
 }
@@ -83,6 +87,7 @@ impl Default for Cmdline {
             hotplug_fail: 0,
             walk: false,
             grant: None,
+            suspend_handback: true,
             rejected: Vec::new(),
         }
     }
@@ -114,6 +119,15 @@ impl Cmdline {
                 ("grant", Some(v)) => crate::xen::grant::pair::Role::parse(v).map(|r| {
                     c.grant = Some(r);
                 }),
+                ("suspend-handback", Some("on")) => {
+                    c.suspend_handback = true;
+                    Ok(())
+                }
+                ("suspend-handback", Some("off")) => {
+                    c.suspend_handback = false;
+                    Ok(())
+                }
+                ("suspend-handback", _) => Err("suspend-handback must be on or off"),
                 ("walk", None) => {
                     c.walk = true;
                     Ok(())
@@ -160,6 +174,17 @@ mod tests {
         assert_eq!(Cmdline::parse("panic").mode, Mode::Panic);
         assert_eq!(Cmdline::parse("hotplug-fail=2").hotplug_fail, 2);
         assert!(Cmdline::parse("walk").walk && !Cmdline::parse("").walk);
+        assert!(Cmdline::parse("").suspend_handback);
+        assert!(!Cmdline::parse("suspend-handback=off").suspend_handback);
+        for bad in [
+            "suspend-handback",
+            "suspend-handback=",
+            "suspend-handback=0",
+        ] {
+            let c = Cmdline::parse(bad);
+            assert!(c.suspend_handback, "{bad}: default kept");
+            assert_eq!(c.rejected.len(), 1, "{bad}: rejected");
+        }
         use crate::xen::grant::pair::Role;
         assert_eq!(Cmdline::parse("grant=map").grant, Some(Role::Mapper));
         assert_eq!(

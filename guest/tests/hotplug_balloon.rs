@@ -37,6 +37,12 @@ struct World<S: MemmapStorage> {
 }
 
 /// memory == maxmem == `ram_mib`; `xl mem-max` already raised Xen's limit to `max_mib`.
+/// First section of the default hot-add window: 4 GiB of device window from 4 GiB, then
+/// hot-added RAM (`HotplugWindow`).
+const HP: usize = 64;
+/// Its first byte.
+const HP_BASE: u64 = 8 << 30;
+
 fn world<S: MemmapStorage>(ram_mib: u64, max_mib: u64, storage: S) -> World<S> {
     let map = pvh_memmap(ram_mib);
     let reserved = [
@@ -219,11 +225,11 @@ fn hot_add_populate_remove_and_re_add() {
     assert_eq!(settle(&mut w), StepOutcome::Done);
     assert_eq!(ram(&w), 768 * 256);
     check(&mut w);
-    let four_g = Pfn::from_addr(4 << 30);
-    assert_eq!(hotplug_sections(&w), [32, 33, 34, 35]);
+    let hp_base = Pfn::from_addr(HP_BASE);
+    assert_eq!(hotplug_sections(&w), [HP, HP + 1, HP + 2, HP + 3]);
     assert_eq!(
         w.mapped,
-        [PfnRange::from_count(four_g, 4 * PAGES_PER_SECTION)]
+        [PfnRange::from_count(hp_base, 4 * PAGES_PER_SECTION)]
     );
     assert_eq!(
         w.balloon.counters().populated[1] - populated9,
@@ -232,7 +238,7 @@ fn hot_add_populate_remove_and_re_add() {
     );
     assert_eq!(
         w.xen
-            .populated_in(four_g.0, four_g.0 + 4 * PAGES_PER_SECTION),
+            .populated_in(hp_base.0, hp_base.0 + 4 * PAGES_PER_SECTION),
         4 * PAGES_PER_SECTION
     );
     assert_eq!(census_field(&w.mm, "sections/hotplug-ram/present"), 4);
@@ -247,7 +253,7 @@ fn hot_add_populate_remove_and_re_add() {
     assert_eq!(w.mm.census().memmap_bytes, boot_memmap + 4 * SECTION_MEMMAP);
     assert_eq!(hp_field(&w, "sections-added"), "4");
     assert_eq!(hp_field(&w, "kib"), "524288");
-    assert_eq!(hp_field(&w, "window/ram-start"), "0x100000000");
+    assert_eq!(hp_field(&w, "window/ram-start"), format!("{HP_BASE:#x}"));
     let used = w.mm.with_storage(|s| s.used_bytes());
 
     // Reorder the free lists so that boot RAM is what the allocator hands out first
@@ -261,24 +267,24 @@ fn hot_add_populate_remove_and_re_add() {
         w.mm.free_frames(p, 9).unwrap();
     }
     let first = w.mm.alloc_frames(9).unwrap();
-    assert!(first.0 < four_g.0, "boot RAM first in the allocator");
+    assert!(first.0 < hp_base.0, "boot RAM first in the allocator");
     w.mm.free_frames(first, 9).unwrap();
 
     // Down to 600: only hot-added memory goes, highest section first.
     w.balloon.set_target(&kib(600), 1024 * 1024, w.now).unwrap();
     assert_eq!(settle(&mut w), StepOutcome::Done);
     check(&mut w);
-    // 168 MiB out: section 35 (128 MiB) emptied and removed, 40 MiB of section 34.
+    // 168 MiB out: section HP+3 (128 MiB) emptied and removed, 40 MiB of section HP+2.
     let c = w.mm.census();
     assert_eq!(c.pages_of(SectionKind::BootRam, StateKind::Offline), 0);
     assert_eq!(
         c.pages_of(SectionKind::HotplugRam, StateKind::Offline),
         40 * 256
     );
-    assert_eq!(hotplug_sections(&w), [32, 33, 34]);
+    assert_eq!(hotplug_sections(&w), [HP, HP + 1, HP + 2]);
     assert_eq!(w.hp.counters().sections_removed, 1);
     assert_eq!(w.mm.census().memmap_bytes, boot_memmap + 3 * SECTION_MEMMAP);
-    let s34 = w.mm.section_pages(34).unwrap();
+    let s34 = w.mm.section_pages(HP + 2).unwrap();
     assert_eq!(s34[StateKind::Offline.index()], 40 * 256);
 
     // Down to 128: every hot-added section removed, memmap back to the boot amount.
@@ -296,7 +302,7 @@ fn hot_add_populate_remove_and_re_add() {
     );
     assert_eq!(
         w.xen
-            .populated_in(four_g.0, four_g.0 + 64 * PAGES_PER_SECTION),
+            .populated_in(hp_base.0, hp_base.0 + 64 * PAGES_PER_SECTION),
         0
     );
     assert!(w.balloon.hotplugged().is_empty());
@@ -311,7 +317,7 @@ fn hot_add_populate_remove_and_re_add() {
     assert_eq!(settle(&mut w), StepOutcome::Done);
     check(&mut w);
     assert_eq!(ram(&w), 512 * 256);
-    assert_eq!(hotplug_sections(&w), [32, 33]);
+    assert_eq!(hotplug_sections(&w), [HP, HP + 1]);
     assert_eq!(
         w.mm.with_storage(|s| s.used_bytes()),
         used,
@@ -353,10 +359,10 @@ fn storage_failure_rolls_back_and_retries_without_spinning() {
             assert_eq!((s.present, s.active, s.online, s.kind), (0, 0, false, None));
         }
     }
-    assert!(!w.mm.pfn_active(Pfn::from_addr(4 << 30)));
+    assert!(!w.mm.pfn_active(Pfn::from_addr(HP_BASE)));
     assert!(!w
         .mm
-        .pfn_valid(Pfn::from_addr((4 << 30) + SECTION_MEMMAP * 512)));
+        .pfn_valid(Pfn::from_addr(HP_BASE + SECTION_MEMMAP * 512)));
     let mut c = w.mm.census();
     // Only the section-table chunk stays (kept for reuse).
     c.section_table_bytes = census0.section_table_bytes;
@@ -365,7 +371,7 @@ fn storage_failure_rolls_back_and_retries_without_spinning() {
     assert!(w.mapped.is_empty(), "nothing mapped for a failed add");
     assert!(matches!(
         w.hp.last_error(),
-        Some(HotplugError::Storage { section: 33, .. })
+        Some(HotplugError::Storage { section, .. }) if section == HP + 1
     ));
     assert_eq!(hp_field(&w, "last-error-kind"), "storage");
     assert_eq!(hp_field(&w, "failures"), "1");
@@ -396,7 +402,7 @@ fn storage_failure_rolls_back_and_retries_without_spinning() {
     w.now = t0 + 3 * SEC;
     assert_eq!(settle(&mut w), StepOutcome::Done);
     assert_eq!(ram(&w), 400 * 256);
-    assert_eq!(hotplug_sections(&w), [32, 33]);
+    assert_eq!(hotplug_sections(&w), [HP, HP + 1]);
     assert_eq!(hp_field(&w, "state"), "idle");
     assert_eq!(hp_field(&w, "failures"), "2");
     check(&mut w);
@@ -439,24 +445,24 @@ fn hot_add_takes_the_lowest_free_sections_and_reports_a_full_window() {
     let a = hot_add(&mm, &window, 1).unwrap();
     assert_eq!(
         (a.sections.as_slice(), a.pages),
-        (&[32][..], PAGES_PER_SECTION)
+        (&[33][..], PAGES_PER_SECTION)
     );
     // Every page Offline (never Reserved), section online, every subsection active.
-    let info = mm.section_info(32).unwrap();
+    let info = mm.section_info(33).unwrap();
     assert_eq!(
         (info.online, info.active, info.present),
         (true, u64::MAX, u64::MAX)
     );
-    let counts = mm.section_pages(32).unwrap();
+    let counts = mm.section_pages(33).unwrap();
     assert_eq!(counts[StateKind::Offline.index()], PAGES_PER_SECTION);
     assert_eq!(mm.census().ram_pages(), 65536, "nothing populated yet");
     // Exactly one section more than the need: two.
     let b = hot_add(&mm, &window, PAGES_PER_SECTION + 1).unwrap();
-    assert_eq!((b.sections.as_slice(), b.short_pages), (&[33, 34][..], 0));
+    assert_eq!((b.sections.as_slice(), b.short_pages), (&[34, 35][..], 0));
     assert_eq!(
         b.ranges,
         [PfnRange::from_count(
-            section_start_pfn(33),
+            section_start_pfn(34),
             2 * PAGES_PER_SECTION
         )]
     );
@@ -468,11 +474,11 @@ fn hot_add_takes_the_lowest_free_sections_and_reports_a_full_window() {
         })
     );
     // A removed section's slot is reused first; a short window adds what it has.
-    hot_remove_section(&mm, 33).unwrap();
+    hot_remove_section(&mm, 34).unwrap();
     let c = hot_add(&mm, &window, 3 * PAGES_PER_SECTION).unwrap();
     assert_eq!(
         (c.sections.as_slice(), c.short_pages),
-        (&[33][..], 2 * PAGES_PER_SECTION)
+        (&[34][..], 2 * PAGES_PER_SECTION)
     );
     assert_eq!(hot_add(&mm, &window, 0).unwrap().pages, 0);
     // Boot RAM cannot be hot-removed; a section with a populated page cannot either.
@@ -480,12 +486,12 @@ fn hot_add_takes_the_lowest_free_sections_and_reports_a_full_window() {
         hot_remove_section(&mm, 0),
         Err(MmError::WrongSection { .. })
     ));
-    mm.populate(section_start_pfn(34), 0).unwrap();
+    mm.populate(section_start_pfn(35), 0).unwrap();
     assert!(matches!(
-        hot_remove_section(&mm, 34),
+        hot_remove_section(&mm, 35),
         Err(MmError::Busy { .. })
     ));
-    let info = mm.section_info(34).unwrap();
+    let info = mm.section_info(35).unwrap();
     assert!(
         info.online && info.active == u64::MAX,
         "unchanged after refusal"
@@ -912,8 +918,8 @@ fn adopt_and_forget_refuse_what_is_not_theirs() {
     assert!(w.balloon.forget_hotplugged(low).is_err());
     assert_eq!(
         hotplug_sections(&w),
-        [32],
-        "wholly ballooned section 34 removed at rest"
+        [HP],
+        "wholly ballooned section HP+2 removed at rest"
     );
     check(&mut w);
 }

@@ -268,6 +268,8 @@ cleanup_scenario() {
             kill "$pid" 2>/dev/null || true
         done
     fi
+    # Save images (save-*, a failed migration's leftovers): dom0's root is RAM.
+    rm -f "$WORK"/*.img
 }
 
 # ---------------------------------------------------------------- memory and the balloon
@@ -675,4 +677,59 @@ expect_gt() {
 
 gt_is() {
     [ "$(gt_read "$1" "$2")" = "$3" ]
+}
+
+# ---------------------------------------------------------------- save, restore, migrate
+# Helpers for the save-* and migrate-* scenarios (README "Save, restore and migration").
+
+# The domain under test got a new domid (restore, migration): find it by name and make it
+# the domain every helper looks at. Fails if the name is gone or did not change domid.
+adopt_new_domid() {
+    local what=$1 old=$DOMID new
+    new=$(xl domid "$DOMNAME" 2>/dev/null) || fail "$what: no domain $DOMNAME afterwards"
+    [ "$new" != "$old" ] || fail "$what: $DOMNAME still has domid $old"
+    DOMID=$new
+    echo "$DOMID" >"$WORK/domid"
+    say "$what: $DOMNAME is now domid $DOMID"
+}
+
+# After a restore or migration: the domain runs (Xen's view), and our guest says it is
+# ready again in its new domain; then its census matches Xen.
+wait_resumed() {
+    local what=$1 secs=${2:-60}
+    check_alive
+    if [ "$SUBJECT" = guest ]; then
+        wait_for "$secs" "ready in domid $DOMID" ready_seen \
+            || fail "$what: no ready marker from $DOMNAME in its new domain $DOMID within ${secs}s"
+        require_balloon
+    fi
+}
+
+# Bytes in FILE (busybox stat has -c).
+file_bytes() {
+    stat -c %s "$1" 2>/dev/null || wc -c <"$1"
+}
+
+# A copy of the subject's xl config with another name, for restoring a second copy.
+renamed_cfg() {
+    local out=$WORK/$1.cfg
+    sed "s/^name *=.*/name = \"$1\"/" "$REPO/$(subject_cfg)" >"$out"
+    echo "$out"
+}
+
+# expect_data KEY VALUE: our guest's data/KEY is VALUE (waits up to 10 s: it republishes).
+expect_data() {
+    wait_for 10 "data/$1 = $2" data_is "$1" "$2" \
+        || fail "data/$1 is '$(data_read "$1" || echo missing)', want '$2'"
+}
+
+data_is() {
+    [ "$(data_read "$1")" = "$2" ]
+}
+
+# Xen's exact tot_pages of the domain under test (fails the scenario if there is no view).
+xen_tot_pages() {
+    local mem
+    mem=$(domain_mem "$DOMID") || fail "no Xen view (xl debug-keys q) of $DOMNAME (domid $DOMID)"
+    echo "${mem%% *}"
 }

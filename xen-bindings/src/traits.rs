@@ -52,6 +52,32 @@ pub trait Sched {
     fn poll(&self, ports: &[Port], deadline_ns: u64) -> Result<(), Errno>;
     /// `SCHEDOP_shutdown`. Under real Xen it does not return on success.
     fn shutdown(&self, reason: ShutdownReason) -> Result<(), Errno>;
+    /// `SCHEDOP_shutdown(SHUTDOWN_suspend)`: returns once the domain runs again, saying
+    /// whether it did so in a new domain (restore, migration) or the suspend was cancelled
+    /// (`xl save -c`, a failed save). Xen returns 0 / 1; libxl patches the 1 in only when
+    /// `HVM_PARAM_CALLBACK_IRQ` is set (`xg_resume.c`, `modify_returncode`).
+    fn suspend(&self) -> Result<SuspendOutcome, Errno>;
+}
+
+/// How a suspend ended (the return value of `SCHEDOP_shutdown(SHUTDOWN_suspend)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuspendOutcome {
+    /// 0: running in a new domain: shared_info, grant frames, event channels and
+    /// registrations are gone; the xenstore and console rings are zeroed, their ports new.
+    Resumed,
+    /// 1: the same domain carries on; nothing was lost.
+    Cancelled,
+}
+
+impl SuspendOutcome {
+    /// From the hypercall's return value (anything but 0 means the domain carried on).
+    pub fn from_return(rax: u64) -> SuspendOutcome {
+        if rax == 0 {
+            SuspendOutcome::Resumed
+        } else {
+            SuspendOutcome::Cancelled
+        }
+    }
 }
 
 /// The domain's memory reservation (memory.h). Extents are `2^order` pages each.

@@ -25,6 +25,8 @@ pub struct Grants {
     pub table: GrantTable<'static>,
     pub mapper: ForeignMapper,
     pub pair: Option<Pair>,
+    /// The role the command line asked for (a new domain starts it afresh).
+    role: Option<Role>,
     /// Table frames as `(nr_frames, max_nr_frames)` from `GNTTABOP_query_size` at boot.
     pub query: (u32, u32),
     /// What `data/grant/` was last given, so it is rewritten only when something moved.
@@ -90,6 +92,7 @@ pub fn setup(
         table,
         mapper,
         pair,
+        role,
         query,
         published: Vec::new(),
     })
@@ -160,6 +163,26 @@ impl FrameAccess for KernelFrames {
 }
 
 impl Grants {
+    /// After resuming in a new domain (domid `me` now): our table frames back in place,
+    /// every grant and foreign mapping of the old domain forgotten (their frames and slots
+    /// reclaimed), and the handshake role started afresh.
+    pub fn resumed(&mut self, xen: &Xen, mm: &Model, me: DomId) {
+        let mut hv = *xen;
+        match self.mapper.readd_table_frames(mm, &mut hv) {
+            Ok(n) => log::info!("grant: {n} table frames added again"),
+            Err(e) => log::error!("grant: re-adding the table frames failed ({e:?})"),
+        }
+        let slots = self.mapper.forget_foreign(mm);
+        let refs = self.table.forget_all();
+        let frames = self.pair.as_mut().map_or(0, |p| p.resumed(mm));
+        log::info!(
+            "grant: resumed: {} grants, {slots} foreign mappings and {frames} granted frames of the old domain reclaimed",
+            refs.len()
+        );
+        self.pair = self.role.map(|r| Pair::new(r, me));
+        self.published.clear();
+    }
+
     /// One step of the handshake, if this guest has a role.
     pub fn tick(&mut self, xen: &Xen, xs: &mut Xenstore, mm: &Model) {
         let Some(pair) = self.pair.as_mut() else {

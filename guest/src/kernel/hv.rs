@@ -8,7 +8,7 @@ use xen_bindings::abi::grant_table::{
     GnttabMapGrantRef, GnttabQuerySize, GnttabUnmapGrantRef, GNTTABOP_MAP_GRANT_REF,
     GNTTABOP_QUERY_SIZE, GNTTABOP_UNMAP_GRANT_REF,
 };
-use xen_bindings::abi::hvm::{XenHvmParam, HVMOP_GET_PARAM};
+use xen_bindings::abi::hvm::{param, XenHvmParam, HVMOP_GET_PARAM, HVMOP_SET_PARAM};
 use xen_bindings::abi::memory::{self as mem, mapspace, XenAddToPhysmap, XenMemoryReservation};
 use xen_bindings::abi::sched::{SCHEDOP_poll, SCHEDOP_shutdown, SchedPoll, SchedShutdown};
 use xen_bindings::abi::shared_info::SharedInfo;
@@ -16,6 +16,7 @@ use xen_bindings::abi::DOMID_SELF;
 use xen_bindings::hypercall::{self as hc, XenCpuid};
 use xen_bindings::traits::{
     Clock, DomId, EventChannels, Gfn, GrantOps, MemoryReservation, Port, Sched, ShutdownReason,
+    SuspendOutcome,
 };
 use xen_bindings::Errno;
 
@@ -48,25 +49,67 @@ impl Xen {
     /// Finds Xen, installs the hypercall page, maps shared_info. None without Xen.
     pub fn init() -> Option<Result<Self, Errno>> {
         let cpuid = hc::detect_xen(cpu::cpuid)?;
+        let xen = Self {
+            shared: (&raw mut SHARED_INFO_PAGE) as *mut SharedInfo,
+            cpuid,
+        };
+        Some(xen.attach().map(|()| xen))
+    }
+
+    /// Installs the hypercall page and maps shared_info over its page. At boot, and again
+    /// after resuming in a new domain (another host may need other stubs; shared_info is
+    /// not part of a save image). Re-mapping an already mapped shared_info is harmless.
+    fn attach(&self) -> Result<(), Errno> {
         let page = entry::hypercall_page_paddr();
         // SAFETY: the MSR from Xen's CPUID leaf takes the physical address of a page we own
         // (in .text, identity-mapped) for Xen to fill with hypercall stubs.
-        unsafe { cpu::wrmsr(cpuid.hypercall_msr, page) };
+        unsafe { cpu::wrmsr(self.cpuid.hypercall_msr, page) };
         hc::set_hypercall_page(page as usize);
-        let shared = (&raw mut SHARED_INFO_PAGE) as *mut SharedInfo;
         let mut xatp = XenAddToPhysmap {
             domid: DOMID_SELF,
             size: 0,
             space: mapspace::SHARED_INFO,
             idx: 0,
-            gpfn: shared as u64 >> 12,
+            gpfn: self.shared as u64 >> 12,
         };
         // SAFETY: xatp is a valid xen_add_to_physmap for XENMEM_add_to_physmap.
-        if let Err(e) = unsafe { hc::memory_op(mem::XENMEM_ADD_TO_PHYSMAP, (&raw mut xatp).cast()) }
-        {
-            return Some(Err(e));
+        unsafe { hc::memory_op(mem::XENMEM_ADD_TO_PHYSMAP, (&raw mut xatp).cast()) }.map(drop)
+    }
+
+    /// Prepares for a suspend: remembers the clock (see [`Self::resumed_in_new_domain`])
+    /// and sets `HVM_PARAM_CALLBACK_IRQ`, without which libxl cannot tell us that a
+    /// suspend was cancelled (it patches the return value only for guests with PV drivers,
+    /// judged by that parameter; Xen's PV shim sets it for the same reason). Interrupts
+    /// stay disabled here, so the callback GSI never reaches us. The parameter is not in
+    /// the save image: this runs before every suspend.
+    pub fn prepare_suspend(&self) -> Result<(), Errno> {
+        SUSPEND_CLOCK_NS.store(self.now_ns(), Ordering::Relaxed);
+        self.set_hvm_param(param::CALLBACK_IRQ, 1)
+    }
+
+    /// After `SCHEDOP_shutdown(SHUTDOWN_suspend)` returned 0: hypercall page and
+    /// shared_info again, and the clock rebased so that it never runs backwards (the new
+    /// host's system time may be behind the old one's).
+    pub fn resumed_in_new_domain(&self) -> Result<(), Errno> {
+        self.attach()?;
+        let before = SUSPEND_CLOCK_NS.load(Ordering::Relaxed);
+        let now = self.now_ns();
+        if now < before {
+            // Relaxed: only this (the one) vCPU reads the offset, in `now_ns`.
+            CLOCK_OFFSET_NS.fetch_add(before - now, Ordering::Relaxed);
         }
-        Some(Ok(Self { shared, cpuid }))
+        Ok(())
+    }
+
+    /// `HVMOP_set_param` for ourselves.
+    pub fn set_hvm_param(&self, index: u32, value: u64) -> Result<(), Errno> {
+        let mut p = XenHvmParam {
+            domid: DOMID_SELF,
+            index,
+            value,
+        };
+        // SAFETY: p is a valid xen_hvm_param.
+        unsafe { hc::hvm_op(HVMOP_SET_PARAM, (&raw mut p).cast()) }.map(drop)
     }
 
     fn time_info(&self) -> TimeInfo {
@@ -123,9 +166,15 @@ impl Xen {
     }
 }
 
+/// Added to Xen's system time so that our clock never runs backwards across a migration.
+static CLOCK_OFFSET_NS: AtomicU64 = AtomicU64::new(0);
+/// Our clock when the last suspend began.
+static SUSPEND_CLOCK_NS: AtomicU64 = AtomicU64::new(0);
+
 impl Clock for Xen {
     fn now_ns(&self) -> u64 {
-        self.time_info().ns_at(cpu::rdtsc())
+        // Relaxed: written only by this vCPU in `resumed_in_new_domain`.
+        self.time_info().ns_at(cpu::rdtsc()) + CLOCK_OFFSET_NS.load(Ordering::Relaxed)
     }
 }
 
@@ -198,6 +247,16 @@ impl Sched for Xen {
         };
         // SAFETY: SCHEDOP_shutdown takes a pointer to sched_shutdown.
         unsafe { hc::sched_op(SCHEDOP_shutdown, (&raw mut s).cast()) }.map(drop)
+    }
+
+    fn suspend(&self) -> Result<SuspendOutcome, Errno> {
+        let mut s = SchedShutdown {
+            reason: ShutdownReason::Suspend as u32,
+        };
+        // SAFETY: SCHEDOP_shutdown takes a pointer to sched_shutdown; for a PVH guest
+        // SHUTDOWN_suspend has no further argument. It returns when we run again.
+        let rax = unsafe { hc::sched_op(SCHEDOP_shutdown, (&raw mut s).cast()) }?;
+        Ok(SuspendOutcome::from_return(rax))
     }
 }
 

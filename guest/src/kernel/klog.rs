@@ -52,6 +52,15 @@ pub unsafe fn attach_console(iface: *mut XenconsInterface, port: Port) {
     *CONSOLE.lock() = Some(c);
 }
 
+/// After resuming in a new domain: the console ring is the same page, zeroed (so its
+/// indices start again at 0, which the ring reads from the page), with a new event
+/// channel. Nothing is replayed: what was written before the save was already read.
+pub fn console_resumed(port: Port) {
+    if let Some(c) = CONSOLE.lock().as_mut() {
+        c.port = port;
+    }
+}
+
 /// Writes raw bytes to every sink (used for the lines the harness parses).
 pub fn write_raw(bytes: &[u8]) {
     for &b in bytes {

@@ -13,7 +13,7 @@ use guest::xen::control::{parse_shutdown, ShutdownRequest};
 use guest::xen::hotplug::{Hotplug, HotplugOutcome};
 use guest::xen::xenstore::{XenstoreClient, XsError, XsOps};
 use xen_bindings::abi::hvm::param;
-use xen_bindings::traits::{Clock, Sched, ShutdownReason};
+use xen_bindings::traits::{Clock, MemoryReservation, Sched, ShutdownReason, SuspendOutcome};
 
 use crate::boot::BootInfo;
 use crate::hv::{Xen, Xenstore};
@@ -79,11 +79,14 @@ pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: Ba
                 hotplug_fail: cmdline.hotplug_fail,
                 walk,
                 grants,
+                suspend: SuspendStats::default(),
+                suspend_handback: cmdline.suspend_handback,
             };
             if let Some(f) = m.grants.as_mut().and_then(|g| g.changed_fields()) {
                 publish_fields(&mut xs, "data/grant", &f);
                 publish_census(&mut xs, mm, extra);
             }
+            publish_fields(&mut xs, "data/suspend", &m.suspend.fields());
             event_loop(&xen, &mut xs, &mut m)
         }
     }
@@ -170,6 +173,50 @@ pub struct Memory<'a> {
     pub walk: Option<crate::walk::Walker>,
     /// Our grant table and foreign mapper (None if Xen refused to set them up).
     pub grants: Option<crate::grants::Grants>,
+    /// Suspend / resume counters, published under `data/suspend/`.
+    pub suspend: SuspendStats,
+    /// Hand free memory back to Xen before a suspend (`suspend-handback=`).
+    pub suspend_handback: bool,
+}
+
+/// What `data/suspend/` shows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SuspendStats {
+    /// Suspends we made (`SCHEDOP_shutdown(SHUTDOWN_suspend)` calls).
+    pub suspends: u64,
+    /// Of those, how many resumed in a new domain (restore, migration).
+    pub resumes: u64,
+    /// Of those, how many were cancelled (`xl save -c`, a failed save or migration).
+    pub cancelled: u64,
+    /// Suspends Xen refused (the hypercall failed; we carried on).
+    pub refused: u64,
+    /// From the hypercall's return to connections restored, last time (µs).
+    pub last_resume_us: u64,
+    /// From the request to the hypercall, last time (µs).
+    pub last_quiesce_us: u64,
+    /// Free pages handed back to Xen before the last suspend.
+    pub handed_back_pages: u64,
+    /// Pages that arrived populated in the new domain although handed back or ballooned
+    /// out (released again at once), last resume.
+    pub released_again_pages: u64,
+}
+
+impl SuspendStats {
+    fn fields(&self) -> [(&'static str, String); 8] {
+        [
+            ("suspends", format!("{}", self.suspends)),
+            ("resumes", format!("{}", self.resumes)),
+            ("cancelled", format!("{}", self.cancelled)),
+            ("refused", format!("{}", self.refused)),
+            ("last-resume-us", format!("{}", self.last_resume_us)),
+            ("last-quiesce-us", format!("{}", self.last_quiesce_us)),
+            ("handed-back-pages", format!("{}", self.handed_back_pages)),
+            (
+                "released-again-pages",
+                format!("{}", self.released_again_pages),
+            ),
+        ]
+    }
 }
 
 /// Least time between handshake steps that no watch event asked for (its peer-death
@@ -194,7 +241,11 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
             _ => IDLE_NS,
         };
         match xs.wait_watch_event(timeout) {
-            Ok(Some(ev)) if ev.token == TOKEN_SHUTDOWN => handle_shutdown(xen, xs),
+            Ok(Some(ev)) if ev.token == TOKEN_SHUTDOWN => {
+                if handle_shutdown(xen, xs, m, &mut outcome) {
+                    grant_due = 0;
+                }
+            }
             Ok(Some(ev)) if ev.token == TOKEN_TARGET => {
                 if new_target(xen, xs, &mut m.balloon) {
                     m.hotplug.new_target();
@@ -366,31 +417,193 @@ fn publish_balloon(xs: &mut Xenstore, balloon: &Balloon, mm: Option<&Model>) {
     publish_fields(xs, "data/balloon", &fields);
 }
 
-fn handle_shutdown(xen: &Xen, xs: &mut Xenstore) {
+/// Serves a `control/shutdown` request. True after a suspend (the caller re-runs its
+/// periodic work at once).
+fn handle_shutdown(
+    xen: &Xen,
+    xs: &mut Xenstore,
+    m: &mut Memory<'_>,
+    outcome: &mut StepOutcome,
+) -> bool {
     let value = match xs.read("control/shutdown") {
         Ok(v) => v,
-        Err(e) if e.is_enoent() => return,
+        Err(e) if e.is_enoent() => return false,
         Err(e) => {
             log::warn!("cannot read control/shutdown: {e:?}");
-            return;
+            return false;
         }
     };
-    match parse_shutdown(&value) {
-        ShutdownRequest::None => {}
+    let request = parse_shutdown(&value);
+    if matches!(
+        request,
+        ShutdownRequest::Shutdown(_) | ShutdownRequest::Suspend
+    ) {
+        // Acknowledge like Linux does, so the toolstack sees the request was taken
+        // (libxl waits for this before it waits for the shutdown itself).
+        if let Err(e) = xs.write("control/shutdown", b"") {
+            log::warn!("cannot acknowledge control/shutdown: {e:?}");
+        }
+    }
+    match request {
+        ShutdownRequest::None => false,
         ShutdownRequest::Unknown => {
             log::warn!(
                 "control/shutdown: ignoring unknown request {:?}",
                 core::str::from_utf8(&value).unwrap_or("<binary>")
-            )
+            );
+            false
         }
-        ShutdownRequest::Shutdown(reason) => {
-            // Acknowledge like Linux does, so the toolstack sees the request was taken.
-            if let Err(e) = xs.write("control/shutdown", b"") {
-                log::warn!("cannot acknowledge control/shutdown: {e:?}");
-            }
-            shutdown(xen, reason)
+        ShutdownRequest::Shutdown(reason) => shutdown(xen, reason),
+        ShutdownRequest::Suspend => {
+            suspend(xen, xs, m, outcome);
+            true
         }
     }
+}
+
+/// Longest the balloon may keep working before a suspend goes ahead anyway.
+const QUIESCE_NS: u64 = 10_000_000_000;
+
+/// Free pages kept when handing memory back before a suspend (4 MiB): enough for the
+/// resume path (heap, page tables) before the balloon takes the rest again.
+const HANDBACK_RESERVE_PAGES: u64 = 1024;
+
+/// `xl save` / `xl migrate`: quiesce, `SHUTDOWN_suspend`, then carry on — in a new domain
+/// (restore, migration: re-establish every connection) or in this one (cancelled).
+///
+/// Quiesce: everything runs from this one loop, so no hypercall batch, balloon step or
+/// grant operation is half-done here. The balloon is first stepped to its target (up to
+/// [`QUIESCE_NS`]): libxl restores a domain with a limit of target + 1 MiB, so holding
+/// more than the target could fail the restore.
+fn suspend(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>, outcome: &mut StepOutcome) {
+    let t0 = xen.now_ns();
+    let mut hv = *xen;
+    let ram_before = m.mm.census().ram_pages();
+    if m.suspend_handback {
+        let free = m.mm.census().pages_in(guest::mm::StateKind::Free);
+        m.balloon
+            .set_handback(free.saturating_sub(HANDBACK_RESERVE_PAGES));
+        *outcome = StepOutcome::Progress;
+    }
+    while matches!(outcome, StepOutcome::Progress) && xen.now_ns() - t0 < QUIESCE_NS {
+        *outcome = m.balloon.step(m.mm, &mut hv, xen.now_ns());
+    }
+    if matches!(outcome, StepOutcome::Progress) {
+        log::warn!("suspend: the balloon is still working; suspending anyway");
+    }
+    m.suspend.handed_back_pages = ram_before.saturating_sub(m.mm.census().ram_pages());
+    if let Err(e) = xen.prepare_suspend() {
+        log::warn!("suspend: cannot set HVM_PARAM_CALLBACK_IRQ ({e:?}): a cancelled suspend will look like a resume");
+    }
+    let census = m.mm.census();
+    log::info!(
+        "suspend: {} RAM pages, {} KiB ballooned out; SHUTDOWN_suspend",
+        census.ram_pages(),
+        m.balloon.status(m.mm).ballooned_kib
+    );
+    m.suspend.suspends += 1;
+    let t1 = xen.now_ns();
+    m.suspend.last_quiesce_us = (t1 - t0) / 1000;
+    // Nothing may log between the hypercall's return and `resumed_in_new_domain`: in a
+    // new domain the log's clock reads shared_info, which is not mapped yet.
+    match xen.suspend() {
+        Ok(SuspendOutcome::Resumed) => {
+            if let Err(e) = xen.resumed_in_new_domain() {
+                panic!("resumed in a new domain, but shared_info cannot be mapped: {e:?}");
+            }
+            let t2 = xen.now_ns();
+            m.suspend.resumes += 1;
+            release_again_if_populated(xen, m);
+            reconnect(xen, xs, m);
+            m.suspend.last_resume_us = (xen.now_ns() - t2) / 1000;
+            log::info!(
+                "resume: in a new domain; connections restored in {} us",
+                m.suspend.last_resume_us
+            );
+        }
+        Ok(SuspendOutcome::Cancelled) => {
+            m.suspend.cancelled += 1;
+            log::info!("resume: suspend cancelled (checkpoint or failed save); carrying on");
+        }
+        Err(e) => {
+            m.suspend.refused += 1;
+            log::error!("suspend: SCHEDOP_shutdown(suspend) failed ({e:?}); carrying on");
+        }
+    }
+    // Take the handed-back memory again; and a resume without a new target must still
+    // re-check it (the restore set Xen's limit).
+    m.balloon.set_handback(0);
+    *outcome = StepOutcome::Progress;
+    m.hotplug.new_target();
+    publish_all(xs, m);
+}
+
+/// In a new domain, Xen must own exactly what the model says is RAM (+ the constant
+/// extra). More means frames we had released arrived populated (a frame handed back
+/// during the last round of a live migration may have been sent in an earlier round):
+/// release the ballooned-out extents again before anything is populated.
+fn release_again_if_populated(xen: &Xen, m: &mut Memory<'_>) {
+    let expected = m.mm.census().ram_pages() + m.xen_extra;
+    let mut hv = *xen;
+    match hv.current_reservation() {
+        Ok(tot) if tot > expected => {
+            let n = m.balloon.release_ballooned_again(&mut hv);
+            log::warn!(
+                "resume: Xen owns {tot} pages, we {expected}: {n} released-again pages arrived populated"
+            );
+            m.suspend.released_again_pages = n;
+        }
+        Ok(_) => m.suspend.released_again_pages = 0,
+        Err(e) => log::warn!("resume: XENMEM_current_reservation failed ({e:?})"),
+    }
+}
+
+/// After resuming in a new domain: console and xenstore (same pages, zeroed; new ports),
+/// every watch, the features, `data/` (the new domain's xenstore has none of it), and
+/// grants (our table frames again; everything granted or mapped in the old domain is
+/// gone).
+fn reconnect(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) {
+    match xen.hvm_param(param::CONSOLE_EVTCHN) {
+        Ok(port) => klog::console_resumed(port as u32),
+        Err(e) => log::warn!("resume: HVM_PARAM_CONSOLE_EVTCHN unreadable ({e:?})"),
+    }
+    match xen.hvm_param(param::STORE_EVTCHN) {
+        Ok(port) => {
+            for (path, e) in xs.resume(port as u32) {
+                log::error!("resume: cannot watch {path} again: {e:?}");
+            }
+            log::info!(
+                "resume: xenstore on event channel {port}, {} watches",
+                xs.watches().len()
+            );
+        }
+        Err(e) => log::error!("resume: HVM_PARAM_STORE_EVTCHN unreadable ({e:?})"),
+    }
+    let domid = read_u64(xs, "domid");
+    announce_features(xs);
+    if let Some(g) = m.grants.as_mut() {
+        let me = domid.and_then(|d| u16::try_from(d).ok()).unwrap_or(0);
+        g.resumed(xen, m.mm, me);
+    }
+    if let Err(e) = xs.write("data/ready", b"1") {
+        log::warn!("cannot write data/ready: {e:?}");
+    }
+    log::info!(
+        "ready domid={} (resumed)",
+        domid.map_or("?".into(), |d| format!("{d}"))
+    );
+}
+
+/// Writes every `data/` directory we own.
+fn publish_all(xs: &mut Xenstore, m: &mut Memory<'_>) {
+    publish_balloon(xs, &m.balloon, Some(m.mm));
+    let hotplug: Vec<_> = m.hotplug.status(m.mm).fields().collect();
+    publish_fields(xs, "data/hotplug", &hotplug);
+    publish_fields(xs, "data/suspend", &m.suspend.fields());
+    if let Some(f) = m.grants.as_mut().and_then(|g| g.changed_fields()) {
+        publish_fields(xs, "data/grant", &f);
+    }
+    publish_census(xs, m.mm, m.xen_extra);
 }
 
 pub fn shutdown(xen: &Xen, reason: ShutdownReason) -> ! {

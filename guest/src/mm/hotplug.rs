@@ -48,16 +48,23 @@ pub const DEFAULT_HOTPLUG_RAM_BYTES: u64 = 64 * GIB;
 /// Memmap only exists for subsections in use, so an unused window costs nothing.
 pub const DEFAULT_DEVICE_BYTES: u64 = 4 * GIB;
 
-/// The guest-physical address space reserved for hot-added RAM and, above it, for the
-/// device range where foreign (grant-mapped) pages get pfns.
+/// The guest-physical address space reserved for the device range where foreign
+/// (grant-mapped) pages and our grant-table frames get pfns and, above it, for hot-added
+/// RAM.
 ///
 /// Chosen from the start_info memmap alone, at boot:
 ///
 /// ```text
 /// base   = round_up(max(4 GiB, end of the highest memmap entry of ANY type), 128 MiB)
-/// ram    = [base, base + ram_bytes)              kind hotplug RAM
-/// device = [ram.end, ram.end + device_bytes)     kind device
+/// device = [base, base + device_bytes)           kind device
+/// ram    = [device.end, device.end + ram_bytes)  kind hotplug RAM
 /// ```
+///
+/// Why the device window comes first: the grant-table frames live there from boot, and
+/// Xen's save stream carries a record for every pfn up to the highest one ever mapped
+/// (measured: a 256 MiB guest with its table at 68 GiB saved a 411 MB image in 54 s,
+/// 8 bytes for each of the 17.8 M pfns below it). Low in the address space, the table
+/// costs nothing there; hot-added RAM raises that mark only as far as it is used.
 ///
 /// Why nothing can collide with it:
 /// - **MMIO**: a PVH domU has no emulated devices, so no BARs or PCI hole; the only
@@ -73,7 +80,7 @@ pub const DEFAULT_DEVICE_BYTES: u64 = 4 * GIB;
 pub struct HotplugWindow {
     /// Where hot-added RAM goes (section aligned).
     pub ram: PfnRange,
-    /// Where device (foreign-page) sections go (section aligned), right above `ram`.
+    /// Where device (foreign-page) sections go (section aligned), right below `ram`.
     pub device: PfnRange,
 }
 
@@ -121,8 +128,8 @@ impl HotplugWindow {
             .ok_or(WindowError::BeyondMaxPhys { base: top })?;
         let sections = |bytes: u64| (bytes / SECTION_BYTES) << SECTION_SHIFT;
         let start = Pfn::from_addr(base);
-        let ram = PfnRange::from_count(start, sections(ram_bytes));
-        let device = PfnRange::from_count(ram.end, sections(device_bytes));
+        let device = PfnRange::from_count(start, sections(device_bytes));
+        let ram = PfnRange::from_count(device.end, sections(ram_bytes));
         if device.end.0 > MAX_PFN || ram.end.0 > MAX_PFN {
             return Err(WindowError::BeyondMaxPhys { base });
         }
@@ -438,14 +445,14 @@ mod tests {
     #[test]
     fn small_domu_window_starts_at_4g() {
         let w = HotplugWindow::from_memmap(&pvh_256()).unwrap();
-        assert_eq!(w.ram.start.addr(), 4 << 30);
+        assert_eq!(w.device.start.addr(), 4 << 30);
         assert_eq!(w.ram.len() * PAGE_SIZE, DEFAULT_HOTPLUG_RAM_BYTES);
-        assert_eq!(w.device.start, w.ram.end);
+        assert_eq!(w.ram.start, w.device.end);
         assert_eq!(w.device.len() * PAGE_SIZE, DEFAULT_DEVICE_BYTES);
-        assert_eq!(w.ram_sections(), 32..32 + 512);
-        assert_eq!(w.device_sections(), 544..544 + 32);
+        assert_eq!(w.device_sections(), 32..32 + 32);
+        assert_eq!(w.ram_sections(), 64..64 + 512);
         for entry in pvh_256() {
-            assert!(entry.addr + entry.size <= w.ram.start.addr());
+            assert!(entry.addr + entry.size <= w.device.start.addr());
         }
     }
 
@@ -458,12 +465,12 @@ mod tests {
             e(4 << 30, (5 << 30) + MIB, E820_RAM),
         ];
         let w = HotplugWindow::from_memmap(&map).unwrap();
-        assert_eq!(w.ram.start.addr(), (9 << 30) + 128 * MIB);
+        assert_eq!(w.device.start.addr(), (9 << 30) + 128 * MIB);
         assert_eq!(w.ram.start.addr() % SECTION_BYTES, 0);
         // Exactly at a boundary: no gap.
         let map = [e(0, 3 << 30, E820_RAM), e(4 << 30, 5 << 30, E820_RAM)];
         let w = HotplugWindow::from_memmap(&map).unwrap();
-        assert_eq!(w.ram.start.addr(), 9 << 30);
+        assert_eq!(w.device.start.addr(), 9 << 30);
     }
 
     #[test]
@@ -471,7 +478,8 @@ mod tests {
         let mut map = pvh_256().to_vec();
         map.push(e(0x40_0000_0000 + 5, 4096, E820_RESERVED));
         let w = HotplugWindow::with_sizes(&map, 2 << 30, 256 * MIB).unwrap();
-        assert_eq!(w.ram.start.addr(), 0x40_0000_0000 + SECTION_BYTES);
+        assert_eq!(w.device.start.addr(), 0x40_0000_0000 + SECTION_BYTES);
+        assert_eq!(w.ram.start, w.device.end);
         assert_eq!(w.ram.len() * PAGE_SIZE, 2 << 30);
         assert_eq!(w.device.len() * PAGE_SIZE, 256 * MIB);
         // Odd sizes round down to whole sections; an empty entry is ignored.
@@ -479,6 +487,7 @@ mod tests {
         let w = HotplugWindow::with_sizes(&map, 200 * MIB, 100 * MIB).unwrap();
         assert_eq!((w.ram.len(), w.device.len()), (PAGES_PER_SECTION, 0));
         assert_eq!(w.ram.start.addr(), 0x40_0000_0000 + SECTION_BYTES);
+        assert_eq!(w.device.start, w.ram.start);
         // Near the top of the 64 TiB the model covers: refused.
         let top = [e((64 << 40) - GIB, 4096, E820_RESERVED)];
         assert!(HotplugWindow::from_memmap(&top).is_err());

@@ -8,7 +8,9 @@ pub enum ShutdownRequest {
     /// Empty: no request (or our own acknowledgement).
     None,
     Shutdown(ShutdownReason),
-    /// A value we do not implement (e.g. `suspend`) or garbage: log and ignore.
+    /// `suspend` (`xl save`, `xl migrate`): acknowledge, quiesce, `SHUTDOWN_suspend`.
+    Suspend,
+    /// A value we do not implement or garbage: log and ignore.
     Unknown,
 }
 
@@ -20,6 +22,7 @@ pub fn parse_shutdown(value: &[u8]) -> ShutdownRequest {
         // `halt` is what older toolstacks write for poweroff.
         b"halt" => ShutdownRequest::Shutdown(ShutdownReason::Poweroff),
         b"reboot" => ShutdownRequest::Shutdown(ShutdownReason::Reboot),
+        b"suspend" => ShutdownRequest::Suspend,
         _ => ShutdownRequest::Unknown,
     }
 }
@@ -38,7 +41,8 @@ mod tests {
         );
         assert_eq!(parse_shutdown(b"halt"), ShutdownRequest::Shutdown(Poweroff));
         assert_eq!(parse_shutdown(b"reboot"), ShutdownRequest::Shutdown(Reboot));
-        assert_eq!(parse_shutdown(b"suspend"), ShutdownRequest::Unknown);
+        assert_eq!(parse_shutdown(b"suspend"), ShutdownRequest::Suspend);
+        assert_eq!(parse_shutdown(b"suspend\n"), ShutdownRequest::Unknown);
         assert_eq!(parse_shutdown(b"poweroff\0"), ShutdownRequest::Unknown);
     }
 }

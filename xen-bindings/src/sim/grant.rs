@@ -186,6 +186,24 @@ impl SimGrants {
         }
     }
 
+    /// What a restore or migration does to the guest's grant side: a new, empty table
+    /// (every entry zeroed, no pins; its frames are in no gfn until added again), no
+    /// mapping of a peer's grants, no peer mapping ours. Peers and their grants stay.
+    pub fn resume_in_new_domain(&self) {
+        let mut st = self.lock();
+        for e in st.own.iter() {
+            // Relaxed: the guest is suspended; it reads the table only after resuming.
+            e.flags.store(0, Ordering::Relaxed);
+            e.domid.store(0, Ordering::Relaxed);
+            e.frame.store(0, Ordering::Relaxed);
+        }
+        st.table_gfns.clear();
+        st.own_pins.clear();
+        st.maps.clear();
+        st.by_gfn.clear();
+        st.peer_maps.clear();
+    }
+
     /// The whole state, locked.
     pub fn lock(&self) -> MutexGuard<'_, GrantState> {
         self.inner.lock()

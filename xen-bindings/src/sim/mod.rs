@@ -28,7 +28,7 @@ use alloc::vec::Vec;
 use spin::{Mutex, MutexGuard};
 
 use crate::abi::xs_wire::XenstoreDomainInterface;
-use crate::traits::{Clock, DomId, EventChannels, Port, Sched, ShutdownReason};
+use crate::traits::{Clock, DomId, EventChannels, Port, Sched, ShutdownReason, SuspendOutcome};
 use crate::Errno;
 use evtchn::{Binding, EventChannelTable, Service};
 pub use xenstored::{ReplyFault, RequestRecord, Xenstored, XsFaults};
@@ -80,6 +80,10 @@ pub struct SimState {
     pub xs_port: Port,
     /// Set by `SCHEDOP_shutdown`.
     pub shutdown: Option<ShutdownReason>,
+    /// What the next `SCHEDOP_shutdown(SHUTDOWN_suspend)` returns (tests set it).
+    pub suspend_outcome: SuspendOutcome,
+    /// Suspends the guest made.
+    pub suspends: u64,
     pub stats: SimStats,
     timers: Vec<Timer>,
     timer_seq: u64,
@@ -123,6 +127,24 @@ impl SimState {
         self.now_ns = end;
     }
 
+    /// What a restore or migration does to the guest's connections: every event channel
+    /// is gone and the store has a new port and a zeroed ring (see
+    /// [`Xenstored::reconnect`]). Time goes on.
+    pub fn resume_in_new_domain(&mut self) {
+        self.evtchn = EventChannelTable::default();
+        // A fresh table would hand out port 1 again; burn the old store port's number
+        // first so the guest must re-read it, as after a real restore.
+        let old = self.xs_port;
+        let mut port = self.evtchn.alloc(Binding::Service(Service::Xenstore));
+        if port == old {
+            let next = self.evtchn.alloc(Binding::Service(Service::Xenstore));
+            let _ = self.evtchn.close(port);
+            port = next;
+        }
+        self.xs_port = port;
+        self.xenstored.reconnect();
+    }
+
     /// Toolstack write (dom0) to the store, firing watches.
     pub fn xs_write(&mut self, path: &str, value: &[u8]) -> Result<(), Errno> {
         let r = self.xenstored.toolstack_write(path, value);
@@ -161,6 +183,8 @@ impl SimXen {
             xenstored: Xenstored::new(cfg.domid, cfg.xs_ring_start),
             xs_port,
             shutdown: None,
+            suspend_outcome: SuspendOutcome::Resumed,
+            suspends: 0,
             stats: SimStats::default(),
             timers: Vec::new(),
             timer_seq: 0,
@@ -349,6 +373,16 @@ impl Sched for SimXen {
     fn shutdown(&self, reason: ShutdownReason) -> Result<(), Errno> {
         self.lock().shutdown = Some(reason);
         Ok(())
+    }
+
+    fn suspend(&self) -> Result<SuspendOutcome, Errno> {
+        let mut st = self.lock();
+        st.suspends += 1;
+        let outcome = st.suspend_outcome;
+        if outcome == SuspendOutcome::Resumed {
+            st.resume_in_new_domain();
+        }
+        Ok(outcome)
     }
 }
 

@@ -314,6 +314,28 @@ impl Xenstored {
         x
     }
 
+    /// The guest resumed in a new domain (restore, migration): the store page is the
+    /// same frame but zeroed (`xc_clear_domain_page`, so all four indices are 0), the
+    /// connection is new — the guest's watches, open transactions and half-read or
+    /// unanswered messages are gone. The tree stays (the toolstack rewrote it).
+    pub fn reconnect(&mut self) {
+        use core::sync::atomic::Ordering;
+        for f in [
+            PageField::ReqCons,
+            PageField::ReqProd,
+            PageField::RspCons,
+            PageField::RspProd,
+        ] {
+            // Relaxed: the guest is suspended; it sees the page only after resuming.
+            self.page.field(f).store(0, Ordering::Relaxed);
+        }
+        self.watches.clear();
+        self.transactions.clear();
+        self.inbuf.clear();
+        self.outq.clear();
+        self.broken = None;
+    }
+
     /// `/local/domain/<domid>`.
     pub fn home(&self) -> String {
         format!("/local/domain/{}", self.domid)

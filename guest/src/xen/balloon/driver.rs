@@ -253,6 +253,9 @@ pub struct Balloon {
     hotplugged: Vec<PfnRange>,
     /// Reused hypercall argument buffer.
     batch: Vec<Gfn>,
+    /// Pages to hold below the target for now: free memory handed back to Xen before a
+    /// suspend ([`Balloon::set_handback`]).
+    handback_pages: u64,
 }
 
 impl Balloon {
@@ -282,6 +285,7 @@ impl Balloon {
             need_hotplug_pages: 0,
             hotplugged: Vec::new(),
             batch: Vec::new(),
+            handback_pages: 0,
         }
     }
 
@@ -602,6 +606,42 @@ impl Balloon {
         r.map(|_| k)
     }
 
+    /// Hold `pages` below the target until called again with 0: before a suspend, free
+    /// memory goes back to Xen so that a save image carries only what is in use (Linux
+    /// saves every populated page); after the resume the balloon takes it again. The
+    /// target itself, its status and `memory/target` are untouched.
+    pub fn set_handback(&mut self, pages: u64) {
+        if pages != self.handback_pages {
+            self.handback_pages = pages;
+            self.reached_after_ns = None;
+        }
+    }
+
+    /// Releases every ballooned-out extent again, one hypercall each, and returns how
+    /// many pages Xen took. For a resume in a new domain whose `tot_pages` exceeds what
+    /// the model owns: a frame released during the last round of a live migration may
+    /// have been sent before and arrive populated. Extents that are holes fail
+    /// harmlessly (Xen releases nothing there); the model is not touched — they are
+    /// Offline either way.
+    pub fn release_ballooned_again<X: MemoryReservation>(&mut self, xen: &mut X) -> u64 {
+        let mut pages = 0;
+        for (i, order) in [(0, 0u32), (1, ORDER_SUBSECTION)] {
+            for k in 0..self.ballooned[i].len() {
+                let gfn = self.ballooned[i][k];
+                self.counters.hypercalls += 1;
+                if let Ok(1) = xen.decrease_reservation(&[gfn], order) {
+                    pages += 1 << order;
+                }
+            }
+        }
+        pages
+    }
+
+    /// Pages currently held below the target by [`Balloon::set_handback`].
+    pub fn handback_pages(&self) -> u64 {
+        self.handback_pages
+    }
+
     /// Do a bounded amount of work (at most two hypercalls) toward the target.
     pub fn step<S: MemmapStorage, X: MemoryReservation>(
         &mut self,
@@ -681,7 +721,7 @@ impl Balloon {
             return Ok(StepOutcome::Done);
         }
         let current = mm.census().ram_pages();
-        let goal = self.target_pages;
+        let goal = self.target_pages.saturating_sub(self.handback_pages);
         if current > goal {
             self.need_hotplug_pages = 0;
             self.balloon_down(mm, xen, current - goal)

@@ -470,6 +470,55 @@ impl ForeignMapper {
         rep
     }
 
+    /// After resuming in a new domain: our grant-table frames are not in the save image,
+    /// so put every one back at the slot it had (`XENMEM_add_to_physmap` again; the
+    /// model still records the slots as Xen's frames). Returns how many were re-added.
+    pub fn readd_table_frames<S: MemmapStorage, G: GrantOps>(
+        &self,
+        mm: &MemModel<S>,
+        xen: &mut G,
+    ) -> Result<u32, Errno> {
+        let frames = self.slots_of(mm, DOMID_XEN);
+        let g = mm.read();
+        let mut n = 0;
+        for pfn in frames {
+            let Some(PageState::Foreign(m)) = g.pfn_to_device_page(pfn).map(|p| p.state()) else {
+                continue;
+            };
+            if m.handle == TABLE_FRAME_HANDLE {
+                xen.add_table_frame(m.gref, pfn.0)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// After resuming in a new domain: the grant mappings we held exist no more (they
+    /// were mappings in the old domain). Every slot holding another domain's page goes
+    /// back to Unpopulated and free, without a hypercall. Returns how many.
+    pub fn forget_foreign<S: MemmapStorage>(&mut self, mm: &MemModel<S>) -> usize {
+        let mut n = 0;
+        let slots: Vec<Pfn> = {
+            let g = mm.read();
+            self.added
+                .iter()
+                .flat_map(|r| g.active_pages(*r))
+                .filter(|p| matches!(p.state(), PageState::Foreign(m) if m.domid != DOMID_XEN))
+                .map(|p| p.pfn())
+                .collect()
+        };
+        for pfn in slots {
+            match mm.unmap_foreign(pfn) {
+                Ok(_) => {
+                    self.put_slot(pfn);
+                    n += 1;
+                }
+                Err(e) => log::error!("grant: forgetting {pfn:?} after resume: {e}"),
+            }
+        }
+        n
+    }
+
     /// Place grant-table frames `first..first + n` of our own table in `n` contiguous
     /// fresh slots (`XENMEM_add_to_physmap`, space grant_table), recording each as
     /// `Foreign{DOMID_XEN, gref: frame index, TABLE_FRAME_HANDLE}`: the frames are Xen's,

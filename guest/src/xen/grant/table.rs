@@ -176,6 +176,23 @@ impl<'t> GrantTable<'t> {
         Ok(())
     }
 
+    /// After resuming in a new domain the table is Xen's new one, empty but for the
+    /// reserved entries the toolstack seeds: every grant we had is gone. Forget them all
+    /// (granted and deferred alike) and return their refs; the frames behind them are the
+    /// granter's to take back. The entries are not written: Xen zeroed them.
+    pub fn forget_all(&mut self) -> Vec<GrantRef> {
+        let mut gone = Vec::new();
+        for (r, state) in self.refs.iter_mut().enumerate() {
+            if !matches!(state, RefState::Reserved | RefState::Free) {
+                *state = RefState::Free;
+                gone.push(r as GrantRef);
+            }
+        }
+        self.deferred.clear();
+        self.free.extend(gone.iter().rev().copied());
+        gone
+    }
+
     /// Frames the table spans.
     pub fn frames(&self) -> usize {
         self.entries.len() / GRANT_ENTRIES_PER_FRAME_V1

@@ -62,6 +62,8 @@ pub struct XenstoreClient<H> {
     tx_attempts: u32,
     broken: Option<XsError>,
     stats: XsStats,
+    /// Registered watches `(path, token)`, to register again after a resume.
+    watches: Vec<(String, String)>,
 }
 
 impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
@@ -89,7 +91,41 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
             tx_attempts: DEFAULT_TX_ATTEMPTS,
             broken: None,
             stats: XsStats::default(),
+            watches: Vec::new(),
         }
+    }
+
+    /// Reconnects after the domain resumed in a new domain (restore, migration): the
+    /// page is the same frame but zeroed and the event channel is `port` (new). Whatever
+    /// was in flight is gone — partial messages, unanswered requests, queued events — so
+    /// it is dropped, and every watch is registered again (each fires once at once, which
+    /// makes its owner re-read what it watches). Calling it twice is harmless.
+    ///
+    /// Returns the watches that could not be registered again, with the error.
+    pub fn resume(&mut self, port: Port) -> Vec<(String, XsError)> {
+        self.port = port;
+        self.decoder = Decoder::new();
+        self.out.clear();
+        self.out_pos = 0;
+        self.abandoned.clear();
+        self.events.clear();
+        self.broken = None;
+        let watches = core::mem::take(&mut self.watches);
+        let mut failed = Vec::new();
+        for (path, token) in watches {
+            match self.watch(&path, &token) {
+                Ok(()) => {}
+                // Still registered: the connection was not new after all (a second call).
+                Err(e) if e.errno() == Some(Errno::EEXIST) => self.watches.push((path, token)),
+                Err(e) => failed.push((path, e)),
+            }
+        }
+        failed
+    }
+
+    /// The registered watches, `(path, token)`.
+    pub fn watches(&self) -> &[(String, String)] {
+        &self.watches
     }
 
     /// Sets how long requests wait for a reply.
@@ -310,7 +346,11 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
             0,
             &codec::strings_payload(&[path, token]),
         )?;
-        codec::parse_ok(&r)
+        codec::parse_ok(&r)?;
+        if !self.watches.iter().any(|(p, t)| p == path && t == token) {
+            self.watches.push((path.into(), token.into()));
+        }
+        Ok(())
     }
 
     /// Removes a watch and drops its queued events (matched by token).
@@ -324,6 +364,7 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
         )?;
         codec::parse_ok(&r)?;
         self.events.retain(|e| e.token != token);
+        self.watches.retain(|(p, t)| !(p == path && t == token));
         Ok(())
     }
 

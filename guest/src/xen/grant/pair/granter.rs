@@ -110,6 +110,25 @@ impl Granter {
         self.state = PairState::Failed;
     }
 
+    /// After resuming in a new domain: every grant and the event channel are gone with
+    /// the old domain, so the frames come back to us now (none can still be mapped: the
+    /// table they were granted from no longer exists). The role ends; the kernel starts a
+    /// fresh one for the new domain. Returns how many frames were freed.
+    pub fn resumed<S: MemmapStorage>(&mut self, mm: &MemModel<S>) -> usize {
+        let frames: Vec<Pfn> = self
+            .grants
+            .drain(..)
+            .map(|(pfn, _)| pfn)
+            .chain(self.deferred.drain(..).map(|(_, pfn)| pfn))
+            .collect();
+        for &pfn in &frames {
+            free_frame(mm, pfn);
+        }
+        self.port = None;
+        self.state = PairState::Ended;
+        frames.len()
+    }
+
     /// One step: called at start, on every watch event with [`TOKEN`], and at least once
     /// a second. Never panics on anything a peer or the toolstack wrote.
     pub fn tick<K: Kit>(&mut self, table: &mut GrantTable<'_>, env: &mut Env<'_, K>) {

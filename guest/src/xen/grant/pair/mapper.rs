@@ -93,6 +93,14 @@ impl Mapper {
         self.state = PairState::Failed;
     }
 
+    /// After resuming in a new domain: the mappings and the event channel are gone (the
+    /// kernel returns the slots with `ForeignMapper::forget_foreign`). The role ends.
+    pub fn resumed(&mut self) {
+        self.slots.clear();
+        self.port = None;
+        self.state = PairState::Ended;
+    }
+
     /// One step; called like [`super::Granter::tick`].
     pub fn tick<K: Kit>(&mut self, mapper: &mut ForeignMapper, env: &mut Env<'_, K>) {
         match self.state {

@@ -224,6 +224,18 @@ impl Pair {
         }
     }
 
+    /// After resuming in a new domain (see `Granter::resumed` / `Mapper::resumed`):
+    /// frames freed by a granter, as a count.
+    pub fn resumed<S: MemmapStorage>(&mut self, mm: &MemModel<S>) -> usize {
+        match self {
+            Pair::Granter(g) => g.resumed(mm),
+            Pair::Mapper(m) => {
+                m.resumed();
+                0
+            }
+        }
+    }
+
     /// The role's name.
     pub fn role(&self) -> &'static str {
         match self {
