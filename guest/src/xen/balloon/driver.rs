@@ -1238,6 +1238,56 @@ mod tests {
     }
 
     #[test]
+    fn handback_holds_pages_below_the_target_until_cleared() {
+        let mut w = world(256);
+        let mut b = Balloon::new(BalloonConfig::default());
+        b.set_target(&kib(256), 256 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, false).0, StepOutcome::Done);
+        let full = ram(&w);
+        let free = w.mm.census().pages_in(crate::mm::StateKind::Free);
+        // Before a suspend: every free page but 4 MiB goes back to Xen.
+        b.set_handback(free - 1024);
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), full - (free - 1024));
+        assert_eq!(w.mm.census().pages_in(crate::mm::StateKind::Free), 1024);
+        // The target and what is published as the target are untouched.
+        assert_eq!(
+            status_field(&b, &w, "target-kib"),
+            format!("{}", 256 * 1024)
+        );
+        assert_eq!(b.handback_pages(), free - 1024);
+        // After the resume: taken again.
+        b.set_handback(0);
+        assert_eq!(settle(&mut w, &mut b, true).0, StepOutcome::Done);
+        assert_eq!(ram(&w), full);
+    }
+
+    #[test]
+    fn ballooned_extents_that_arrived_populated_are_released_again() {
+        let mut w = world(256);
+        let mut b = Balloon::new(BalloonConfig::default());
+        b.set_target(&kib(64), 256 * 1024, w.now).unwrap();
+        assert_eq!(settle(&mut w, &mut b, false).0, StepOutcome::Done);
+        let tot = w.xen.tot_pages();
+        // Nothing to release: every ballooned extent is a hole.
+        assert_eq!(b.release_ballooned_again(&mut w.xen), 0);
+        assert_eq!(w.xen.tot_pages(), tot);
+        // A migration stream brought some of them back (sent before they were released):
+        // two order-9 extents and three order-0 pages.
+        let back: Vec<Gfn> = b.ballooned[1][..2]
+            .iter()
+            .flat_map(|&g| g..g + PAGES_PER_SUBSECTION)
+            .chain(b.ballooned[0].iter().take(3).copied())
+            .collect();
+        w.xen = core::mem::replace(&mut w.xen, SimMemory::new(&[], 0))
+            .with_populated(&back.iter().map(|&g| (g, 1)).collect::<Vec<_>>());
+        assert_eq!(w.xen.tot_pages(), tot + back.len() as u64);
+        assert_eq!(b.release_ballooned_again(&mut w.xen), back.len() as u64);
+        assert_eq!(w.xen.tot_pages(), tot);
+        check(&mut w, &b);
+    }
+
+    #[test]
     fn down_to_a_quarter_and_back_up_reaches_the_target_exactly() {
         let mut w = world(256);
         let mut b = Balloon::new(BalloonConfig::default());
