@@ -693,6 +693,14 @@ adopt_new_domid() {
     say "$what: $DOMNAME is now domid $DOMID"
 }
 
+# After `xl migrate`: as adopt_new_domid; the receiving domain was called NAME--incoming
+# while xenconsoled first saw it, so its console log is guest-NAME--incoming.log.
+adopt_migrated_domid() {
+    adopt_new_domid "$1"
+    CONSOLE_LOG=$CONSOLE_DIR/guest-$DOMNAME--incoming.log
+    echo "$CONSOLE_LOG" >"$WORK/console-log"
+}
+
 # After a restore or migration: the domain runs (Xen's view), and our guest says it is
 # ready again in its new domain; then its census matches Xen.
 wait_resumed() {

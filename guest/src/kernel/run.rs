@@ -549,7 +549,7 @@ fn release_again_if_populated(xen: &Xen, m: &mut Memory<'_>) {
         Ok(tot) if tot > expected => {
             let n = m.balloon.release_ballooned_again(&mut hv);
             log::warn!(
-                "resume: Xen owns {tot} pages, we {expected}: {n} released-again pages arrived populated"
+                "resume: Xen owns {tot} pages, the model {expected}: frames released before the suspend arrived populated; {n} pages released again"
             );
             m.suspend.released_again_pages = n;
         }

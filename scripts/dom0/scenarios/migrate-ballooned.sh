@@ -29,7 +29,7 @@ migrate_same() {
     tool xl migrate -s '' "$DOMNAME" 'xl migrate-receive' \
         || fail "$label: xl migrate failed: $(tail -n 3 "$WORK/tools.log" | tr '\n' ' ')"
     info "${label}_migrate_secs=$(fmt_cs $(($(now_cs) - t0)))"
-    adopt_new_domid "$label"
+    adopt_migrated_domid "$label"
     wait_resumed "$label"
     after=$(xen_tot_pages) || exit 1
     [ "$after" = "$before" ] || fail "$label: Xen's tot_pages $before before the migration, $after after"

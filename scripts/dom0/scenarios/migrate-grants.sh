@@ -60,6 +60,6 @@ migrate_once() {
     tool xl migrate -s '' "$DOMNAME" 'xl migrate-receive' \
         || fail "$1: xl migrate failed: $(tail -n 3 "$WORK/tools.log" | tr '\n' ' ')"
     info "${1}_migrate_secs=$(fmt_cs $(($(now_cs) - t0)))"
-    adopt_new_domid "$1"
+    adopt_migrated_domid "$1"
     wait_resumed "$1"
 }

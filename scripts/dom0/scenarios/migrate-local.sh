@@ -17,7 +17,7 @@ scenario_migrate_local() {
             || fail "round $round: xl migrate failed: $(tail -n 3 "$WORK/tools.log" | tr '\n' ' ')"
         secs=$(($(now_cs) - t0))
         total=$((total + secs))
-        adopt_new_domid "round $round"
+        adopt_migrated_domid "round $round"
         wait_resumed "round $round"
         # Alternate the target so each round moves memory.
         mib=$((round % 2 == 1 ? 96 : 128))
