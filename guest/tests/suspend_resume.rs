@@ -145,7 +145,11 @@ fn grants_after_a_resume_table_frames_back_mappings_and_grants_forgotten() {
 
     assert_eq!(mapper.readd_table_frames(&mm, &mut sim).unwrap(), 4);
     assert_eq!(sim.table_gfns(), table_gfns, "each frame back at its slot");
+    assert_eq!(mapper.status().foreign_mapped, 8);
     assert_eq!(mapper.forget_foreign(&mm), 8);
+    assert_eq!(mapper.status().foreign_mapped, 0);
+    let st = mapper.status();
+    assert_eq!(st.foreign_mapped + st.slots_free + st.table_frames, st.slots_total);
     for &s in &slots {
         assert_eq!(
             mm.read().pfn_to_device_page(s).unwrap().state(),

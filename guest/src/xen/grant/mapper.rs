@@ -511,6 +511,7 @@ impl ForeignMapper {
             match mm.unmap_foreign(pfn) {
                 Ok(_) => {
                     self.put_slot(pfn);
+                    self.foreign -= 1;
                     n += 1;
                 }
                 Err(e) => log::error!("grant: forgetting {pfn:?} after resume: {e}"),
