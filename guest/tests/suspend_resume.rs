@@ -149,7 +149,10 @@ fn grants_after_a_resume_table_frames_back_mappings_and_grants_forgotten() {
     assert_eq!(mapper.forget_foreign(&mm), 8);
     assert_eq!(mapper.status().foreign_mapped, 0);
     let st = mapper.status();
-    assert_eq!(st.foreign_mapped + st.slots_free + st.table_frames, st.slots_total);
+    assert_eq!(
+        st.foreign_mapped + st.slots_free + st.table_frames,
+        st.slots_total
+    );
     for &s in &slots {
         assert_eq!(
             mm.read().pfn_to_device_page(s).unwrap().state(),
