@@ -69,6 +69,26 @@ show_guest_log() {
     } >&3
 }
 
+# One point of the run's memory timeline, drawn by `xenci plot` from the serial log:
+#   XENCI SAMPLE <scenario> t=<uptime cs> dom=<name> mib=<N>         Xen's tot_pages (xl list, MiB)
+#   XENCI SAMPLE <scenario> t=<uptime cs> dom=<name> target_mib=<N>  the target from then on
+# The mib points come from polls the scenario makes anyway (near_target_mib), so the
+# picture costs no extra `xl` call and does not slow down what the scenario measures.
+sample() {
+    echo "XENCI SAMPLE $SCENARIO t=$(now_cs) dom=$DOMNAME $*" >&3
+}
+
+# The operator's view of domain $1 (scripts/xenguest-stat), onto the serial log as
+# `xenci[<scenario>] stat | <line>`; returns the tool's exit status.
+show_stat() {
+    local bin=$REPO/target/release/xenguest-stat rc
+    [ -x "$bin" ] || { say "stat | (no $bin in this dom0)"; return 0; }
+    "$bin" "$1" >"$WORK/stat.out" 2>&1
+    rc=$?
+    sed "s/^/xenci[$SCENARIO] stat | /" "$WORK/stat.out" >&3
+    return "$rc"
+}
+
 # ---------------------------------------------------------------- waiting
 # wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND (every 0.2 s) until it succeeds
 # or the deadline passes. Never a fixed sleep: TCG timing varies (HARNESS-NOTES 16).
@@ -190,6 +210,9 @@ wait_ready() {
         sleep 0.2
     done
     info "ready_secs=$(fmt_cs $(($(now_cs) - CREATE_CS))) domid=$DOMID"
+    local t
+    t=$(dom_read memory/target) && sample "target_mib=$((t / 1024))"
+    near_target_mib 0 || true
     grep -E 'ready (domid|target_kib)' "$CONSOLE_LOG" | tail -n 1 | sed "s/^/xenci[$SCENARIO] marker: /"
 }
 
@@ -349,6 +372,7 @@ domain_cpu_secs() {
 near_target_mib() {
     local m
     m=$(domain_mib)
+    [ -n "$m" ] && sample "mib=$m"
     [ -n "$m" ] && [ "$m" -ge $(($1 - 1)) ] && [ "$m" -le "$1" ]
 }
 
@@ -418,6 +442,7 @@ wait_reach() {
 # target + slack; DESIGN.md §4). Records MEMSET_CS.
 mem_set() {
     MEMSET_CS=$(now_cs)
+    sample "target_mib=$1"
     tool xl mem-set "$DOMNAME" "${1}m" \
         || fail "xl mem-set $DOMNAME ${1}m failed: $(tail -n 1 "$WORK/tools.log")"
 }

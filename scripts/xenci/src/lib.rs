@@ -8,6 +8,8 @@
 //!
 //! Pure functions over text: everything here is unit-tested without Xen.
 
+pub mod timeline;
+
 use std::fmt::Write as _;
 
 /// Outcome of one scenario.

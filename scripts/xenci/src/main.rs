@@ -8,6 +8,12 @@
 //! the last relevant log lines under a failure) and a count line; writes JUnit XML.
 //! Exit status: 0 iff every scenario passed (SKIP counts as not failed), 1 otherwise,
 //! 2 on a usage error.
+//!
+//! ```text
+//! xenci plot SERIAL DIR
+//! ```
+//! Draws DIR/timeline-<scenario>.png for every scenario in the serial log that changed a
+//! domain's target (`XENCI SAMPLE` lines) and prints their paths.
 
 use std::process::ExitCode;
 use xenci::{judge, junit, report, RunFacts, Status};
@@ -65,8 +71,40 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     Ok(a)
 }
 
+fn plot(serial: &str, dir: &str) -> ExitCode {
+    let text = match std::fs::read(serial) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            eprintln!("xenci: cannot read {serial}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match xenci::timeline::draw_all(&text, std::path::Path::new(dir)) {
+        Ok(paths) => {
+            for p in paths {
+                println!("{}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xenci: plot: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("plot") {
+        return match &argv[1..] {
+            [serial, dir] => plot(serial, dir),
+            _ => {
+                eprintln!("xenci: usage: xenci plot SERIAL DIR");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let args = match parse_args(argv.into_iter()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("xenci: {e}");
