@@ -13,6 +13,10 @@ use super::model::{for_each_block, InitPages, Inner, MemModel, MmError, Uniform}
 use super::page::{PageState, Raw, StateKind};
 use super::section::{Section, SectionKind, CHUNK_LAYOUT};
 use super::storage::MemmapStorage;
+use bitvec::{array::BitArray, BitArr};
+
+/// One bit per page of a subsection (set: the page starts Free).
+type FreeMap = BitArr!(for PAGES_PER_SUBSECTION as usize, in u64);
 
 impl<S: MemmapStorage> MemModel<S> {
     // ---- sections and subsections -------------------------------------------------------
@@ -124,14 +128,14 @@ impl<S: MemmapStorage> MemModel<S> {
             let mem = s.memmap_ptr(idx).expect("parked memmap block");
             let uniform = init.uniform(first);
             // Which pages start Free, to put them on the free lists without re-reading.
-            let mut free = [0u64; PAGES_PER_SUBSECTION as usize / 64];
+            let mut free: FreeMap = BitArray::ZERO;
             match uniform {
                 Some(raw) => {
                     debug_assert!(online || raw.kind() != StateKind::Free);
                     fill_block(mem.cast(), raw);
                     g.stats.add_pages(kind, raw, PAGES_PER_SUBSECTION);
                     if raw.kind() == StateKind::Free {
-                        free = [u64::MAX; PAGES_PER_SUBSECTION as usize / 64];
+                        free.fill(true);
                     }
                 }
                 None => {
@@ -141,8 +145,7 @@ impl<S: MemmapStorage> MemModel<S> {
                         debug_assert!(online || raw.kind() != StateKind::Free);
                         stats.add_pages(kind, raw, 1);
                         if raw.kind() == StateKind::Free {
-                            let i = pfn.index_in_subsection();
-                            free[i / 64] |= 1 << (i % 64);
+                            free.set(pfn.index_in_subsection(), true);
                         }
                         raw
                     });
@@ -167,22 +170,16 @@ impl<S: MemmapStorage> MemModel<S> {
                 }
             }
             let mm = Memmap::new(&self.root, &g.token);
-            if free.iter().all(|&w| w == u64::MAX) {
+            if free.all() {
                 g.free.insert(&mm, first, MAX_ORDER);
                 continue;
             }
-            let is_free = |i: u64| free[i as usize / 64] & (1 << (i % 64)) != 0;
+            // Each run of free pages goes on the free lists as aligned buddy blocks.
             let mut i = 0;
-            while i < PAGES_PER_SUBSECTION {
-                if !is_free(i) {
-                    i += 1;
-                    continue;
-                }
-                let start = i;
-                while i < PAGES_PER_SUBSECTION && is_free(i) {
-                    i += 1;
-                }
-                let run = PfnRange::new(first.add(start), first.add(i));
+            while let Some(off) = free[i..].first_one() {
+                let start = i + off;
+                i = start + free[start..].first_zero().unwrap_or(free.len() - start);
+                let run = PfnRange::new(first.add(start as u64), first.add(i as u64));
                 for_each_block(run, |p, k| g.free.insert(&mm, p, k));
             }
         }
