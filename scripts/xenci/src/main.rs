@@ -29,9 +29,12 @@ struct Args {
     scenarios: Vec<String>,
 }
 
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    if it.next().as_deref() != Some("verdict") {
-        return Err(USAGE.to_string());
+fn parse_args(args: Vec<String>) -> Result<Args, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    match p.next()? {
+        Some(Value(v)) if v == "verdict" => {}
+        _ => return Err("the first argument must be verdict or plot".into()),
     }
     let mut a = Args {
         serial: None,
@@ -40,33 +43,24 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         prefailed: Vec::new(),
         scenarios: Vec::new(),
     };
-    while let Some(arg) = it.next() {
-        let mut value = |what: &str| it.next().ok_or(format!("{arg} needs {what}"));
-        match arg.as_str() {
-            "--serial" => a.serial = Some(value("a file")?),
-            "--junit" => a.junit = Some(value("a file")?),
-            "--qemu-status" => {
-                let v = value("a number")?;
-                a.facts.qemu_status = Some(v.parse().map_err(|_| format!("bad status {v}"))?);
-            }
-            "--limit" => {
-                let v = value("seconds")?;
-                a.facts.limit_secs = Some(v.parse().map_err(|_| format!("bad limit {v}"))?);
-            }
-            "--prefail" => {
-                let v = value("NAME=REASON")?;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("serial") => a.serial = Some(p.value()?.string()?),
+            Long("junit") => a.junit = Some(p.value()?.string()?),
+            Long("qemu-status") => a.facts.qemu_status = Some(p.value()?.parse()?),
+            Long("limit") => a.facts.limit_secs = Some(p.value()?.parse()?),
+            Long("prefail") => {
+                let v = p.value()?.string()?;
                 let (n, r) = v.split_once('=').ok_or(format!("bad --prefail {v}"))?;
                 a.prefailed.push((n.to_string(), r.to_string()));
             }
-            "--" => {
-                a.scenarios.extend(it.by_ref());
-            }
-            _ if arg.starts_with('-') => return Err(format!("unknown option {arg}\n{USAGE}")),
-            _ => a.scenarios.push(arg),
+            // Everything after `--` comes back as a Value too.
+            Value(v) => a.scenarios.push(v.string()?),
+            _ => return Err(arg.unexpected()),
         }
     }
     if a.scenarios.is_empty() {
-        return Err(format!("no scenarios given\n{USAGE}"));
+        return Err("no scenarios given".into());
     }
     Ok(a)
 }
@@ -104,10 +98,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let args = match parse_args(argv.into_iter()) {
+    let args = match parse_args(argv) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("xenci: {e}");
+            eprintln!("xenci: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
