@@ -397,6 +397,21 @@ pub fn format_report(r: &Report) -> String {
     for (label, text) in [("balloon", balloon), ("hotplug", hotplug), ("grant", grant)] {
         row(&mut out, label, text.as_deref().unwrap_or("-"));
     }
+    // Only once the guest has been saved or migrated.
+    let suspend = pairs(
+        r,
+        "suspend",
+        &[
+            "suspends",
+            "resumes",
+            "cancelled",
+            "refused",
+            "last-resume-us",
+        ],
+    );
+    if let Some(text) = suspend {
+        row(&mut out, "suspend", &text);
+    }
     out
 }
 
@@ -545,6 +560,13 @@ xenci-demo-linux                             4   255     1     -b----       7.9
         assert!(!t.contains("last-error"), "empty values are left out: {t}");
         assert!(t.contains("hotplug   state idle, adds 0"), "{t}");
         assert!(t.contains("grant     refs 1024, free 1016"), "{t}");
+        assert!(
+            !t.contains("suspend"),
+            "no suspend line before any save: {t}"
+        );
+        let ls = ours_ls() + "/local/domain/3/data/suspend/resumes = \"1\"\n";
+        let t = format_report(&report_for(3, &ls));
+        assert!(t.contains("suspend   resumes 1"), "{t}");
     }
 
     #[test]
