@@ -259,11 +259,16 @@ fn serial_context(p: &Parsed, from: usize) -> Vec<String> {
         Some((i, _)) => (i + 4).min(p.lines.len()),
         None => p.lines.len(),
     };
-    let start = end.saturating_sub(CONTEXT_LINES).max(from.min(end));
-    p.lines[start..end]
+    // Timeline samples (10 a second while a step is stuck) would crowd out the lines
+    // that say what went wrong: leave them out before counting the last lines.
+    let lines: Vec<&String> = p.lines[from.min(end)..end]
+        .iter()
+        .filter(|l| !l.contains("XENCI SAMPLE "))
+        .collect();
+    lines[lines.len().saturating_sub(CONTEXT_LINES)..]
         .iter()
         .filter(|l| !l.trim().is_empty())
-        .cloned()
+        .map(|l| l.to_string())
         .collect()
 }
 
@@ -666,6 +671,32 @@ xenci[reboot] xl create -F scripts/guest.cfg name=\"xenci-reboot-guest\"
         assert_eq!(
             v[0].reason,
             "did not finish: timeout: the run hit its 120s limit (hung guest, dom0 or Xen)"
+        );
+    }
+
+    #[test]
+    fn timeline_samples_are_not_failure_context() {
+        let mut log = String::from("XENCI START t=5.01 scenarios=boot\nXENCI BEGIN boot t=5.02\n");
+        log += "dom0: the line that matters\n";
+        for i in 0..100 {
+            log += &format!("XENCI SAMPLE boot t={i} dom=x mib=255\n");
+        }
+        let facts = RunFacts {
+            qemu_status: Some(124),
+            limit_secs: Some(120),
+        };
+        let v = judge(&log, &names(&["boot"]), &[], &facts);
+        assert!(
+            v[0].context
+                .iter()
+                .any(|l| l.contains("the line that matters")),
+            "{:?}",
+            v[0].context
+        );
+        assert!(
+            !v[0].context.iter().any(|l| l.contains("SAMPLE")),
+            "{:?}",
+            v[0].context
         );
     }
 
