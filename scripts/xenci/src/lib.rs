@@ -178,7 +178,9 @@ fn parse(serial: &str) -> Parsed {
                 .unwrap_or_else(|| strip_xen_prefix(&line).to_string());
             p.xen_panic = Some((idx, msg));
         }
-        if p.dom0_panic.is_none() && !line.starts_with("(d") {
+        // Not a guest's line (`(dN)`), nor the runner quoting a guest's panic as a reason.
+        let quoted = line.contains("XENCI ") || line.starts_with("xenci[");
+        if p.dom0_panic.is_none() && !line.starts_with("(d") && !quoted {
             if let Some(i) = line.find("Kernel panic - not syncing") {
                 p.dom0_panic = Some((idx, line[i..].to_string()));
             }
@@ -671,6 +673,27 @@ xenci[reboot] xl create -F scripts/guest.cfg name=\"xenci-reboot-guest\"
         assert_eq!(
             v[0].reason,
             "did not finish: timeout: the run hit its 120s limit (hung guest, dom0 or Xen)"
+        );
+    }
+
+    #[test]
+    fn a_quoted_guest_panic_is_not_a_dom0_panic() {
+        let log = "XENCI START t=1 scenarios=boot@linux\nXENCI BEGIN boot@linux t=1.00\n\
+            xenci[boot@linux] FAIL: domain crashed: [ 15.1] Kernel panic - not syncing: oom\n\
+            XENCI FAIL boot@linux 3.00 t=4.00 domain crashed: [ 15.1] Kernel panic - not syncing: oom\n\
+            XENCI DONE pass=0 fail=1 skip=0 t=5\n";
+        let v = judge(log, &names(&["boot@linux"]), &[], &exited_ok());
+        assert_eq!(v.len(), 1, "no (run) verdict: {v:?}");
+        assert!(v[0].reason.starts_with("domain crashed"), "{}", v[0].reason);
+        // A real dom0 panic still is one.
+        let log = log.replace(
+            "XENCI DONE",
+            "[ 9.9] Kernel panic - not syncing: dom0\nXENCI DONE",
+        );
+        let v = judge(&log, &names(&["boot@linux"]), &[], &exited_ok());
+        assert!(
+            v.iter().any(|v| v.reason.contains("dom0 Kernel panic")),
+            "{v:?}"
         );
     }
 
