@@ -441,6 +441,8 @@ wait_reach() {
 # xl mem-set the domain under test to MIB MiB (this also lowers Xen's maxmem to the new
 # target + slack; DESIGN.md §4). Records MEMSET_CS.
 mem_set() {
+    # Where the domain stands as the target moves (before the clock starts: not timed).
+    near_target_mib "$1" || true
     MEMSET_CS=$(now_cs)
     sample "target_mib=$1"
     tool xl mem-set "$DOMNAME" "${1}m" \

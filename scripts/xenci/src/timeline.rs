@@ -115,6 +115,53 @@ pub fn charts(series: Vec<Series>) -> BTreeMap<String, Vec<Series>> {
     out
 }
 
+/// The corner of the plot with the fewest points near it, for the legend (a box of
+/// about 40% x 35% of the plot).
+fn legend_corner(series: &[Series], x_max: f64, y_max: f64) -> SeriesLabelPosition {
+    use SeriesLabelPosition::{LowerLeft, LowerRight, UpperLeft, UpperRight};
+    // Every line, sampled along its segments (a long flat step has only two corners).
+    let mut pts = Vec::new();
+    for line in series
+        .iter()
+        .flat_map(|s| [s.mem.clone(), s.target_steps()])
+    {
+        for w in line.windows(2) {
+            let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+            pts.extend((0..=16).map(|i| {
+                let f = f64::from(i) / 16.0;
+                (x0 + (x1 - x0) * f, y0 + (y1 - y0) * f)
+            }));
+        }
+    }
+    let under = |right: bool, top: bool| {
+        pts.iter()
+            .filter(|&&(x, y)| {
+                let in_x = if right {
+                    x > 0.6 * x_max
+                } else {
+                    x < 0.4 * x_max
+                };
+                let in_y = if top {
+                    y > 0.65 * y_max
+                } else {
+                    y < 0.35 * y_max
+                };
+                in_x && in_y
+            })
+            .count()
+    };
+    // The first with the fewest wins: lower right unless something is there.
+    [
+        (LowerRight, true, false),
+        (UpperRight, true, true),
+        (LowerLeft, false, false),
+        (UpperLeft, false, true),
+    ]
+    .into_iter()
+    .min_by_key(|&(_, right, top)| under(right, top))
+    .map_or(LowerRight, |(pos, _, _)| pos)
+}
+
 /// Draws one chart (PNG, 1000x500).
 pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<(), String> {
     use std::sync::Once;
@@ -172,11 +219,11 @@ pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<(), String> {
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.mix(0.45).stroke_width(2))
             });
+        // Straight between samples, a dot on each: where there is no dot nothing polled.
         chart
-            .draw_series(LineSeries::new(
-                s.mem.iter().copied(),
-                color.stroke_width(3),
-            ))
+            .draw_series(
+                LineSeries::new(s.mem.iter().copied(), color.stroke_width(3)).point_size(3),
+            )
             .map_err(|e| err(&e))?
             .label(format!("{who} {}: Xen tot_pages", s.dom))
             .legend(move |(x, y)| {
@@ -185,7 +232,7 @@ pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<(), String> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(legend_corner(series, x_max, y_max))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))

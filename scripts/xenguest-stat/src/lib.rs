@@ -237,6 +237,13 @@ fn pages_table(r: &Report) -> Vec<String> {
     if kinds.is_empty() {
         return Vec::new();
     }
+    // Compact: leave out kinds and states with nothing in them.
+    let empty = |v: Option<&&str>| v.is_none_or(|v| *v == "0");
+    kinds.retain(|k| !states.iter().all(|s| empty(cells.get(&(*k, *s)))));
+    states.retain(|s| !kinds.iter().all(|k| empty(cells.get(&(*k, *s)))));
+    if kinds.is_empty() {
+        return vec!["pages       all zero".to_string()];
+    }
     // xenstore-ls lists keys sorted; put them back in the guest's own order.
     kinds.sort_by_key(|k| order(&["boot-ram", "hotplug-ram", "device"], k));
     states.sort_by_key(|s| order(STATES, s));
@@ -262,10 +269,12 @@ fn pages_table(r: &Report) -> Vec<String> {
 
 /// The sections by kind: `boot-ram 2/2 (128 active, 262144 KiB)`.
 fn sections_line(r: &Report) -> Option<String> {
+    // Kinds with no section present (e.g. no hot-added memory yet) are left out.
     let mut kinds: Vec<&str> = r
         .data
         .keys()
         .filter_map(|k| k.strip_prefix("mm/sections/")?.strip_suffix("/present"))
+        .filter(|k| r.num(&format!("mm/sections/{k}/present")) != Some(0))
         .collect();
     kinds.dedup();
     if kinds.is_empty() {
@@ -397,7 +406,7 @@ pub fn format_report(r: &Report) -> String {
     for (label, text) in [("balloon", balloon), ("hotplug", hotplug), ("grant", grant)] {
         row(&mut out, label, text.as_deref().unwrap_or("-"));
     }
-    // Only once the guest has been saved or migrated.
+    // Only once the guest has been saved, restored or migrated.
     let suspend = pairs(
         r,
         "suspend",
@@ -409,7 +418,10 @@ pub fn format_report(r: &Report) -> String {
             "last-resume-us",
         ],
     );
-    if let Some(text) = suspend {
+    let suspended = ["suspends", "resumes", "cancelled", "refused"]
+        .iter()
+        .any(|k| r.num(&format!("suspend/{k}")).is_some_and(|n| n > 0));
+    if let (true, Some(text)) = (suspended, suspend) {
         row(&mut out, "suspend", &text);
     }
     out
@@ -453,6 +465,9 @@ xenci-demo-linux                             4   255     1     -b----       7.9
             ("mm/pages/boot-ram/reserved-nonram", "16"),
             ("mm/pages/device/free", "0"),
             ("mm/pages/device/foreign", "4"),
+            ("mm/pages/boot-ram/offline", "0"),
+            ("mm/pages/hotplug-ram/free", "0"),
+            ("mm/sections/hotplug-ram/present", "0"),
             ("mm/sections/present", "3"),
             ("mm/sections/boot-ram/present", "2"),
             ("mm/sections/boot-ram/online", "2"),
@@ -529,7 +544,14 @@ xenci-demo-linux                             4   255     1     -b----       7.9
             "{t}"
         );
         assert!(t.contains("expects tot_pages 65552: matches Xen"), "{t}");
-        assert!(t.contains("boot-ram 2/2 (128 active, 262144 KiB)"), "{t}");
+        assert!(
+            t.contains("boot-ram 2/2 (128 active, 262144 KiB)  ["),
+            "{t}"
+        );
+        assert!(
+            !t.contains("hotplug-ram"),
+            "no hot-added section, no all-zero row: {t}"
+        );
         // pages table: the states as columns in publication order, "-" where a kind lacks one.
         let head = t
             .lines()
@@ -564,6 +586,8 @@ xenci-demo-linux                             4   255     1     -b----       7.9
             !t.contains("suspend"),
             "no suspend line before any save: {t}"
         );
+        let ls = ours_ls() + "/local/domain/3/data/suspend/suspends = \"0\"\n";
+        assert!(!format_report(&report_for(3, &ls)).contains("suspend"));
         let ls = ours_ls() + "/local/domain/3/data/suspend/resumes = \"1\"\n";
         let t = format_report(&report_for(3, &ls));
         assert!(t.contains("suspend   resumes 1"), "{t}");
