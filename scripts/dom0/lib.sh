@@ -745,6 +745,38 @@ file_bytes() {
     stat -c %s "$1" 2>/dev/null || wc -c <"$1"
 }
 
+# save_and_restore LABEL: `xl save` the domain under test (it must be gone afterwards),
+# `xl restore` the image, and wait until it runs (ours: ready) in its new domain. Reports
+# LABEL_save_secs, LABEL_image_bytes, LABEL_restore_secs. The image is deleted at once:
+# dom0's root is RAM.
+save_and_restore() {
+    local label=$1 img=$WORK/$1.img t0
+    t0=$(now_cs)
+    tool xl save "$DOMNAME" "$img" || fail "$label: xl save failed: $(tail -n 2 "$WORK/tools.log" | tr '\n' ' ')"
+    info "${label}_save_secs=$(fmt_cs $(($(now_cs) - t0))) ${label}_image_bytes=$(file_bytes "$img")"
+    domain_gone "$DOMNAME" || fail "$label: xl save returned but $DOMNAME still exists"
+    t0=$(now_cs)
+    tool xl restore "$img" || fail "$label: xl restore failed: $(tail -n 2 "$WORK/tools.log" | tr '\n' ' ')"
+    info "${label}_restore_secs=$(fmt_cs $(($(now_cs) - t0)))"
+    rm -f "$img"
+    adopt_new_domid "$label"
+    wait_resumed "$label"
+}
+
+# migrate_here LABEL: live-migrate the domain under test on this host (an empty ssh
+# command makes xl run the "host" argument as the receiving command) and wait until it
+# runs (ours: ready) in its new domain. Sets MIGRATE_CS; reports LABEL_migrate_secs.
+migrate_here() {
+    local t0
+    t0=$(now_cs)
+    tool xl migrate -s '' "$DOMNAME" 'xl migrate-receive' \
+        || fail "$1: xl migrate failed: $(tail -n 3 "$WORK/tools.log" | tr '\n' ' ')"
+    MIGRATE_CS=$(($(now_cs) - t0))
+    info "${1}_migrate_secs=$(fmt_cs "$MIGRATE_CS")"
+    adopt_migrated_domid "$1"
+    wait_resumed "$1"
+}
+
 # A copy of the subject's xl config with another name, for restoring a second copy.
 renamed_cfg() {
     local out=$WORK/$1.cfg

@@ -23,14 +23,9 @@ scenario_migrate_ballooned() {
 # migrate_same LABEL MIB OFFLINE: migrate once; Xen's tot_pages on the receiver must equal
 # the sender's, and the guest's boot-RAM holes (Offline pages) must be the same OFFLINE.
 migrate_same() {
-    local label=$1 mib=$2 offline=$3 before after t0
+    local label=$1 mib=$2 offline=$3 before after
     before=$(xen_tot_pages) || exit 1
-    t0=$(now_cs)
-    tool xl migrate -s '' "$DOMNAME" 'xl migrate-receive' \
-        || fail "$label: xl migrate failed: $(tail -n 3 "$WORK/tools.log" | tr '\n' ' ')"
-    info "${label}_migrate_secs=$(fmt_cs $(($(now_cs) - t0)))"
-    adopt_migrated_domid "$label"
-    wait_resumed "$label"
+    migrate_here "$label"
     # Settled again: the memory handed back before the suspend is taken again first.
     balloon_settled_at "${label}_migrated" "$mib"
     after=$(xen_tot_pages) || exit 1

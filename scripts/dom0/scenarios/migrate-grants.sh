@@ -11,7 +11,7 @@ scenario_migrate_grants() {
 
     # 1. The mapper moves: the mappings were its old domain's.
     use_domain M
-    migrate_once mapper
+    migrate_here mapper
     remember_domain M
     check_device_range M 0
     check_census 10 mapper_migrated
@@ -31,7 +31,7 @@ scenario_migrate_grants() {
     introduce M G
     wait_pair M 30 mapped
     use_domain G
-    migrate_once granter
+    migrate_here granter
     remember_domain G
     expect_gt G grant/outstanding 0 "migrated granter: grants of the old domain"
     check_census 10 granter_migrated
@@ -50,16 +50,4 @@ scenario_migrate_grants() {
     expect_gt G grant-test/verified ok "migrated granter's check of the new mapper's checksum"
     use_domain G
     check_census 10 redone
-}
-
-# migrate_once LABEL: xl migrate the domain under test on this host, wait until it runs
-# ready in its new domain.
-migrate_once() {
-    local t0
-    t0=$(now_cs)
-    tool xl migrate -s '' "$DOMNAME" 'xl migrate-receive' \
-        || fail "$1: xl migrate failed: $(tail -n 3 "$WORK/tools.log" | tr '\n' ' ')"
-    info "${1}_migrate_secs=$(fmt_cs $(($(now_cs) - t0)))"
-    adopt_migrated_domid "$1"
-    wait_resumed "$1"
 }

@@ -16,25 +16,10 @@ scenario_save_bench() {
         [ "$SUBJECT" = guest ] && require_balloon
         wait_reach 256 10
         balloon_settled_at "hb_${hb}_boot" 256
-        save_restore_once "hb_${hb}"
+        save_and_restore "hb_${hb}"
+        wait_reach 256 30
+        balloon_settled_at "hb_${hb}_restored" 256
         balloon_step "hb_${hb}_followed" 160 60
         tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
     done
-}
-
-# save_restore_once LABEL: xl save + xl restore of the domain under test, timed; the
-# image size; ready (ours) and census == Xen (ours) afterwards.
-save_restore_once() {
-    local label=$1 img=$WORK/bench.img t0
-    t0=$(now_cs)
-    tool xl save "$DOMNAME" "$img" || fail "$label: xl save failed: $(tail -n 2 "$WORK/tools.log" | tr '\n' ' ')"
-    info "${label}_save_secs=$(fmt_cs $(($(now_cs) - t0))) ${label}_image_bytes=$(file_bytes "$img")"
-    t0=$(now_cs)
-    tool xl restore "$img" || fail "$label: xl restore failed: $(tail -n 2 "$WORK/tools.log" | tr '\n' ' ')"
-    info "${label}_restore_secs=$(fmt_cs $(($(now_cs) - t0)))"
-    rm -f "$img"
-    adopt_new_domid "$label"
-    wait_resumed "$label"
-    wait_reach 256 30
-    balloon_settled_at "${label}_restored" 256
 }

@@ -9,22 +9,10 @@ scenario_save_restore() {
     [ "$SUBJECT" = guest ] && require_balloon
     wait_reach 256 10
     balloon_settled_at boot 256
-    local before img=$WORK/save.img t0
+    local before
     before=$(xen_tot_pages) || exit 1
     info "before_tot_pages=$before"
-
-    t0=$(now_cs)
-    tool xl save "$DOMNAME" "$img" || fail "xl save failed: $(tail -n 2 "$WORK/tools.log" | tr '\n' ' ')"
-    info "save_secs=$(fmt_cs $(($(now_cs) - t0))) image_bytes=$(file_bytes "$img")"
-    domain_gone "$DOMNAME" || fail "xl save returned but $DOMNAME still exists"
-
-    t0=$(now_cs)
-    tool xl restore "$img" || fail "xl restore failed: $(tail -n 2 "$WORK/tools.log" | tr '\n' ' ')"
-    info "restore_secs=$(fmt_cs $(($(now_cs) - t0)))"
-    # dom0's root is RAM: the image must not outlive its use.
-    rm -f "$img"
-    adopt_new_domid restore
-    wait_resumed restore
+    save_and_restore sr
     wait_reach 256 30
     balloon_settled_at restored 256
     [ "$SUBJECT" = guest ] && expect_data suspend/resumes 1
