@@ -761,6 +761,12 @@ save_and_restore() {
     rm -f "$img"
     adopt_new_domid "$label"
     wait_resumed "$label"
+    if [ "$SUBJECT" = guest ]; then
+        # The guest's own split: request -> SHUTDOWN_suspend (incl. the hand-back), and
+        # resume -> connections restored.
+        wait_for 10 "data/suspend" data_read suspend/last-quiesce-us || true
+        info "${label}_guest_quiesce_us=$(data_read suspend/last-quiesce-us || echo '?') ${label}_guest_resume_us=$(data_read suspend/last-resume-us || echo '?') ${label}_handed_back_pages=$(data_read suspend/handed-back-pages || echo '?')"
+    fi
 }
 
 # migrate_here LABEL: live-migrate the domain under test on this host (an empty ssh
