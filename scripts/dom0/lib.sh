@@ -764,7 +764,8 @@ save_and_restore() {
     if [ "$SUBJECT" = guest ]; then
         # The guest's own split: request -> SHUTDOWN_suspend (incl. the hand-back), and
         # resume -> connections restored.
-        wait_for 10 "data/suspend" data_read suspend/last-quiesce-us || true
+        wait_for 10 "data/suspend" data_read suspend/last-quiesce-us \
+            || fail "$label: no data/suspend/ republished in the new domain"
         info "${label}_guest_quiesce_us=$(data_read suspend/last-quiesce-us || echo '?') ${label}_guest_resume_us=$(data_read suspend/last-resume-us || echo '?') ${label}_handed_back_pages=$(data_read suspend/handed-back-pages || echo '?')"
     fi
 }
