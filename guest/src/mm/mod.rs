@@ -4,7 +4,8 @@
 //! - [`geometry`]: pfn, section (128 MiB), subsection (2 MiB) arithmetic.
 //! - [`page`]: page states, the transition state machine, the 16-byte descriptor.
 //! - [`section`]: section kinds and the sparse two-level section root.
-//! - [`storage`]: where memmap storage comes from (injected).
+//! - [`storage`]: where memmap storage comes from (injected): the boot region, then 2 MiB
+//!   frames of the model's own allocator for everything added later ([`FrameReserve`]).
 //! - [`model`]: [`MemModel`] — add/remove subsections, `pfn_valid` / `pfn_active` /
 //!   `pfn_to_online_page` / `pfn_to_device_page`, walkers under a read guard, the frame
 //!   allocator and the page-state operations.
@@ -59,4 +60,8 @@ pub use model::{MemModel, MmError, SectionInfo};
 pub use page::{ForeignMap, IllegalTransition, PageState, Phase, StateKind};
 pub use read::{ActivePages, PageRef, ReadGuard};
 pub use section::SectionKind;
-pub use storage::{Budgeted, BumpStorage, HeapStorage, MemmapStorage};
+pub use section::SECTION_TABLE_CHUNK_BYTES;
+pub use storage::{
+    Budgeted, BumpStorage, FrameMap, FrameReserve, HeapFrames, HeapStorage, IdentityFrames,
+    MemmapStorage,
+};

@@ -447,6 +447,85 @@ impl<S: MemmapStorage> MemModel<S> {
         Ok(pfn)
     }
 
+    /// Allocate the lowest-addressed free block of `2^order` frames (Free -> Allocated):
+    /// for long-lived kernel data such as memmap storage, which then sits in boot RAM
+    /// (or the lowest hot-added section) rather than wherever the free lists point —
+    /// hot-added sections are emptied highest first, and an Allocated frame keeps its
+    /// section from being removed. Cost: one descriptor load per `2^order` pages scanned.
+    pub fn alloc_frames_lowest(&self, order: u8) -> Result<Pfn, MmError> {
+        if order > MAX_ORDER {
+            return Err(MmError::BadOrder(order));
+        }
+        let mut g = self.inner.lock();
+        let g = &mut *g;
+        let mm = Memmap::new(&self.root, &g.token);
+        let size = 1u64 << order;
+        for info in self.sections() {
+            let Some(kind) = info.kind.filter(|k| k.is_ram()) else {
+                continue;
+            };
+            if !info.online {
+                continue;
+            }
+            for idx in (0..SUBSECTIONS_PER_SECTION).filter(|i| info.active & (1 << i) != 0) {
+                let first = subsection_start_pfn(info.nr, idx);
+                let mut p = first.0;
+                while p < first.0 + PAGES_PER_SUBSECTION {
+                    if mm.desc(Pfn(p)).load().kind() == StateKind::Free
+                        && g.free.take_block(&mm, Pfn(p), order)
+                    {
+                        for q in block_range(Pfn(p), order).iter() {
+                            mm.desc(q).store(Raw::State(PageState::Allocated));
+                        }
+                        g.stats
+                            .move_pages(kind, StateKind::Free, StateKind::Allocated, size);
+                        return Ok(Pfn(p));
+                    }
+                    p += size;
+                }
+            }
+        }
+        Err(MmError::OutOfMemory { order })
+    }
+
+    /// Top up the storage provider so it can hand out at least `bytes` more without new
+    /// frames: order-9 blocks of our own RAM, lowest first ([`Self::alloc_frames_lowest`]),
+    /// become Allocated and go to [`MemmapStorage::add_frame`]. Takes the mutation lock
+    /// once per frame and never while the provider runs (the provider itself is called
+    /// under the lock and must not allocate). Returns the frames added; stops early (and
+    /// says so with `Err`) when the allocator has no free 2 MiB block or the provider
+    /// takes no (more) frames. A provider without a bound (heap) needs nothing.
+    pub fn refill_storage(&self, bytes: usize) -> Result<usize, MmError> {
+        let mut added = 0;
+        loop {
+            let free = self.with_storage(|s| s.free_bytes());
+            match free {
+                None => return Ok(added),
+                Some(f) if f >= bytes => return Ok(added),
+                Some(_) => {}
+            }
+            let pfn = self.alloc_frames_lowest(MAX_ORDER)?;
+            if !self.with_storage(|s| s.add_frame(pfn)) {
+                self.free_frames(pfn, MAX_ORDER)
+                    .expect("giving back a frame just allocated");
+                return Err(MmError::StorageExhausted { bytes });
+            }
+            added += 1;
+        }
+    }
+
+    /// Give the provider's emptied frames back to the allocator (Allocated -> Free).
+    /// Returns how many. Call after removing memory, with no lock held.
+    pub fn trim_storage(&self) -> usize {
+        let mut n = 0;
+        while let Some(pfn) = self.with_storage(|s| s.take_empty_frame()) {
+            self.free_frames(pfn, MAX_ORDER)
+                .expect("a storage frame is an Allocated order-9 block");
+            n += 1;
+        }
+        n
+    }
+
     /// Return frames from [`MemModel::alloc_frames`] (Allocated -> Free), coalescing.
     pub fn free_frames(&self, pfn: Pfn, order: u8) -> Result<(), MmError> {
         // Reserved -> Free is legal too, but through `release_reserved` only.

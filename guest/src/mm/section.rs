@@ -155,6 +155,9 @@ pub(crate) struct SectionChunk {
 
 /// Layout of one chunk, as requested from the storage provider.
 pub(crate) const CHUNK_LAYOUT: Layout = Layout::new::<SectionChunk>();
+/// Bytes of one section-table chunk (16 GiB of guest-physical space), as storage
+/// providers see it.
+pub const SECTION_TABLE_CHUNK_BYTES: usize = CHUNK_LAYOUT.size();
 
 /// The sparse root.
 pub(crate) struct SectionRoot {
