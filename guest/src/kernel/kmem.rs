@@ -3,30 +3,38 @@
 //!
 //! Order at boot: (1) under populate-on-demand, how much RAM may be touched (Xen's
 //! `tot_pages` is the PoD target); (2) build the sparse memmap with storage carved from
-//! touchable RAM below 4 GiB (mapped by the entry stub's tables); (3) only now map RAM
+//! touchable RAM below 4 GiB (mapped by the entry stub's tables) — memmap of memory added
+//! later comes from 2 MiB frames of the model's own allocator ([`FrameReserve`], topped up
+//! by the hotplug driver and the grant mapper before they add); (3) only now map RAM
 //! above 4 GiB, with page-table pages from the frame allocator; (4) the heap grows in
 //! 2 MiB frames from the allocator ([`crate::kheap`]).
 
 use core::ptr::NonNull;
 
 use guest::mm::boot::{self, BootConfig, MemmapEntry, MAX_MEMMAP_ENTRIES};
-use guest::mm::{Budgeted, BumpStorage, MemModel, Pfn, PfnRange};
+use guest::mm::{
+    Budgeted, BumpStorage, FrameReserve, IdentityFrames, MemModel, Pfn, PfnRange,
+    SECTION_TABLE_CHUNK_BYTES,
+};
 use xen_bindings::abi::start_info::memmap_type;
 
 use crate::arch::entry;
 use crate::boot::BootInfo;
 
-/// The model's memmap storage: one region carved at boot, behind a budget so the
-/// `hotplug-fail` test switch can make a hot-add's memmap allocation fail.
-pub type Storage = Budgeted<BumpStorage>;
+/// The model's memmap storage: one region carved at boot, then 2 MiB frames of our own
+/// RAM for whatever is added later, behind a budget so the `hotplug-fail` test switch can
+/// make a hot-add's memmap allocation fail.
+pub type Storage = Budgeted<FrameReserve<BumpStorage, IdentityFrames>>;
 pub type Model = MemModel<Storage>;
 
 /// The one memory model, set once at boot.
 pub static MM: spin::Once<Model> = spin::Once::new();
 
-/// Extra memmap storage reserved at boot for sections added later (hotplug, device
-/// ranges): 4 MiB is the memmap of 8 sections (1 GiB) plus their section-table chunks.
-const STORAGE_HEADROOM: u64 = 4 << 20;
+/// Extra memmap storage reserved at boot for what is added later, before any 2 MiB frame
+/// is taken from the allocator: the section-table chunks of the hot-plug and device
+/// windows (5 × 67 KiB) and the memmap of the first hot-added section (512 KiB). It is
+/// no ceiling: storage beyond it comes from our RAM as it grows (growth by steps).
+const STORAGE_HEADROOM: u64 = SECTION_TABLE_CHUNK_BYTES as u64 * 5 + (512 << 10);
 
 /// Slack below Xen's PoD target, so that boot never touches the last pages it may touch.
 const POD_SLACK_PAGES: u64 = 256;
@@ -104,7 +112,13 @@ pub fn init(info: &BootInfo, touchable: Option<u64>) -> &'static Model {
     // SAFETY: `region` is touchable RAM below 4 GiB (identity-mapped by the boot tables),
     // clear of the kernel image and loader data, and used by nothing else: the builder
     // marks it Reserved.
-    let storage = Budgeted::new(unsafe { BumpStorage::new(base, region) }, usize::MAX);
+    let bump = unsafe { BumpStorage::new(base, region) };
+    // SAFETY: frames given to the reserve are order-9 blocks of our RAM from the model's
+    // allocator (Allocated to the reserve until taken back): backed, and mapped at their
+    // own address (RAM below 4 GiB by the entry stub, above by `map_ram_above_4g`,
+    // hot-added ranges by the hotplug driver's map callback before they are populated).
+    let frames = unsafe { IdentityFrames::new() };
+    let storage = Budgeted::new(FrameReserve::new(bump, frames), usize::MAX);
     let mm = match boot::build(&cfg, storage) {
         Ok(m) => m,
         Err(e) => panic!("cannot build the memory model: {e}"),

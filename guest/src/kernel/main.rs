@@ -106,7 +106,17 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     // The populate-on-demand excess goes back to Xen before anything else happens: it is
     // Offline in the model, so nothing touches it, and releasing it now keeps Xen's PoD
     // entries within the cache that backs them.
-    let mut balloon = Balloon::new(BalloonConfig::default());
+    // The ceiling: boot RAM plus the hot-plug window (guest::mm::hotplug "Limits").
+    let ceiling_kib =
+        (info.ram_bytes() + guest::mm::hotplug::DEFAULT_HOTPLUG_RAM_BYTES) / 1024;
+    log::info!(
+        "balloon: the most this guest can reach is {} MiB (boot RAM + 64 GiB hot-plug window)",
+        ceiling_kib / 1024
+    );
+    let mut balloon = Balloon::new(BalloonConfig {
+        ceiling_kib: Some(ceiling_kib),
+        ..BalloonConfig::default()
+    });
     if let Some(mut x) = xen {
         let now = x.now_ns();
         match balloon.adopt_boot_offline(mm, &mut x, now) {

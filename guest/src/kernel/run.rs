@@ -275,8 +275,11 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
                 outcome = hot_add(xen, m, pages);
             }
         }
-        if was_working && !matches!(outcome, StepOutcome::Progress) {
-            settled(xs, m, outcome);
+        if was_working && !matches!(outcome, StepOutcome::Progress) && settled(xen, xs, m, outcome)
+        {
+            // Hot-remove freed memory the balloon can give back, or moved pages it must
+            // make up for: keep stepping.
+            outcome = StepOutcome::Progress;
         }
         if let Some(g) = m.grants.as_mut() {
             let now = xen.now_ns();
@@ -356,10 +359,14 @@ fn new_target(xen: &Xen, xs: &mut Xenstore, balloon: &mut Balloon) -> bool {
 }
 
 /// The balloon stopped working (target reached, clamped, backing off, ...): remove
-/// hot-added sections that are entirely ballooned out, then publish the numbers. (`step`
-/// has already checked the accounting against Xen; a mismatch shows in the status.)
-fn settled(xs: &mut Xenstore, m: &mut Memory<'_>, outcome: StepOutcome) {
-    if matches!(outcome, StepOutcome::Done) {
+/// hot-added sections that are entirely ballooned out (also while still above the
+/// target: their memmap may be what keeps it from getting there), move pages out of
+/// hot-added sections that only returned storage frames keep alive, then publish the
+/// numbers. (`step` has already checked the accounting against Xen; a mismatch shows in
+/// the status.) True if the balloon has work again.
+fn settled(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>, outcome: StepOutcome) -> bool {
+    let mut again = false;
+    if matches!(outcome, StepOutcome::Done | StepOutcome::BackingOff { .. }) {
         let r = m.hotplug.try_hot_remove(m.mm, &mut m.balloon);
         for range in &r.ranges {
             log::info!(
@@ -369,7 +376,19 @@ fn settled(xs: &mut Xenstore, m: &mut Memory<'_>, outcome: StepOutcome) {
             );
         }
         if !r.sections.is_empty() {
-            log::info!("hotplug: {} KiB of memmap given back", r.memmap_bytes >> 10);
+            log::info!(
+                "hotplug: {} KiB of memmap given back ({} storage frame(s) back to the allocator)",
+                r.memmap_bytes >> 10,
+                r.frames_returned
+            );
+            if m.balloon.above_target(m.mm) {
+                m.balloon.retry_now();
+                again = true;
+            }
+        }
+        let mut hv = *xen;
+        if m.hotplug.evacuate(m.mm, &mut m.balloon, &mut hv) != 0 {
+            again = true;
         }
     }
     let status = m.balloon.status(m.mm);
@@ -391,6 +410,7 @@ fn settled(xs: &mut Xenstore, m: &mut Memory<'_>, outcome: StepOutcome) {
         publish_fields(xs, "data/mm/walk", &w.fields());
     }
     publish_census(xs, m.mm, m.xen_extra);
+    again
 }
 
 /// Writes `(key, value)` pairs under `dir` in one transaction, so a reader never sees
@@ -414,6 +434,9 @@ fn publish_balloon(xs: &mut Xenstore, balloon: &Balloon, mm: Option<&Model>) {
     };
     let mut fields: Vec<_> = balloon.status(mm).fields().collect();
     fields.push(("floor-kib", format!("{}", balloon.config().floor_kib)));
+    if let Some(c) = balloon.config().ceiling_kib {
+        fields.push(("ceiling-kib", format!("{c}")));
+    }
     publish_fields(xs, "data/balloon", &fields);
 }
 

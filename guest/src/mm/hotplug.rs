@@ -15,14 +15,28 @@
 //!             -> memmap freed -> section absent
 //! ```
 //!
-//! **Where the memmap of a hot-added section lives**: in the kernel's existing RAM (the
-//! model's storage provider), not inside the new section (Linux's `memmap_on_memory`).
-//! Inside the section, the first 512 KiB would have to be populated and touched before
-//! the section's descriptors exist, their pages would be neither Offline nor ballooned
-//! (the first subsection could never be given back whole at order 9), and removal
-//! would free the memmap from under itself. Outside costs 8 KiB of existing RAM per
-//! 2 MiB added (4 MiB per GiB; Linux: 16 MiB per GiB) and makes a hot-add fail when the
-//! provider is full — which is handled: the add is rolled back and retried later.
+//! **Where the memmap of a hot-added section lives**: in the kernel's existing RAM, not
+//! inside the new section (Linux's `memmap_on_memory`). Inside the section, the first
+//! 512 KiB would have to be populated and touched before the section's descriptors
+//! exist, their pages would be neither Offline nor ballooned (the first subsection could
+//! never be given back whole at order 9), and removal would free the memmap from under
+//! itself. Outside costs 8 KiB of existing RAM per 2 MiB added (4 MiB per GiB, 1/256;
+//! Linux: 16 MiB per GiB). The storage provider hands out the boot region's headroom
+//! first, then 2 MiB frames the caller took from the model's allocator beforehand
+//! (`MemModel::refill_storage`, lowest address first: boot RAM, then the lowest
+//! hot-added sections). So the memory that can hold memmap grows with what is added:
+//! **growth by steps** — when there is not enough for the memmap of everything asked
+//! for, [`hot_add`] adds the sections that fit, the balloon populates them, and the next
+//! request finds room in them for the rest. All-or-nothing holds per section, not per
+//! request. A removed section's memmap goes back to the provider, and an emptied frame
+//! back to the allocator (`MemModel::trim_storage`).
+//!
+//! **Limits**: the window is [`DEFAULT_HOTPLUG_RAM_BYTES`] (64 GiB), so a guest reaches
+//! boot RAM + 64 GiB at most, from any boot size at or above the balloon's floor: the
+//! first section needs 512 KiB of memmap (+ a 67 KiB section-table chunk), which the
+//! boot region's headroom holds; every later step is paid for by the step before it.
+//! Memmap for the whole window is 256 MiB (our RAM, Allocated; 4 MiB per GiB plus at most
+//! one partly used 2 MiB frame).
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -30,7 +44,9 @@ use core::fmt;
 use super::boot::MemmapEntry;
 use super::geometry::{
     section_start_pfn, Pfn, PfnRange, MAX_PFN, PAGES_PER_SECTION, PAGE_SIZE, SECTION_SHIFT,
+    SUBSECTIONS_PER_SECTION,
 };
+use super::section::SECTION_TABLE_CHUNK_BYTES;
 use super::model::{MemModel, MmError};
 use super::page::{PageState, StateKind, STATE_KINDS};
 use super::section::SectionKind;
@@ -245,8 +261,12 @@ pub struct HotAdded {
     pub ranges: Vec<PfnRange>,
     /// Pages added (with memmap, Offline).
     pub pages: u64,
-    /// Of the pages asked for, those the window had no room for (0 normally).
+    /// Of the pages asked for, those not added now (the window had no room, or the
+    /// memmap storage ran short: see `stopped`).
     pub short_pages: u64,
+    /// Why fewer sections were added than asked for, if a section failed (sections are
+    /// added whole or not at all; those before it stay).
+    pub stopped: Option<HotplugError>,
 }
 
 fn section_range(nr: usize) -> PfnRange {
@@ -267,10 +287,12 @@ fn is_absent<S: MemmapStorage>(mm: &MemModel<S>, nr: usize) -> bool {
 /// If the window has fewer free sections than needed, those it has are added and the
 /// rest is reported in [`HotAdded::short_pages`]; with none free, `WindowFull`.
 ///
-/// All or nothing: if a section cannot be added (memmap storage exhausted, ...), the
-/// sections this call added are removed again (offline, inactive, grace period, memmap
-/// freed) before the error is returned; the model has no present, active or online
-/// trace of the attempt (section-table chunks may stay allocated: they are reused).
+/// All or nothing **per section**: a section that cannot be added (memmap storage
+/// exhausted, ...) leaves no present, active or online trace (section-table chunks may
+/// stay allocated: they are reused). The sections added before it stay and are
+/// returned, with the failure in [`HotAdded::stopped`] (growth by steps: once they are
+/// populated, their memory can hold the memmap of the rest). If the first section fails,
+/// its error is returned.
 pub fn hot_add<S: MemmapStorage>(
     mm: &MemModel<S>,
     window: &HotplugWindow,
@@ -300,16 +322,20 @@ pub fn hot_add<S: MemmapStorage>(
             })
         });
         if let Err(error) = r {
-            for &undo in added.sections.iter().rev() {
-                if let Err(e) = hot_remove_section(mm, undo) {
-                    log::error!("hotplug: rollback of section {undo:#x} failed: {e}");
-                }
-            }
-            log::warn!("hotplug: adding section {nr:#x} failed ({error}); rolled back");
-            return Err(match error {
+            let e = match error {
                 MmError::StorageExhausted { bytes } => HotplugError::Storage { section: nr, bytes },
                 error => HotplugError::Model { section: nr, error },
-            });
+            };
+            if added.sections.is_empty() {
+                log::warn!("hotplug: adding section {nr:#x} failed ({error}); nothing added");
+                return Err(e);
+            }
+            log::info!(
+                "hotplug: section {nr:#x} not added now ({e}); going on with the {} added",
+                added.sections.len()
+            );
+            added.stopped = Some(e);
+            break;
         }
         added.sections.push(nr);
     }
@@ -330,6 +356,16 @@ pub fn hot_add<S: MemmapStorage>(
     );
     Ok(added)
 }
+
+/// Bytes of memmap storage a hot-add of `sections` sections needs at most: their memmap
+/// and one section-table chunk.
+pub fn storage_for_sections(sections: usize) -> usize {
+    sections * SECTION_MEMMAP_BYTES + SECTION_TABLE_CHUNK_BYTES
+}
+
+/// Memmap bytes of one whole section (64 subsections of 8 KiB: 512 KiB).
+pub const SECTION_MEMMAP_BYTES: usize =
+    SUBSECTIONS_PER_SECTION * super::memmap::MEMMAP_BYTES_PER_SUBSECTION;
 
 /// Remove hot-plug RAM section `nr` whose pages are all Offline (no frame behind any of
 /// them): offline it, then remove it (clear active -> grace period -> free memmap ->

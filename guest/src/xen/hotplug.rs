@@ -30,8 +30,11 @@ use core::fmt;
 use super::balloon::backoff::Backoff;
 use super::balloon::Balloon;
 use crate::mm::geometry::{section_start_pfn, PAGES_PER_SECTION};
-use crate::mm::hotplug::{hot_add, hot_remove_section, HotAdded, HotplugError, HotplugWindow};
-use crate::mm::{MemModel, MemmapStorage, PfnRange, SectionKind};
+use crate::mm::hotplug::{
+    hot_add, hot_remove_section, storage_for_sections, HotAdded, HotplugError, HotplugWindow,
+};
+use xen_bindings::traits::MemoryReservation;
+use crate::mm::{MemModel, MemmapStorage, PfnRange, SectionKind, StateKind};
 
 /// What [`Hotplug::on_need_hotplug`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +58,8 @@ pub struct HotRemoved {
     pub ranges: Vec<PfnRange>,
     /// Memmap bytes given back to the storage provider.
     pub memmap_bytes: u64,
+    /// Storage frames that emptied and went back to the allocator.
+    pub frames_returned: usize,
 }
 
 /// Counters since boot.
@@ -72,6 +77,16 @@ pub struct HotplugCounters {
     pub deferred: u64,
     /// Memmap bytes freed by hot-remove.
     pub memmap_bytes_freed: u64,
+    /// Hot-adds that added fewer sections than asked for because memmap storage ran short
+    /// (growth by steps: the rest follows once these are populated).
+    pub partial_adds: u64,
+    /// 2 MiB frames taken from the allocator for memmap storage / given back.
+    pub storage_frames_taken: u64,
+    /// See `storage_frames_taken`.
+    pub storage_frames_returned: u64,
+    /// Pages moved out of hot-added sections (Free pages left there by returned storage
+    /// frames) so the sections could be removed.
+    pub evacuated_pages: u64,
 }
 
 /// The hotplug driver's state.
@@ -143,9 +158,25 @@ impl Hotplug {
             let until_ns = self.backoff.deadline().unwrap_or(now_ns);
             return HotplugOutcome::BackingOff { until_ns };
         }
+        // Storage for the memmap first, outside the model's lock: as much as this
+        // request needs, or as much as free 2 MiB blocks allow (hot_add then adds what
+        // fits; the rest comes once those sections are populated).
+        let free_sections = self
+            .window
+            .ram_sections()
+            .filter(|&nr| mm.section_info(nr).is_none_or(|s| s.present == 0))
+            .count();
+        let want = (pages.div_ceil(PAGES_PER_SECTION) as usize).min(free_sections);
+        match mm.refill_storage(storage_for_sections(want.max(1))) {
+            Ok(n) => self.counters.storage_frames_taken += n as u64,
+            Err(e) => log::debug!("hotplug: storage refill stopped short: {e}"),
+        }
         let added = match hot_add(mm, &self.window, pages) {
             Ok(a) => a,
-            Err(e) => return self.fail(now_ns, e, String::new()),
+            Err(e) => {
+                self.trim(mm);
+                return self.fail(now_ns, e, String::new());
+            }
         };
         for (n, &range) in added.ranges.iter().enumerate() {
             if let Err(why) = map(range) {
@@ -159,10 +190,27 @@ impl Hotplug {
                 return self.fail(now_ns, HotplugError::Adopt { range, error }, String::new());
             }
         }
+        if let Some(why) = added.stopped {
+            // Not a failure: progress was made; the next NeedHotplug continues.
+            self.counters.partial_adds += 1;
+            log::info!(
+                "hotplug: growing by steps: {} of {} section(s) now ({why}); the rest once they are populated",
+                added.sections.len(),
+                want
+            );
+        }
+        self.trim(mm);
         self.backoff.reset();
         self.counters.adds += 1;
         self.counters.sections_added += added.sections.len() as u64;
         HotplugOutcome::Added(added)
+    }
+
+    /// Give emptied storage frames back to the allocator.
+    fn trim<S: MemmapStorage>(&mut self, mm: &MemModel<S>) -> usize {
+        let n = mm.trim_storage();
+        self.counters.storage_frames_returned += n as u64;
+        n
     }
 
     /// Remove what `on_need_hotplug` added after `adopted` of its ranges were adopted.
@@ -182,6 +230,7 @@ impl Hotplug {
                 log::error!("hotplug: undo of section {nr:#x} failed: {e}");
             }
         }
+        self.trim(mm);
     }
 
     fn fail(&mut self, now_ns: u64, e: HotplugError, detail: String) -> HotplugOutcome {
@@ -199,9 +248,11 @@ impl Hotplug {
 
     /// Remove every hot-added section whose pages are all ballooned out (Offline, no
     /// frame), highest first: its extents leave the balloon's lists, then the section
-    /// goes offline -> inactive -> grace period -> memmap freed -> absent. Does nothing
-    /// unless the balloon is at rest (`done` or `clamped`): a balloon still working
-    /// (e.g. going up) would only need the section again.
+    /// goes offline -> inactive -> grace period -> memmap freed -> absent; storage frames
+    /// that emptied go back to the allocator. Does nothing unless the balloon is at rest
+    /// (`done` or `clamped`) or still above its target (going down, e.g. stuck because
+    /// the memmap of what is to be removed is most of what is left): a balloon going up
+    /// would only need the section again.
     ///
     /// Policy (see [`Balloon::adopt_hotplugged`]): going down, the balloon empties
     /// hot-added sections first, highest first, so this removes them in that order and
@@ -212,7 +263,7 @@ impl Hotplug {
         balloon: &mut Balloon,
     ) -> HotRemoved {
         let mut removed = HotRemoved::default();
-        if !balloon.at_rest() {
+        if !balloon.at_rest() && !balloon.above_target(mm) {
             return removed;
         }
         for nr in self.window.ram_sections().rev() {
@@ -245,6 +296,7 @@ impl Hotplug {
             }
         }
         if !removed.sections.is_empty() {
+            removed.frames_returned = self.trim(mm);
             self.counters.sections_removed += removed.sections.len() as u64;
             self.counters.memmap_bytes_freed += removed.memmap_bytes;
             log::info!(
@@ -254,6 +306,55 @@ impl Hotplug {
             );
         }
         removed
+    }
+
+    /// After hot-remove, storage frames that lived in a still-present hot-added section
+    /// went back to the allocator as Free pages, and the balloon — at its target — has no
+    /// reason to give them back: the section could never be removed. Move them: give the
+    /// Free pages of such sections (no Allocated or Reserved page left) back to Xen
+    /// ([`Balloon::evacuate`]); the balloon then populates as many pages elsewhere (boot
+    /// RAM's holes) and the section empties. Only when the balloon has that many pages
+    /// ballooned outside hot-added sections (else it would populate the same ones again).
+    /// Returns the pages moved: if any, step the balloon again.
+    pub fn evacuate<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        balloon: &mut Balloon,
+        xen: &mut X,
+    ) -> u64 {
+        if !balloon.at_rest() {
+            return 0;
+        }
+        let mut moved = 0;
+        for nr in self.window.ram_sections().rev() {
+            let Some(info) = mm.section_info(nr) else {
+                continue;
+            };
+            if info.present == 0 || info.kind != Some(SectionKind::HotplugRam) {
+                continue;
+            }
+            let Some(counts) = mm.section_pages(nr) else {
+                continue;
+            };
+            let busy = counts[StateKind::Allocated.index()] + counts[StateKind::Reserved.index()];
+            let free = counts[StateKind::Free.index()];
+            if busy != 0 || free == 0 || balloon.ballooned_outside_hotplugged() < moved + free {
+                continue;
+            }
+            let range = PfnRange::from_count(section_start_pfn(nr), PAGES_PER_SECTION);
+            match balloon.evacuate(mm, xen, range) {
+                Ok(n) => moved += n,
+                Err(e) => log::warn!("hotplug: evacuating section {nr:#x}: {e}"),
+            }
+        }
+        if moved != 0 {
+            self.counters.evacuated_pages += moved;
+            log::info!(
+                "hotplug: moved {} KiB out of emptied hot-added sections so they can go",
+                moved * 4
+            );
+        }
+        moved
     }
 
     /// A snapshot for `data/hotplug/`.
@@ -271,6 +372,8 @@ impl Hotplug {
             subsections_active: c.subsections_active,
             hotplug_kib: c.kib(),
             memmap_bytes: c.memmap_bytes(),
+            storage_frames: mm.with_storage(|s| s.frames()),
+            storage_free_bytes: mm.with_storage(|s| s.free_bytes()).unwrap_or(0),
         }
     }
 }
@@ -300,6 +403,10 @@ pub struct HotplugStatus {
     pub hotplug_kib: u64,
     /// Memmap bytes of hot-added sections now.
     pub memmap_bytes: u64,
+    /// Storage frames held now.
+    pub storage_frames: usize,
+    /// Storage bytes free now (`None` from an unbounded provider: shown as 0).
+    pub storage_free_bytes: usize,
 }
 
 impl HotplugStatus {
@@ -315,6 +422,10 @@ impl HotplugStatus {
     /// | `backoff-ms` | current backoff delay |
     /// | `adds`, `sections-added`, `sections-removed` | since boot |
     /// | `memmap-freed-bytes` | memmap given back by hot-remove since boot |
+    /// | `partial-adds` | hot-adds that added what fit (growth by steps) |
+    /// | `storage/frames-taken`, `storage/frames-returned` | 2 MiB frames of our RAM taken for memmap storage / given back, since boot |
+    /// | `storage/frames`, `storage/free-bytes` | frames held now; storage bytes free now (boot region + frames) |
+    /// | `evacuated-pages` | Free pages moved out of emptied hot-added sections |
     /// | `sections/present`, `sections/online`, `subsections/active` | hot-plug RAM now |
     /// | `kib` | hot-added space now |
     /// | `memmap-bytes` | memmap of hot-added sections now |
@@ -341,6 +452,12 @@ impl HotplugStatus {
             ("sections-added", format!("{}", c.sections_added)),
             ("sections-removed", format!("{}", c.sections_removed)),
             ("memmap-freed-bytes", format!("{}", c.memmap_bytes_freed)),
+            ("partial-adds", format!("{}", c.partial_adds)),
+            ("storage/frames-taken", format!("{}", c.storage_frames_taken)),
+            ("storage/frames-returned", format!("{}", c.storage_frames_returned)),
+            ("storage/frames", format!("{}", self.storage_frames)),
+            ("storage/free-bytes", format!("{}", self.storage_free_bytes)),
+            ("evacuated-pages", format!("{}", c.evacuated_pages)),
             ("sections/present", format!("{}", self.sections_present)),
             ("sections/online", format!("{}", self.sections_online)),
             ("subsections/active", format!("{}", self.subsections_active)),

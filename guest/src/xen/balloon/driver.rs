@@ -76,6 +76,10 @@ pub struct BalloonConfig {
     pub batch_order9: usize,
     /// Order-0 extents per hypercall.
     pub batch_order0: usize,
+    /// The most RAM this guest can reach (KiB): boot RAM plus the hot-plug window
+    /// (`crate::mm::hotplug` "Limits"). Higher targets are clamped to it, with one log
+    /// line and the state `clamped`. `None`: no ceiling.
+    pub ceiling_kib: Option<u64>,
 }
 
 impl Default for BalloonConfig {
@@ -84,6 +88,7 @@ impl Default for BalloonConfig {
             floor_kib: DEFAULT_FLOOR_KIB,
             batch_order9: DEFAULT_BATCH_ORDER9,
             batch_order0: DEFAULT_BATCH_ORDER0,
+            ceiling_kib: None,
         }
     }
 }
@@ -328,7 +333,15 @@ impl Balloon {
         now_ns: u64,
     ) -> Result<Target, TargetError> {
         let shown = &raw[..raw.len().min(40)];
-        match target::parse_target(raw, self.cfg.floor_kib, static_max_kib) {
+        let parsed = target::parse_target(raw, self.cfg.floor_kib, static_max_kib);
+        let parsed = parsed.map(|t| match self.cfg.ceiling_kib {
+            Some(c) if t.effective_kib > c => Target {
+                effective_kib: c.max(self.cfg.floor_kib),
+                ..t
+            },
+            _ => t,
+        });
+        match parsed {
             Err(e) => {
                 self.counters.rejected_targets += 1;
                 self.target_rejected = true;
@@ -341,7 +354,13 @@ impl Balloon {
                 Err(e)
             }
             Ok(t) => {
-                if t.clamped() {
+                if t.effective_kib < t.requested_kib {
+                    log::warn!(
+                        "balloon: target {} KiB is above what this guest can reach (boot RAM + hot-plug window), clamped to {} KiB",
+                        t.requested_kib,
+                        t.effective_kib
+                    );
+                } else if t.clamped() {
                     log::warn!(
                         "balloon: target {} KiB is below the floor, clamped to {} KiB",
                         t.requested_kib,
@@ -504,6 +523,71 @@ impl Balloon {
             range.contains(Pfn(g)) && range.contains(Pfn(g + PAGES_PER_SUBSECTION - 1))
         });
         o0.count() as u64 + ((o9.count() as u64) << ORDER_SUBSECTION)
+    }
+
+    /// Pages in order-9 extents on the ballooned lists outside every hot-added range
+    /// (boot RAM's holes, whole subsections).
+    pub fn ballooned_outside_hotplugged(&self) -> u64 {
+        let hot = |g: Gfn| self.hotplugged.iter().any(|r| r.contains(Pfn(g)));
+        let o9 = self.ballooned[1].iter().filter(|&&g| !hot(g)).count() as u64;
+        o9 << ORDER_SUBSECTION
+    }
+
+    /// Whether the model holds more RAM than the (effective) target: going down.
+    pub fn above_target<S: MemmapStorage>(&self, mm: &MemModel<S>) -> bool {
+        self.target.is_some() && mm.census().ram_pages() > self.target_pages
+    }
+
+    /// Retry at once (something freed memory the driver may now give back).
+    pub fn retry_now(&mut self) {
+        self.backoff.reset();
+    }
+
+    /// Give the wholly free subsections of hot-added `range` back to Xen at order 9 (a
+    /// storage frame given back is one) and put them at the **bottom** of the ballooned
+    /// stack, so that the balloon, now below its target by a multiple of 512 pages,
+    /// populates other order-9 holes first (boot RAM's, at the top of the stack) and
+    /// `range` empties out. Returns the pages given back; what Xen did not take goes back
+    /// to the allocator.
+    pub fn evacuate<S: MemmapStorage, X: MemoryReservation>(
+        &mut self,
+        mm: &MemModel<S>,
+        xen: &mut X,
+        range: PfnRange,
+    ) -> Result<u64, String> {
+        let mut moved = 0;
+        {
+            let (order, max) = (ORDER_SUBSECTION, self.cfg.batch_order9);
+            loop {
+                self.batch.clear();
+                let batch = &mut self.batch;
+                let n = mm
+                    .balloon_out_from(range, order as u8, max, |p| batch.push(p.0))
+                    .map_err(|e| format!("balloon_out_from: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                self.counters.hypercalls += 1;
+                let r = xen.decrease_reservation(&self.batch, order);
+                let k = r.map_or(0, |k| k.min(self.batch.len()));
+                self.counters.released[idx(order)] += k as u64;
+                let taken: Vec<Gfn> = self.batch[..k].to_vec();
+                self.ballooned[idx(order)].splice(0..0, taken);
+                for &g in &self.batch[k..] {
+                    mm.populate(Pfn(g), order as u8)
+                        .map_err(|e| format!("populate (not released): {e}"))?;
+                }
+                moved += (k as u64) << order;
+                if k < n {
+                    break;
+                }
+            }
+        }
+        if moved != 0 {
+            self.state = BalloonState::Working;
+            self.backoff.reset();
+        }
+        Ok(moved)
     }
 
     /// Whether the last step reached the target (or the floor): `done` or `clamped`.
