@@ -14,8 +14,8 @@ use common::{booted, poison, pvh_memmap, Quarantine, ACPI, MIB, SPECIAL};
 use guest::mm::geometry::{section_start_pfn, MAX_PFN, PAGES_PER_SECTION, PAGES_PER_SUBSECTION};
 use guest::mm::hotplug::{hot_add, hot_remove_section, saveable_walk, HotplugError, HotplugWindow};
 use guest::mm::{
-    Budgeted, BumpStorage, HeapStorage, MemModel, MemmapStorage, MmError, PageState, Pfn, PfnRange,
-    SectionKind, StateKind, MEMMAP_BYTES_PER_SUBSECTION,
+    Budgeted, BumpStorage, FrameReserve, HeapFrames, HeapStorage, MemModel, MemmapStorage,
+    MmError, PageState, Pfn, PfnRange, SectionKind, StateKind, MEMMAP_BYTES_PER_SUBSECTION,
 };
 use guest::xen::balloon::{Balloon, BalloonConfig, StepOutcome};
 use guest::xen::hotplug::{Hotplug, HotplugCounters, HotplugOutcome};
@@ -85,6 +85,13 @@ fn settle<S: MemmapStorage>(w: &mut World<S>) -> StepOutcome {
         match o {
             StepOutcome::Progress => continue,
             StepOutcome::BackingOff { until_ns } => {
+                // As the kernel: still above the target, emptied hot-added sections go
+                // (their memmap may be what is left to give back).
+                let r = w.hp.try_hot_remove(&w.mm, &mut w.balloon);
+                if !r.sections.is_empty() && w.balloon.above_target(&w.mm) {
+                    w.balloon.retry_now();
+                    continue;
+                }
                 // Stuck (e.g. nothing free to give back): the caller checks and moves on.
                 backoffs += 1;
                 if backoffs == 12 {
@@ -112,6 +119,10 @@ fn settle<S: MemmapStorage>(w: &mut World<S>) -> StepOutcome {
             }
             StepOutcome::Done | StepOutcome::Error => {
                 w.hp.try_hot_remove(&w.mm, &mut w.balloon);
+                if o == StepOutcome::Done && w.hp.evacuate(&w.mm, &mut w.balloon, &mut w.xen) != 0
+                {
+                    continue;
+                }
                 return o;
             }
         }
@@ -338,73 +349,61 @@ fn budgeted_world(extra: usize) -> World<Budgeted<HeapStorage>> {
     w
 }
 
-/// The fault: the memmap of the second of two sections cannot be allocated. The first
-/// is rolled back too; no present/active/online trace; typed error in the status;
-/// retried only after the backoff, and then it works.
+/// The fault: the memmap of the second of two sections cannot be allocated (storage
+/// exhausted mid-request). The first section stays, whole, and is populated (growth by
+/// steps); the second leaves no present/active/online trace; the typed error is in the
+/// status; the rest is retried only after the backoff, and then it works.
 #[test]
-fn storage_failure_rolls_back_and_retries_without_spinning() {
+fn storage_exhaustion_mid_request_leaves_only_whole_sections() {
     // Room for one section and a half of memmap (and the one section-table chunk).
     let mut w = budgeted_world(SECTION_MEMMAP as usize * 3 / 2 + 64 * 1024);
     let census0 = w.mm.census();
-    let used0 = w.mm.with_storage(|s| s.used());
     w.balloon.set_target(&kib(400), 2048 * 1024, w.now).unwrap();
     let t0 = w.now;
-    assert_eq!(
-        settle(&mut w),
-        StepOutcome::NeedHotplug { pages: 144 * 256 }
-    );
-    assert!(hotplug_sections(&w).is_empty());
-    for nr in w.hp.window().ram_sections() {
-        if let Some(s) = w.mm.section_info(nr) {
-            assert_eq!((s.present, s.active, s.online, s.kind), (0, 0, false, None));
-        }
+    // Section HP added and populated; HP + 1 refused: 16 MiB still missing.
+    assert_eq!(settle(&mut w), StepOutcome::NeedHotplug { pages: 16 * 256 });
+    assert_eq!(hotplug_sections(&w), [HP]);
+    assert_eq!(ram(&w), 384 * 256);
+    let s32 = w.mm.section_info(HP).unwrap();
+    assert_eq!((s32.present, s32.active, s32.online), (u64::MAX, u64::MAX, true));
+    if let Some(s) = w.mm.section_info(HP + 1) {
+        assert_eq!((s.present, s.active, s.online, s.kind), (0, 0, false, None));
     }
-    assert!(!w.mm.pfn_active(Pfn::from_addr(HP_BASE)));
-    assert!(!w
-        .mm
-        .pfn_valid(Pfn::from_addr(HP_BASE + SECTION_MEMMAP * 512)));
-    let mut c = w.mm.census();
-    // Only the section-table chunk stays (kept for reuse).
-    c.section_table_bytes = census0.section_table_bytes;
-    assert_eq!(c, census0);
-    assert!(w.mm.with_storage(|s| s.used()) - used0 <= 64 * 1024);
-    assert!(w.mapped.is_empty(), "nothing mapped for a failed add");
+    assert!(!w.mm.pfn_valid(section_start_pfn(HP + 1)));
+    assert_eq!(
+        w.mm.census().memmap_bytes,
+        census0.memmap_bytes + SECTION_MEMMAP,
+        "exactly one whole section's memmap more"
+    );
     assert!(matches!(
         w.hp.last_error(),
         Some(HotplugError::Storage { section, .. }) if section == HP + 1
     ));
+    assert_eq!(hp_field(&w, "partial-adds"), "1");
     assert_eq!(hp_field(&w, "last-error-kind"), "storage");
     assert_eq!(hp_field(&w, "failures"), "1");
     assert_eq!(hp_field(&w, "state"), "backing-off");
-    assert_eq!(w.hp.retry_at(), Some(t0 + SEC));
+    let t1 = w.hp.retry_at().unwrap();
+    assert!(t1 > t0);
     check(&mut w);
 
     // A caller that keeps asking gets BackingOff at once: no attempt, no allocation.
     for _ in 0..100 {
         let r =
-            w.hp.on_need_hotplug(&w.mm, &mut w.balloon, 144 * 256, w.now, |_| {
+            w.hp.on_need_hotplug(&w.mm, &mut w.balloon, 16 * 256, w.now, |_| {
                 Ok::<(), &str>(())
             });
-        assert_eq!(r, HotplugOutcome::BackingOff { until_ns: t0 + SEC });
+        assert_eq!(r, HotplugOutcome::BackingOff { until_ns: t1 });
     }
     assert_eq!(w.hp.counters().failures, 1);
     assert_eq!(w.hp.counters().deferred, 100);
-    // Still failing when retried: the delay doubles.
-    w.now = t0 + SEC;
-    assert_eq!(
-        settle(&mut w),
-        StepOutcome::NeedHotplug { pages: 144 * 256 }
-    );
-    assert_eq!(w.hp.counters().failures, 2);
-    assert_eq!(w.hp.retry_at(), Some(t0 + 3 * SEC));
-    // The storage is freed up (e.g. memory elsewhere released): the retry works.
+    // The storage is freed up (the budget lifted): the retry works.
     w.mm.with_storage(|s| s.set_budget(usize::MAX));
-    w.now = t0 + 3 * SEC;
+    w.now = t1;
     assert_eq!(settle(&mut w), StepOutcome::Done);
     assert_eq!(ram(&w), 400 * 256);
     assert_eq!(hotplug_sections(&w), [HP, HP + 1]);
     assert_eq!(hp_field(&w, "state"), "idle");
-    assert_eq!(hp_field(&w, "failures"), "2");
     check(&mut w);
 }
 
@@ -922,4 +921,122 @@ fn adopt_and_forget_refuse_what_is_not_theirs() {
         "wholly ballooned section HP+2 removed at rest"
     );
     check(&mut w);
+}
+
+// ---------------------------------------------------------------- growth without a ceiling
+
+/// The kernel's storage shape: a boot region (here a budgeted heap, closed after boot
+/// plus `headroom` bytes) and 2 MiB frames of the model's own RAM for the rest.
+type Reserve = FrameReserve<Budgeted<HeapStorage>, HeapFrames>;
+
+fn reserve_world(ram_mib: u64, max_mib: u64, headroom: usize) -> World<Reserve> {
+    let mut w = world(
+        ram_mib,
+        max_mib,
+        FrameReserve::new(Budgeted::new(HeapStorage, usize::MAX), HeapFrames),
+    );
+    w.mm.with_storage(|s| {
+        let used = s.inner().used();
+        s.inner_mut().set_budget(used + headroom);
+    });
+    w.balloon.set_target(&kib(ram_mib), max_mib * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    w
+}
+
+/// Census and Xen agree (rule 5), every hot-added section whole, and nothing Reserved in
+/// them — the cheap part of `check`, for worlds too large to walk page by page often.
+fn check_books(w: &mut World<Reserve>) {
+    let c = w.mm.recount().expect("census consistent");
+    let offset = w.balloon.accounting_offset().unwrap();
+    assert_eq!(w.xen.tot_pages() as i64 - c.ram_pages() as i64, offset);
+    assert_eq!(w.balloon.counters().accounting_mismatches, 0);
+    for s in w.mm.sections().filter(|s| s.kind == Some(SectionKind::HotplugRam)) {
+        assert!(s.online && s.active == u64::MAX && s.present == u64::MAX);
+    }
+}
+
+/// A guest booted at 256 MiB whose boot region holds the memmap of one more section
+/// fills the whole 64 GiB window (512 sections, 256 MiB of memmap) by steps, each step's
+/// memmap paid for by memory the step before added; then empties it again: every
+/// hot-added section removed, every storage frame back, memmap back to the boot amount.
+#[test]
+fn whole_window_filled_by_steps_and_emptied() {
+    let window_mib = 64 * 1024;
+    let mut w = reserve_world(256, 256 + window_mib, SECTION_MEMMAP as usize + 70 * 1024);
+    let boot_memmap = w.mm.census().memmap_bytes;
+    let boot_ram = ram(&w);
+    w.balloon
+        .set_target(&kib(256 + window_mib), (256 + window_mib) * 1024, w.now)
+        .unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    assert_eq!(ram(&w), (256 + window_mib) * 256);
+    assert_eq!(hotplug_sections(&w).len(), 512, "the whole window");
+    let c = w.mm.census();
+    assert_eq!(c.memmap_bytes - boot_memmap, 512 * SECTION_MEMMAP);
+    let frames = w.mm.with_storage(|s| s.frames());
+    // 256 MiB of memmap in 2 MiB frames: 128, less what the boot headroom held.
+    assert!((127..=129).contains(&frames), "{frames} frames");
+    assert!(w.hp.counters().partial_adds > 0, "it grew by steps");
+    assert_eq!(w.hp.counters().failures, 0, "never stuck");
+    check_books(&mut w);
+    // Beyond the window: WindowFull, nothing added, the guest stays whole.
+    let r = w.hp.on_need_hotplug(&w.mm, &mut w.balloon, 256, w.now, |_| Ok::<(), &str>(()));
+    assert!(matches!(r, HotplugOutcome::BackingOff { .. }));
+    assert!(matches!(w.hp.last_error(), Some(HotplugError::WindowFull { .. })));
+
+    // Down to 128 MiB: the memmap (256 MiB) is more than the target, so sections go
+    // while the balloon is still above it; storage frames left in surviving hot-added
+    // sections are moved out.
+    w.balloon.set_target(&kib(128), (256 + window_mib) * 1024, w.now).unwrap();
+    w.hp.new_target();
+    let mut o = settle(&mut w);
+    for _ in 0..10 {
+        if o == StepOutcome::Done {
+            break;
+        }
+        w.now += 64 * SEC;
+        o = settle(&mut w);
+    }
+    assert_eq!(o, StepOutcome::Done, "{}", w.balloon.status(&w.mm).last_error);
+    assert_eq!(ram(&w), 128 * 256);
+    assert!(hotplug_sections(&w).is_empty(), "every hot-added section removed");
+    assert_eq!(w.mm.census().memmap_bytes, boot_memmap);
+    assert_eq!(w.mm.with_storage(|s| s.frames()), 0, "every storage frame back");
+    assert!(w.balloon.hotplugged().is_empty());
+    check(&mut w);
+    // And up again past boot RAM.
+    w.balloon.set_target(&kib(1024), (256 + window_mib) * 1024, w.now).unwrap();
+    w.hp.new_target();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    assert_eq!(ram(&w), 1024 * 256);
+    assert!(boot_ram < ram(&w));
+    check(&mut w);
+}
+
+/// From a 64 MiB boot whose boot region has no headroom at all: the first section's
+/// memmap comes from boot RAM's free 2 MiB blocks, and 2 GiB are reached.
+#[test]
+fn small_boot_reaches_two_gib_with_memmap_from_its_own_ram() {
+    let mut w = reserve_world(64, 2048, 0);
+    w.balloon.set_target(&kib(2048), 2048 * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    assert_eq!(ram(&w), 2048 * 256);
+    assert_eq!(hotplug_sections(&w).len(), 16);
+    assert!(w.mm.with_storage(|s| s.frames()) >= 4);
+    check(&mut w);
+}
+
+/// A target above boot RAM + window is clamped (one log line, state `clamped`).
+#[test]
+fn targets_beyond_the_window_are_clamped_to_the_ceiling() {
+    let mut b = Balloon::new(BalloonConfig {
+        ceiling_kib: Some(1024 * 1024),
+        ..BalloonConfig::default()
+    });
+    let t = b.set_target(&kib(4096), 8192 * 1024, 0).unwrap();
+    assert_eq!((t.requested_kib, t.effective_kib), (4096 * 1024, 1024 * 1024));
+    assert!(t.clamped());
+    let t = b.set_target(&kib(512), 8192 * 1024, 0).unwrap();
+    assert!(!t.clamped());
 }

@@ -390,6 +390,11 @@ impl<S: MemmapStorage, M: FrameMap> FrameReserve<S, M> {
         &self.inner
     }
 
+    /// The inner provider, to change (e.g. a [`Budgeted`] budget).
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// Bytes of frame slots in use.
     pub fn frame_bytes_used(&self) -> usize {
         self.frames.iter().flatten().map(Frame::used_slots).sum::<usize>() * SLOT_BYTES
