@@ -963,7 +963,9 @@ fn check_books(w: &mut World<Reserve>) {
 #[test]
 fn whole_window_filled_by_steps_and_emptied() {
     let window_mib = 64 * 1024;
-    let mut w = reserve_world(256, 256 + window_mib, SECTION_MEMMAP as usize + 70 * 1024);
+    // The kernel's headroom: the window's section-table chunks and one section's memmap.
+    let headroom = SECTION_MEMMAP as usize + 5 * guest::mm::SECTION_TABLE_CHUNK_BYTES;
+    let mut w = reserve_world(256, 256 + window_mib, headroom);
     let boot_memmap = w.mm.census().memmap_bytes;
     let boot_ram = ram(&w);
     w.balloon

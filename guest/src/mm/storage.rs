@@ -395,22 +395,9 @@ impl<S: MemmapStorage, M: FrameMap> FrameReserve<S, M> {
         &mut self.inner
     }
 
-    /// Bytes of frame slots in use.
-    pub fn frame_bytes_used(&self) -> usize {
-        self.frames.iter().flatten().map(Frame::used_slots).sum::<usize>() * SLOT_BYTES
-    }
-}
-
-impl<S: MemmapStorage, M: FrameMap> MemmapStorage for FrameReserve<S, M> {
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        if let Some(p) = self.inner.alloc(layout) {
-            return Some(p);
-        }
-        if layout.align() > SLOT_BYTES || layout.size() > FRAME_BYTES {
-            return None;
-        }
-        let n = layout.size().div_ceil(SLOT_BYTES);
-        // Fullest frames first, so that emptier ones can drain and go back.
+    /// A run of `n` free slots, from the fullest frame that has one (so that emptier
+    /// frames can drain and go back).
+    fn alloc_slots(&mut self, n: usize) -> Option<NonNull<u8>> {
         let mut best: Option<(usize, usize, usize)> = None;
         for (k, f) in self.frames.iter().enumerate() {
             let Some(f) = f else { continue };
@@ -426,6 +413,37 @@ impl<S: MemmapStorage, M: FrameMap> MemmapStorage for FrameReserve<S, M> {
         f.set(i, n, true);
         // SAFETY: `i + n <= SLOTS`, so the offset stays inside the 2 MiB frame at `base`.
         Some(unsafe { f.base.add(i * SLOT_BYTES) })
+    }
+
+    /// Bytes of frame slots in use.
+    pub fn frame_bytes_used(&self) -> usize {
+        self.frames.iter().flatten().map(Frame::used_slots).sum::<usize>() * SLOT_BYTES
+    }
+}
+
+impl<S: MemmapStorage, M: FrameMap> MemmapStorage for FrameReserve<S, M> {
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        // Blocks bigger than a slot are section-table chunks, which live as long as the
+        // model: from the boot region, so they pin no frame. Memmap blocks (one slot)
+        // come from frames while they have room, so the boot region's headroom stays for
+        // the chunks and for a first section added before any frame could be had.
+        let small = layout.size() <= SLOT_BYTES;
+        if !small || self.frames.iter().flatten().all(|f| f.used_slots() == SLOTS) {
+            if let Some(p) = self.inner.alloc(layout) {
+                return Some(p);
+            }
+        }
+        if layout.align() > SLOT_BYTES || layout.size() > FRAME_BYTES {
+            return None;
+        }
+        let n = layout.size().div_ceil(SLOT_BYTES);
+        if let Some(p) = self.alloc_slots(n) {
+            return Some(p);
+        }
+        if small {
+            return self.inner.alloc(layout);
+        }
+        None
     }
 
     unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
@@ -451,7 +469,9 @@ impl<S: MemmapStorage, M: FrameMap> MemmapStorage for FrameReserve<S, M> {
             .flatten()
             .map(|f| SLOTS - f.used_slots())
             .sum();
-        Some(self.inner.free_bytes().unwrap_or(0) + slots * SLOT_BYTES)
+        // Frames only: the boot region's headroom is kept for chunks and as the fallback
+        // when no frame can be had, so a refill tops up frames before memmap needs them.
+        Some(slots * SLOT_BYTES)
     }
 
     fn add_frame(&mut self, pfn: Pfn) -> bool {
@@ -525,7 +545,7 @@ mod tests {
     fn reserve_uses_the_inner_provider_first_then_frames_and_gives_empty_frames_back() {
         let l = Layout::from_size_align(SLOT_BYTES, 16).unwrap();
         let mut s = FrameReserve::new(Budgeted::new(HeapStorage, SLOT_BYTES), HeapFrames);
-        assert_eq!(s.free_bytes(), Some(SLOT_BYTES));
+        assert_eq!(s.free_bytes(), Some(0), "frames only: the inner block is a fallback");
         let a = s.alloc(l).unwrap(); // inner
         assert!(s.alloc(l).is_none(), "inner exhausted, no frames");
         assert!(s.add_frame(Pfn(512)));
@@ -550,6 +570,14 @@ mod tests {
             // SAFETY: as above.
             unsafe { s.free(p, l) };
         }
+        // Chunk-sized blocks go to the inner provider first (they never leave).
+        let mut s2 = FrameReserve::new(HeapStorage, HeapFrames);
+        assert!(s2.add_frame(Pfn(1024)));
+        let chunk = Layout::from_size_align(3 * SLOT_BYTES, 8).unwrap();
+        let c = s2.alloc(chunk).unwrap();
+        assert_eq!(s2.frame_bytes_used(), 0);
+        // SAFETY: `c` came from `s2.alloc(chunk)`.
+        unsafe { s2.free(c, chunk) };
         assert_eq!(s.take_empty_frame(), Some(Pfn(512)));
         assert_eq!((s.frames(), s.take_empty_frame()), (0, None));
         // SAFETY: `a` came from the inner provider through `s.alloc(l)`.

@@ -23,7 +23,10 @@ use xen_bindings::traits::{DomId, GrantOps};
 use xen_bindings::Errno;
 
 use crate::mm::geometry::PAGES_PER_SUBSECTION;
-use crate::mm::{ForeignMap, MemModel, MemmapStorage, MmError, PageState, Pfn, PfnRange};
+use crate::mm::{
+    ForeignMap, MemModel, MemmapStorage, MmError, PageState, Pfn, PfnRange,
+    MEMMAP_BYTES_PER_SUBSECTION, SECTION_TABLE_CHUNK_BYTES,
+};
 
 /// Most ops per map or unmap hypercall.
 pub const MAX_BATCH: usize = 64;
@@ -148,6 +151,8 @@ pub struct MapCounters {
     pub batches: u64,
     /// Device subsections added.
     pub subsections_added: u64,
+    /// Device subsections removed again (every slot free: memmap given back).
+    pub subsections_removed: u64,
 }
 
 /// Numbers published under `data/grant/`.
@@ -235,8 +240,13 @@ impl ForeignMapper {
             .find(|&p| !mm.pfn_valid(p) && p.0 + PAGES_PER_SUBSECTION <= self.window.end.0)
             .ok_or(MapError::WindowFull)?;
         let range = PfnRange::from_count(start, PAGES_PER_SUBSECTION);
-        mm.add_subsections(range, crate::mm::SectionKind::Device)
-            .map_err(MapError::Model)?;
+        // Memmap storage from our own RAM if the provider is short (outside the model's
+        // lock; see `crate::mm::storage`). A shortfall shows as the add's error.
+        let _ = mm.refill_storage(MEMMAP_BYTES_PER_SUBSECTION + SECTION_TABLE_CHUNK_BYTES);
+        if let Err(e) = mm.add_subsections(range, crate::mm::SectionKind::Device) {
+            mm.trim_storage();
+            return Err(MapError::Model(e));
+        }
         self.added.push(range);
         self.counters.subsections_added += 1;
         // Keep `free` sorted highest first so the lowest slot is handed out next.
@@ -467,6 +477,7 @@ impl ForeignMapper {
             }
         }
         log::info!("grant: reclaimed d{domid}: {rep:?}");
+        self.shrink(mm);
         rep
     }
 
@@ -518,6 +529,46 @@ impl ForeignMapper {
             }
         }
         n
+    }
+
+    /// Remove every device subsection whose 512 slots are all free (every page
+    /// Unpopulated): inactive, grace period, memmap given back to the storage provider,
+    /// emptied storage frames back to the allocator. Called after a round of unmaps (not
+    /// after each batch: a map/unmap loop would add and remove subsections every time).
+    /// Returns the subsections removed.
+    pub fn shrink<S: MemmapStorage>(&mut self, mm: &MemModel<S>) -> usize {
+        let mut free_in = alloc::collections::BTreeMap::<u64, u64>::new();
+        for p in &self.free {
+            *free_in.entry(p.subsection()).or_default() += 1;
+        }
+        let mut removed = 0;
+        let mut kept = Vec::with_capacity(self.added.len());
+        for &r in &self.added {
+            if free_in.get(&r.start.subsection()) != Some(&PAGES_PER_SUBSECTION) {
+                kept.push(r);
+                continue;
+            }
+            match mm.remove_subsections(r) {
+                Ok(()) => {
+                    self.free.retain(|p| !r.contains(*p));
+                    removed += 1;
+                }
+                Err(e) => {
+                    log::error!("grant: removing free device subsection {r:?}: {e}");
+                    kept.push(r);
+                }
+            }
+        }
+        self.added = kept;
+        if removed != 0 {
+            self.counters.subsections_removed += removed as u64;
+            let frames = mm.trim_storage();
+            log::info!(
+                "grant: removed {removed} free device subsection(s), {} KiB of memmap back ({frames} storage frame(s) to the allocator)",
+                removed * MEMMAP_BYTES_PER_SUBSECTION / 1024
+            );
+        }
+        removed
     }
 
     /// Place grant-table frames `first..first + n` of our own table in `n` contiguous

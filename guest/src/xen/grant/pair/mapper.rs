@@ -264,6 +264,7 @@ impl Mapper {
                 let t0 = env.ev.now_ns();
                 let left = self.unmap_all(mapper, env, MAX_BATCH);
                 self.unmap_ns = env.ev.now_ns().saturating_sub(t0);
+                mapper.shrink(env.mm);
                 self.close_port(env);
                 log::info!(
                     "grant-test: unmapped d{peer}'s pages in {} us ({left} left)",

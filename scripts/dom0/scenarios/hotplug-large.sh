@@ -1,0 +1,44 @@
+# xenci-scenario: hotplug-large
+# xenci-ci: no
+# xenci-peer: yes
+# xenci-budget: 420
+# xenci-qemu-mb: 4608
+# xenci-about: memory=maxmem=256, default HAP pool; xl mem-max 2560 + mem-set 2560 -> grows by steps (memmap from its own RAM), census == Xen; down to 128 -> every hot-added section removed, memmap and storage frames back; up to 1024 again. @linux: the same growth with shadow_memory=64 (Linux stalls at the default pool)
+scenario_hotplug_large() {
+    local extra=""
+    # Linux 6.1 populates at order 0 and needs the bigger paging pool (DESIGN.md §4).
+    [ "$SUBJECT" = linux ] && extra='shadow_memory=64'
+    create_domain "xenci-hpl-$SUBJECT" 'memory=256' 'maxmem=256' ${extra:+"$extra"}
+    wait_ready 90
+    [ "$SUBJECT" = guest ] && require_balloon
+    wait_reach 256 10
+    balloon_settled_at boot 256
+    [ "$SUBJECT" = guest ] && boot_memmap=$(data_read mm/memmap-bytes)
+
+    say "xl mem-max $DOMNAME 2560m"
+    tool xl mem-max "$DOMNAME" 2560m || fail "xl mem-max 2560m failed"
+    balloon_step large 2560 240
+    if [ "$SUBJECT" = linux ]; then
+        check_alive
+        tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
+        return 0
+    fi
+    check_hotplugged 18
+    big_memmap=$(data_read mm/memmap-bytes)
+    info "memmap_bytes boot=$boot_memmap large=$big_memmap per_hot_gib=$(((big_memmap - boot_memmap) * 8 / 18)) partial_adds=$(data_read hotplug/partial-adds) storage_frames=$(data_read hotplug/storage/frames) failures=$(data_read hotplug/failures)"
+    [ "$(data_read hotplug/failures)" = 0 ] || fail "hot-add failed on the way: $(data_read hotplug/last-error)"
+
+    balloon_step down 128 240
+    check_hotplugged 0
+    removed_memmap=$(data_read mm/memmap-bytes)
+    [ "$removed_memmap" = "$boot_memmap" ] \
+        || fail "memmap bytes after hot-remove: $removed_memmap, want the boot amount $boot_memmap"
+    [ "$(data_read hotplug/storage/frames)" = 0 ] \
+        || fail "storage frames still held after every hot-added section went: $(data_read hotplug/storage/frames)"
+    info "down memmap_bytes=$removed_memmap frames_returned=$(data_read hotplug/storage/frames-returned) evacuated=$(data_read hotplug/evacuated-pages)"
+
+    balloon_step again 1024 240
+    check_hotplugged 6
+    check_alive
+    tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
+}
