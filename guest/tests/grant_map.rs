@@ -482,3 +482,49 @@ fn ballooning_around_foreign_pages() {
     assert_eq!(mm.census().pages_in(StateKind::Foreign), 64);
     assert_eq!(mm.census().ram_pages(), xen.tot_pages());
 }
+
+/// 16,384 grants (32 device subsections) mapped in batches of 64, then unmapped: the
+/// device subsections are removed again and their memmap goes back; a second round works
+/// the same. A round that leaves one page mapped keeps exactly that subsection.
+#[test]
+fn sixteen_thousand_grants_map_and_their_device_memmap_goes_back() {
+    const N: usize = 16_384;
+    let (mm, window, mut sim, mut mapper) = rig(64);
+    sim.add_peer(PEER, N, N + 16);
+    let reqs: Vec<MapRequest> = (0..N)
+        .map(|i| MapRequest {
+            domid: PEER,
+            gref: sim.peer_grant(PEER, i, ME, true),
+            readonly: true,
+        })
+        .collect();
+    let memmap0 = mm.census().memmap_bytes;
+    for round in 0..2 {
+        let mut slots = Vec::with_capacity(N);
+        for chunk in reqs.chunks(MAX_BATCH) {
+            slots.extend(map_all(&mut mapper, &mm, &mut sim, chunk));
+        }
+        let c = mm.census();
+        assert_eq!(c.pages_of(SectionKind::Device, StateKind::Foreign), N as u64);
+        assert_eq!(mapper.subsections().len(), N / PAGES_PER_SUBSECTION as usize);
+        assert_eq!(c.memmap_bytes - memmap0, 32 * 8192, "round {round}");
+        assert!(slots.iter().all(|p| window.device.contains(*p)));
+        // Unmap all but the last page: its subsection stays, the other 31 go.
+        let (rest, last) = slots.split_at(N - 1);
+        for chunk in rest.chunks(MAX_BATCH) {
+            let r = mapper.unmap_batch(&mm, &mut sim, chunk).unwrap();
+            assert!(r.iter().all(|r| matches!(r, Ok(Unmapped::Done(_)))));
+        }
+        assert_eq!(mapper.shrink(&mm), 31);
+        assert_eq!(mm.census().memmap_bytes - memmap0, 8192);
+        assert!(matches!(device_state(&mm, last[0]), PageState::Foreign(_)));
+        mapper.unmap_batch(&mm, &mut sim, last).unwrap();
+        assert_eq!(mapper.shrink(&mm), 1);
+        let c = mm.census();
+        assert_eq!(c.memmap_bytes, memmap0, "every device subsection's memmap back");
+        assert_eq!(c.by_kind[SectionKind::Device.index()].subsections_present, 0);
+        assert_eq!(mapper.status().slots_total, 0);
+        assert_eq!(mm.recount().unwrap(), c);
+    }
+    assert_eq!(mapper.counters().subsections_removed, 64);
+}

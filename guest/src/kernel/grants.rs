@@ -16,9 +16,22 @@ use xen_bindings::traits::{DomId, GrantEntryShared, GrantOps};
 use crate::hv::{Xen, Xenstore};
 use crate::kmem::Model;
 
-/// Grant-table frames we set up: 4 frames are 2040 usable refs, plenty for the
-/// handshake's 256 pages; Xen's default `max_grant_frames` is 32 (64 in 4.17).
+/// Grant-table frames we set up at least: 4 frames are 2040 usable refs. A granter role
+/// of more pages gets enough frames for all of them (16,384 pages: 33 frames); Xen's
+/// default `max_grant_frames` is 32 (64 in 4.17), and the query's maximum caps it.
 const TABLE_FRAMES: u32 = 4;
+
+/// Frames for `pages` grants beside the reserved entries.
+fn table_frames_for(role: Option<Role>) -> u32 {
+    let pages = match role {
+        Some(Role::Granter { pages, .. }) => pages,
+        _ => 0,
+    };
+    let per = GRANT_ENTRIES_PER_FRAME_V1 as u32;
+    (pages + guest::xen::grant::NR_RESERVED_ENTRIES)
+        .div_ceil(per)
+        .max(TABLE_FRAMES)
+}
 
 /// The grant state the event loop owns.
 pub struct Grants {
@@ -50,7 +63,7 @@ pub fn setup(
             return None;
         }
     };
-    let n = TABLE_FRAMES.min(query.1);
+    let n = table_frames_for(role).min(query.1);
     let mut mapper = ForeignMapper::new(window.device);
     let range = match mapper.map_table_frames(mm, &mut hv, 0, n) {
         Ok(r) => r,

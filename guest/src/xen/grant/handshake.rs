@@ -7,7 +7,9 @@
 //!
 //! ```text
 //! /local/domain/<granter>/data/grant-test/peer       mapper's domid (decimal)
-//! /local/domain/<granter>/data/grant-test/refs       "8 9 10 ..." (decimal, one space)
+//! /local/domain/<granter>/data/grant-test/refs       "8-71 80 82-90" (decimal words, one
+//!                                                    space; a run of consecutive refs as
+//!                                                    "first-last")
 //! /local/domain/<granter>/data/grant-test/evtchn     unbound port for the mapper
 //! /local/domain/<mapper>/data/grant-test/checksum    written back by the mapper (hex)
 //! ```
@@ -20,8 +22,10 @@ use xen_bindings::abi::grant_table::GrantRef;
 
 /// Directory under `data/` for the handshake.
 pub const DIR: &str = "data/grant-test";
-/// Most refs one handshake publishes (a xenstore value stays far below 4 KiB).
-pub const MAX_REFS: usize = 256;
+/// Most refs one handshake publishes: 16,384 pages (64 MiB, 32 device subsections of
+/// the mapper). Runs keep the value far below xenstore's 4 KiB for a fresh table's
+/// consecutive refs.
+pub const MAX_REFS: usize = 16_384;
 
 /// Why a published value was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,46 +40,72 @@ pub enum ParseError {
     TooMany,
 }
 
-/// `refs` as published: decimal, separated by single spaces.
+/// `refs` as published: decimal words separated by single spaces, a run of two or more
+/// consecutive refs written `first-last`.
 pub fn encode_refs(refs: &[GrantRef]) -> String {
     let mut s = String::new();
-    for (i, r) in refs.iter().enumerate() {
+    let mut i = 0;
+    while i < refs.len() {
+        let mut j = i;
+        while j + 1 < refs.len() && refs[j].checked_add(1) == Some(refs[j + 1]) {
+            j += 1;
+        }
         if i > 0 {
             s.push(' ');
         }
-        let _ = write!(s, "{r}");
+        if j > i {
+            let _ = write!(s, "{}-{}", refs[i], refs[j]);
+        } else {
+            let _ = write!(s, "{}", refs[i]);
+        }
+        i = j + 1;
     }
     s
 }
 
+/// One canonical decimal ref (no sign, no leading zero, not reserved).
+fn parse_ref(word: &[u8]) -> Result<GrantRef, ParseError> {
+    if word.is_empty()
+        || !word.iter().all(u8::is_ascii_digit)
+        || (word.len() > 1 && word[0] == b'0')
+    {
+        return Err(ParseError::Malformed);
+    }
+    if word.len() > 10 {
+        return Err(ParseError::BadRef);
+    }
+    let v = word
+        .iter()
+        .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
+    let r = GrantRef::try_from(v).map_err(|_| ParseError::BadRef)?;
+    if r < super::NR_RESERVED_ENTRIES {
+        return Err(ParseError::BadRef);
+    }
+    Ok(r)
+}
+
 /// Parse a `refs` value strictly: canonical decimals (no sign, no leading zero), single
-/// spaces, no reserved refs, at most [`MAX_REFS`].
+/// spaces, runs `first-last` with `first < last`, no reserved refs, at most
+/// [`MAX_REFS`] in all.
 pub fn parse_refs(raw: &[u8]) -> Result<Vec<GrantRef>, ParseError> {
     if raw.is_empty() {
         return Err(ParseError::Empty);
     }
     let mut out = Vec::new();
     for word in raw.split(|&b| b == b' ') {
-        if word.is_empty()
-            || !word.iter().all(u8::is_ascii_digit)
-            || (word.len() > 1 && word[0] == b'0')
-        {
+        let mut parts = word.splitn(2, |&b| b == b'-');
+        let first = parse_ref(parts.next().unwrap_or_default())?;
+        let last = match parts.next() {
+            Some(w) => parse_ref(w)?,
+            None => first,
+        };
+        if last < first || (last == first && word.contains(&b'-')) {
             return Err(ParseError::Malformed);
         }
-        if word.len() > 10 {
-            return Err(ParseError::BadRef);
-        }
-        let v = word
-            .iter()
-            .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
-        let r = GrantRef::try_from(v).map_err(|_| ParseError::BadRef)?;
-        if r < super::NR_RESERVED_ENTRIES {
-            return Err(ParseError::BadRef);
-        }
-        if out.len() == MAX_REFS {
+        if out.len() + (last - first) as usize + 1 > MAX_REFS {
             return Err(ParseError::TooMany);
         }
-        out.push(r);
+        out.extend(first..=last);
     }
     Ok(out)
 }
@@ -145,7 +175,14 @@ mod tests {
     #[test]
     fn refs_round_trip_and_garbage_is_refused() {
         let refs: Vec<GrantRef> = (8..72).collect();
+        assert_eq!(encode_refs(&refs), "8-71");
         assert_eq!(parse_refs(encode_refs(&refs).as_bytes()), Ok(refs));
+        let gaps = vec![8, 10, 11, 12, 20, 21, 30];
+        assert_eq!(encode_refs(&gaps), "8 10-12 20-21 30");
+        assert_eq!(parse_refs(encode_refs(&gaps).as_bytes()), Ok(gaps));
+        let all: Vec<GrantRef> = (8..8 + MAX_REFS as u32).collect();
+        assert!(encode_refs(&all).len() < 20);
+        assert_eq!(parse_refs(encode_refs(&all).as_bytes()), Ok(all));
         assert_eq!(parse_refs(b"4294967295"), Ok(vec![u32::MAX]));
         for (bad, e) in [
             (&b""[..], ParseError::Empty),
@@ -155,6 +192,12 @@ mod tests {
             (b"+8", ParseError::Malformed),
             (b"0x10", ParseError::Malformed),
             (b"8,9", ParseError::Malformed),
+            (b"9-8", ParseError::Malformed),
+            (b"8-8", ParseError::Malformed),
+            (b"8-", ParseError::Malformed),
+            (b"-8", ParseError::Malformed),
+            (b"8-9-10", ParseError::Malformed),
+            (b"1-9", ParseError::BadRef),
             (b"1", ParseError::BadRef),
             (b"4294967296", ParseError::BadRef),
             (b"99999999999", ParseError::BadRef),

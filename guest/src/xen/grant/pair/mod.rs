@@ -90,11 +90,11 @@ impl Role {
             None => (n, false),
         };
         if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.starts_with('0') {
-            return Err("grant=give:N needs N in 1..=256");
+            return Err("grant=give:N needs N in 1..=16384");
         }
         match n.parse::<u32>() {
             Ok(pages) if (1..=MAX_PAGES).contains(&pages) => Ok(Role::Granter { pages, writable }),
-            _ => Err("grant=give:N needs N in 1..=256"),
+            _ => Err("grant=give:N needs N in 1..=16384"),
         }
     }
 }
@@ -268,7 +268,7 @@ mod tests {
             "give:",
             "give:0",
             "give:064",
-            "give:257",
+            "give:16385",
             "give:-1",
             "give:1x",
             "give:1:ro",
