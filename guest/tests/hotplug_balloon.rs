@@ -1042,3 +1042,83 @@ fn targets_beyond_the_window_are_clamped_to_the_ceiling() {
     let t = b.set_target(&kib(512), 8192 * 1024, 0).unwrap();
     assert!(!t.clamped());
 }
+
+/// The storage invariants after any settle: the model's memmap is the boot memmap plus
+/// 512 KiB per hot-added section; no storage frame is kept empty; frame slots in use
+/// never exceed what the frames hold.
+fn check_storage(w: &World<Reserve>, boot_memmap: u64) {
+    let hot = hotplug_sections(w).len() as u64;
+    assert_eq!(w.mm.census().memmap_bytes, boot_memmap + hot * SECTION_MEMMAP);
+    let (frames, used) = w.mm.with_storage(|s| (s.frames(), s.frame_bytes_used()));
+    let slots = used / MEMMAP_BYTES_PER_SUBSECTION;
+    assert!(frames <= slots, "{frames} frames for {slots} slots in use: an empty frame kept");
+    assert!(slots <= frames * 256);
+    assert!(slots as u64 <= hot * 64, "frame slots beyond the hot-added memmap");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(8))]
+
+    /// Random grow/shrink sequences from a 128 MiB boot whose boot region has room for
+    /// chunks only: every target reached exactly, census = Xen, only whole sections,
+    /// storage as `check_storage` says; at the end, down to 64 MiB: nothing hot-added
+    /// left, every frame back.
+    #[test]
+    fn random_grow_and_shrink_keep_storage_and_books_whole(
+        targets in proptest::collection::vec(64u64..=2048, 1..6)
+    ) {
+        let mut w = reserve_world(128, 2048, 5 * guest::mm::SECTION_TABLE_CHUNK_BYTES);
+        let boot_memmap = w.mm.census().memmap_bytes;
+        for &t in targets.iter().chain([64].iter()) {
+            w.balloon.set_target(&kib(t), 2048 * 1024, w.now).unwrap();
+            w.hp.new_target();
+            let mut o = settle(&mut w);
+            for _ in 0..8 {
+                if o == StepOutcome::Done {
+                    break;
+                }
+                w.now += 64 * SEC;
+                o = settle(&mut w);
+            }
+            proptest::prop_assert_eq!(o, StepOutcome::Done, "target {} MiB: {}", t, w.balloon.status(&w.mm).last_error);
+            proptest::prop_assert_eq!(ram(&w), t * 256);
+            check_books(&mut w);
+            check_storage(&w, boot_memmap);
+        }
+        proptest::prop_assert!(hotplug_sections(&w).is_empty());
+        proptest::prop_assert_eq!(w.mm.with_storage(|s| s.frames()), 0);
+        proptest::prop_assert_eq!(w.mm.census().memmap_bytes, boot_memmap);
+        proptest::prop_assert_eq!(w.hp.counters().failures, 0);
+    }
+}
+
+/// Storage frames that had to come from a hot-added section (boot RAM had no free 2 MiB
+/// block) keep it alive after the sections whose memmap they held are gone; once emptied
+/// and back in the allocator, those Free pages are moved out (given back to Xen, boot
+/// RAM's holes populated instead) and the section goes too.
+#[test]
+fn storage_frames_in_a_hot_section_are_evacuated_so_it_can_go() {
+    let headroom = SECTION_MEMMAP as usize + 5 * guest::mm::SECTION_TABLE_CHUNK_BYTES;
+    let mut w = reserve_world(128, 2048, headroom);
+    // Boot RAM has no free 2 MiB block left.
+    let mut hog = Vec::new();
+    while let Ok(p) = w.mm.alloc_frames(9) {
+        hog.push(p);
+    }
+    w.balloon.set_target(&kib(1024), 2048 * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    assert_eq!(hotplug_sections(&w), (32..39).collect::<Vec<_>>());
+    assert!(w.hp.counters().partial_adds > 0, "the first section from the headroom, then steps");
+    for p in hog {
+        w.mm.free_frames(p, 9).unwrap();
+    }
+    let boot_memmap = w.mm.census().memmap_bytes - 7 * SECTION_MEMMAP;
+    w.balloon.set_target(&kib(64), 2048 * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    assert_eq!(ram(&w), 64 * 256);
+    assert!(w.hp.counters().evacuated_pages > 0);
+    assert!(hotplug_sections(&w).is_empty(), "{:?}", hotplug_sections(&w));
+    assert_eq!(w.mm.with_storage(|s| s.frames()), 0);
+    assert_eq!(w.mm.census().memmap_bytes, boot_memmap);
+    check(&mut w);
+}
