@@ -189,7 +189,8 @@ fn main() {
     mm.end_boot();
     mm.with_storage(|s| {
         let used = s.inner().used();
-        s.inner_mut().set_budget(used + 5 * guest::mm::SECTION_TABLE_CHUNK_BYTES);
+        s.inner_mut()
+            .set_budget(used + 5 * guest::mm::SECTION_TABLE_CHUNK_BYTES);
     });
     let window = HotplugWindow::from_memmap(&two).expect("window");
     let sections = 64;
@@ -203,7 +204,13 @@ fn main() {
     }
     let frames = mm.with_storage(|s| guest::mm::MemmapStorage::frames(s));
     let mut remove = Vec::new();
-    for nr in window.ram_sections().take(sections).collect::<Vec<_>>().into_iter().rev() {
+    for nr in window
+        .ram_sections()
+        .take(sections)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
         let t = Instant::now();
         hot_remove_section(&mm, nr).expect("hot-remove");
         mm.trim_storage();

@@ -505,8 +505,14 @@ fn sixteen_thousand_grants_map_and_their_device_memmap_goes_back() {
             slots.extend(map_all(&mut mapper, &mm, &mut sim, chunk));
         }
         let c = mm.census();
-        assert_eq!(c.pages_of(SectionKind::Device, StateKind::Foreign), N as u64);
-        assert_eq!(mapper.subsections().len(), N / PAGES_PER_SUBSECTION as usize);
+        assert_eq!(
+            c.pages_of(SectionKind::Device, StateKind::Foreign),
+            N as u64
+        );
+        assert_eq!(
+            mapper.subsections().len(),
+            N / PAGES_PER_SUBSECTION as usize
+        );
         assert_eq!(c.memmap_bytes - memmap0, 32 * 8192, "round {round}");
         assert!(slots.iter().all(|p| window.device.contains(*p)));
         // Unmap all but the last page: its subsection stays, the other 31 go.
@@ -521,8 +527,14 @@ fn sixteen_thousand_grants_map_and_their_device_memmap_goes_back() {
         mapper.unmap_batch(&mm, &mut sim, last).unwrap();
         assert_eq!(mapper.shrink(&mm), 1);
         let c = mm.census();
-        assert_eq!(c.memmap_bytes, memmap0, "every device subsection's memmap back");
-        assert_eq!(c.by_kind[SectionKind::Device.index()].subsections_present, 0);
+        assert_eq!(
+            c.memmap_bytes, memmap0,
+            "every device subsection's memmap back"
+        );
+        assert_eq!(
+            c.by_kind[SectionKind::Device.index()].subsections_present,
+            0
+        );
         assert_eq!(mapper.status().slots_total, 0);
         assert_eq!(mm.recount().unwrap(), c);
     }

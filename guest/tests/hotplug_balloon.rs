@@ -14,8 +14,8 @@ use common::{booted, poison, pvh_memmap, Quarantine, ACPI, MIB, SPECIAL};
 use guest::mm::geometry::{section_start_pfn, MAX_PFN, PAGES_PER_SECTION, PAGES_PER_SUBSECTION};
 use guest::mm::hotplug::{hot_add, hot_remove_section, saveable_walk, HotplugError, HotplugWindow};
 use guest::mm::{
-    Budgeted, BumpStorage, FrameReserve, HeapFrames, HeapStorage, MemModel, MemmapStorage,
-    MmError, PageState, Pfn, PfnRange, SectionKind, StateKind, MEMMAP_BYTES_PER_SUBSECTION,
+    Budgeted, BumpStorage, FrameReserve, HeapFrames, HeapStorage, MemModel, MemmapStorage, MmError,
+    PageState, Pfn, PfnRange, SectionKind, StateKind, MEMMAP_BYTES_PER_SUBSECTION,
 };
 use guest::xen::balloon::{Balloon, BalloonConfig, StepOutcome};
 use guest::xen::hotplug::{Hotplug, HotplugCounters, HotplugOutcome};
@@ -119,8 +119,7 @@ fn settle<S: MemmapStorage>(w: &mut World<S>) -> StepOutcome {
             }
             StepOutcome::Done | StepOutcome::Error => {
                 w.hp.try_hot_remove(&w.mm, &mut w.balloon);
-                if o == StepOutcome::Done && w.hp.evacuate(&w.mm, &mut w.balloon, &mut w.xen) != 0
-                {
+                if o == StepOutcome::Done && w.hp.evacuate(&w.mm, &mut w.balloon, &mut w.xen) != 0 {
                     continue;
                 }
                 return o;
@@ -364,8 +363,8 @@ fn storage_exhaustion_mid_request_leaves_only_whole_sections() {
     assert_eq!(settle(&mut w), StepOutcome::NeedHotplug { pages: 16 * 256 });
     assert_eq!(hotplug_sections(&w), [HP]);
     assert_eq!(ram(&w), 384 * 256);
-    let s32 = w.mm.section_info(HP).unwrap();
-    assert_eq!((s32.present, s32.active, s32.online), (u64::MAX, u64::MAX, true));
+    let s = w.mm.section_info(HP).unwrap();
+    assert_eq!((s.present, s.active, s.online), (u64::MAX, u64::MAX, true));
     if let Some(s) = w.mm.section_info(HP + 1) {
         assert_eq!((s.present, s.active, s.online, s.kind), (0, 0, false, None));
     }
@@ -939,7 +938,9 @@ fn reserve_world(ram_mib: u64, max_mib: u64, headroom: usize) -> World<Reserve> 
         let used = s.inner().used();
         s.inner_mut().set_budget(used + headroom);
     });
-    w.balloon.set_target(&kib(ram_mib), max_mib * 1024, w.now).unwrap();
+    w.balloon
+        .set_target(&kib(ram_mib), max_mib * 1024, w.now)
+        .unwrap();
     assert_eq!(settle(&mut w), StepOutcome::Done);
     w
 }
@@ -951,7 +952,10 @@ fn check_books(w: &mut World<Reserve>) {
     let offset = w.balloon.accounting_offset().unwrap();
     assert_eq!(w.xen.tot_pages() as i64 - c.ram_pages() as i64, offset);
     assert_eq!(w.balloon.counters().accounting_mismatches, 0);
-    for s in w.mm.sections().filter(|s| s.kind == Some(SectionKind::HotplugRam)) {
+    for s in
+        w.mm.sections()
+            .filter(|s| s.kind == Some(SectionKind::HotplugRam))
+    {
         assert!(s.online && s.active == u64::MAX && s.present == u64::MAX);
     }
 }
@@ -983,14 +987,20 @@ fn whole_window_filled_by_steps_and_emptied() {
     assert_eq!(w.hp.counters().failures, 0, "never stuck");
     check_books(&mut w);
     // Beyond the window: WindowFull, nothing added, the guest stays whole.
-    let r = w.hp.on_need_hotplug(&w.mm, &mut w.balloon, 256, w.now, |_| Ok::<(), &str>(()));
+    let r =
+        w.hp.on_need_hotplug(&w.mm, &mut w.balloon, 256, w.now, |_| Ok::<(), &str>(()));
     assert!(matches!(r, HotplugOutcome::BackingOff { .. }));
-    assert!(matches!(w.hp.last_error(), Some(HotplugError::WindowFull { .. })));
+    assert!(matches!(
+        w.hp.last_error(),
+        Some(HotplugError::WindowFull { .. })
+    ));
 
     // Down to 128 MiB: the memmap (256 MiB) is more than the target, so sections go
     // while the balloon is still above it; storage frames left in surviving hot-added
     // sections are moved out.
-    w.balloon.set_target(&kib(128), (256 + window_mib) * 1024, w.now).unwrap();
+    w.balloon
+        .set_target(&kib(128), (256 + window_mib) * 1024, w.now)
+        .unwrap();
     w.hp.new_target();
     let mut o = settle(&mut w);
     for _ in 0..10 {
@@ -1000,15 +1010,29 @@ fn whole_window_filled_by_steps_and_emptied() {
         w.now += 64 * SEC;
         o = settle(&mut w);
     }
-    assert_eq!(o, StepOutcome::Done, "{}", w.balloon.status(&w.mm).last_error);
+    assert_eq!(
+        o,
+        StepOutcome::Done,
+        "{}",
+        w.balloon.status(&w.mm).last_error
+    );
     assert_eq!(ram(&w), 128 * 256);
-    assert!(hotplug_sections(&w).is_empty(), "every hot-added section removed");
+    assert!(
+        hotplug_sections(&w).is_empty(),
+        "every hot-added section removed"
+    );
     assert_eq!(w.mm.census().memmap_bytes, boot_memmap);
-    assert_eq!(w.mm.with_storage(|s| s.frames()), 0, "every storage frame back");
+    assert_eq!(
+        w.mm.with_storage(|s| s.frames()),
+        0,
+        "every storage frame back"
+    );
     assert!(w.balloon.hotplugged().is_empty());
     check(&mut w);
     // And up again past boot RAM.
-    w.balloon.set_target(&kib(1024), (256 + window_mib) * 1024, w.now).unwrap();
+    w.balloon
+        .set_target(&kib(1024), (256 + window_mib) * 1024, w.now)
+        .unwrap();
     w.hp.new_target();
     assert_eq!(settle(&mut w), StepOutcome::Done);
     assert_eq!(ram(&w), 1024 * 256);
@@ -1021,7 +1045,9 @@ fn whole_window_filled_by_steps_and_emptied() {
 #[test]
 fn small_boot_reaches_two_gib_with_memmap_from_its_own_ram() {
     let mut w = reserve_world(64, 2048, 0);
-    w.balloon.set_target(&kib(2048), 2048 * 1024, w.now).unwrap();
+    w.balloon
+        .set_target(&kib(2048), 2048 * 1024, w.now)
+        .unwrap();
     assert_eq!(settle(&mut w), StepOutcome::Done);
     assert_eq!(ram(&w), 2048 * 256);
     assert_eq!(hotplug_sections(&w).len(), 16);
@@ -1037,7 +1063,10 @@ fn targets_beyond_the_window_are_clamped_to_the_ceiling() {
         ..BalloonConfig::default()
     });
     let t = b.set_target(&kib(4096), 8192 * 1024, 0).unwrap();
-    assert_eq!((t.requested_kib, t.effective_kib), (4096 * 1024, 1024 * 1024));
+    assert_eq!(
+        (t.requested_kib, t.effective_kib),
+        (4096 * 1024, 1024 * 1024)
+    );
     assert!(t.clamped());
     let t = b.set_target(&kib(512), 8192 * 1024, 0).unwrap();
     assert!(!t.clamped());
@@ -1048,12 +1077,21 @@ fn targets_beyond_the_window_are_clamped_to_the_ceiling() {
 /// never exceed what the frames hold.
 fn check_storage(w: &World<Reserve>, boot_memmap: u64) {
     let hot = hotplug_sections(w).len() as u64;
-    assert_eq!(w.mm.census().memmap_bytes, boot_memmap + hot * SECTION_MEMMAP);
+    assert_eq!(
+        w.mm.census().memmap_bytes,
+        boot_memmap + hot * SECTION_MEMMAP
+    );
     let (frames, used) = w.mm.with_storage(|s| (s.frames(), s.frame_bytes_used()));
     let slots = used / MEMMAP_BYTES_PER_SUBSECTION;
-    assert!(frames <= slots, "{frames} frames for {slots} slots in use: an empty frame kept");
+    assert!(
+        frames <= slots,
+        "{frames} frames for {slots} slots in use: an empty frame kept"
+    );
     assert!(slots <= frames * 256);
-    assert!(slots as u64 <= hot * 64, "frame slots beyond the hot-added memmap");
+    assert!(
+        slots as u64 <= hot * 64,
+        "frame slots beyond the hot-added memmap"
+    );
 }
 
 proptest::proptest! {
@@ -1105,10 +1143,15 @@ fn storage_frames_in_a_hot_section_are_evacuated_so_it_can_go() {
     while let Ok(p) = w.mm.alloc_frames(9) {
         hog.push(p);
     }
-    w.balloon.set_target(&kib(1024), 2048 * 1024, w.now).unwrap();
+    w.balloon
+        .set_target(&kib(1024), 2048 * 1024, w.now)
+        .unwrap();
     assert_eq!(settle(&mut w), StepOutcome::Done);
     assert_eq!(hotplug_sections(&w), (32..39).collect::<Vec<_>>());
-    assert!(w.hp.counters().partial_adds > 0, "the first section from the headroom, then steps");
+    assert!(
+        w.hp.counters().partial_adds > 0,
+        "the first section from the headroom, then steps"
+    );
     for p in hog {
         w.mm.free_frames(p, 9).unwrap();
     }
@@ -1117,7 +1160,11 @@ fn storage_frames_in_a_hot_section_are_evacuated_so_it_can_go() {
     assert_eq!(settle(&mut w), StepOutcome::Done);
     assert_eq!(ram(&w), 64 * 256);
     assert!(w.hp.counters().evacuated_pages > 0);
-    assert!(hotplug_sections(&w).is_empty(), "{:?}", hotplug_sections(&w));
+    assert!(
+        hotplug_sections(&w).is_empty(),
+        "{:?}",
+        hotplug_sections(&w)
+    );
     assert_eq!(w.mm.with_storage(|s| s.frames()), 0);
     assert_eq!(w.mm.census().memmap_bytes, boot_memmap);
     check(&mut w);

@@ -107,8 +107,7 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     // Offline in the model, so nothing touches it, and releasing it now keeps Xen's PoD
     // entries within the cache that backs them.
     // The ceiling: boot RAM plus the hot-plug window (guest::mm::hotplug "Limits").
-    let ceiling_kib =
-        (info.ram_bytes() + guest::mm::hotplug::DEFAULT_HOTPLUG_RAM_BYTES) / 1024;
+    let ceiling_kib = (info.ram_bytes() + guest::mm::hotplug::DEFAULT_HOTPLUG_RAM_BYTES) / 1024;
     log::info!(
         "balloon: the most this guest can reach is {} MiB (boot RAM + 64 GiB hot-plug window)",
         ceiling_kib / 1024

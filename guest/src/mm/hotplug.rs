@@ -46,10 +46,10 @@ use super::geometry::{
     section_start_pfn, Pfn, PfnRange, MAX_PFN, PAGES_PER_SECTION, PAGE_SIZE, SECTION_SHIFT,
     SUBSECTIONS_PER_SECTION,
 };
-use super::section::SECTION_TABLE_CHUNK_BYTES;
 use super::model::{MemModel, MmError};
 use super::page::{PageState, StateKind, STATE_KINDS};
 use super::section::SectionKind;
+use super::section::SECTION_TABLE_CHUNK_BYTES;
 use super::storage::MemmapStorage;
 
 const GIB: u64 = 1 << 30;

@@ -417,7 +417,12 @@ impl<S: MemmapStorage, M: FrameMap> FrameReserve<S, M> {
 
     /// Bytes of frame slots in use.
     pub fn frame_bytes_used(&self) -> usize {
-        self.frames.iter().flatten().map(Frame::used_slots).sum::<usize>() * SLOT_BYTES
+        self.frames
+            .iter()
+            .flatten()
+            .map(Frame::used_slots)
+            .sum::<usize>()
+            * SLOT_BYTES
     }
 }
 
@@ -428,7 +433,13 @@ impl<S: MemmapStorage, M: FrameMap> MemmapStorage for FrameReserve<S, M> {
         // come from frames while they have room, so the boot region's headroom stays for
         // the chunks and for a first section added before any frame could be had.
         let small = layout.size() <= SLOT_BYTES;
-        if !small || self.frames.iter().flatten().all(|f| f.used_slots() == SLOTS) {
+        if !small
+            || self
+                .frames
+                .iter()
+                .flatten()
+                .all(|f| f.used_slots() == SLOTS)
+        {
             if let Some(p) = self.inner.alloc(layout) {
                 return Some(p);
             }
@@ -545,7 +556,11 @@ mod tests {
     fn reserve_uses_the_inner_provider_first_then_frames_and_gives_empty_frames_back() {
         let l = Layout::from_size_align(SLOT_BYTES, 16).unwrap();
         let mut s = FrameReserve::new(Budgeted::new(HeapStorage, SLOT_BYTES), HeapFrames);
-        assert_eq!(s.free_bytes(), Some(0), "frames only: the inner block is a fallback");
+        assert_eq!(
+            s.free_bytes(),
+            Some(0),
+            "frames only: the inner block is a fallback"
+        );
         let a = s.alloc(l).unwrap(); // inner
         assert!(s.alloc(l).is_none(), "inner exhausted, no frames");
         assert!(s.add_frame(Pfn(512)));
@@ -566,7 +581,12 @@ mod tests {
         assert_eq!(b, blocks[3]);
         // SAFETY: as above.
         unsafe { s.free(b, big) };
-        for &p in blocks.iter().enumerate().filter(|(i, _)| ![3, 4].contains(i)).map(|(_, p)| p) {
+        for &p in blocks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ![3, 4].contains(i))
+            .map(|(_, p)| p)
+        {
             // SAFETY: as above.
             unsafe { s.free(p, l) };
         }
@@ -582,7 +602,11 @@ mod tests {
         assert_eq!((s.frames(), s.take_empty_frame()), (0, None));
         // SAFETY: `a` came from the inner provider through `s.alloc(l)`.
         unsafe { s.free(a, l) };
-        assert_eq!(s.inner().used(), 0, "the inner block went back to the inner provider");
+        assert_eq!(
+            s.inner().used(),
+            0,
+            "the inner block went back to the inner provider"
+        );
     }
 
     #[test]

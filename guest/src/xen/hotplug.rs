@@ -33,8 +33,8 @@ use crate::mm::geometry::{section_start_pfn, PAGES_PER_SECTION};
 use crate::mm::hotplug::{
     hot_add, hot_remove_section, storage_for_sections, HotAdded, HotplugError, HotplugWindow,
 };
-use xen_bindings::traits::MemoryReservation;
 use crate::mm::{MemModel, MemmapStorage, PfnRange, SectionKind, StateKind};
+use xen_bindings::traits::MemoryReservation;
 
 /// What [`Hotplug::on_need_hotplug`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -453,8 +453,14 @@ impl HotplugStatus {
             ("sections-removed", format!("{}", c.sections_removed)),
             ("memmap-freed-bytes", format!("{}", c.memmap_bytes_freed)),
             ("partial-adds", format!("{}", c.partial_adds)),
-            ("storage/frames-taken", format!("{}", c.storage_frames_taken)),
-            ("storage/frames-returned", format!("{}", c.storage_frames_returned)),
+            (
+                "storage/frames-taken",
+                format!("{}", c.storage_frames_taken),
+            ),
+            (
+                "storage/frames-returned",
+                format!("{}", c.storage_frames_returned),
+            ),
             ("storage/frames", format!("{}", self.storage_frames)),
             ("storage/free-bytes", format!("{}", self.storage_free_bytes)),
             ("evacuated-pages", format!("{}", c.evacuated_pages)),

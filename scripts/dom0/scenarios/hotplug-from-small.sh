@@ -1,5 +1,5 @@
 # xenci-scenario: hotplug-from-small
-# xenci-ci: no
+# xenci-ci: yes
 # xenci-peer: no
 # xenci-budget: 300
 # xenci-qemu-mb: 4096
