@@ -33,7 +33,7 @@ use crate::mm::geometry::{section_start_pfn, PAGES_PER_SECTION};
 use crate::mm::hotplug::{
     hot_add, hot_remove_section, storage_for_sections, HotAdded, HotplugError, HotplugWindow,
 };
-use crate::mm::{MemModel, MemmapStorage, PfnRange, SectionKind, StateKind};
+use crate::mm::{MemModel, MemmapStorage, MmError, PfnRange, SectionKind, StateKind};
 use xen_bindings::traits::MemoryReservation;
 
 /// What [`Hotplug::on_need_hotplug`] did.
@@ -167,15 +167,24 @@ impl Hotplug {
             .filter(|&nr| mm.section_info(nr).is_none_or(|s| s.present == 0))
             .count();
         let want = (pages.div_ceil(PAGES_PER_SECTION) as usize).min(free_sections);
-        match mm.refill_storage(storage_for_sections(want.max(1))) {
-            Ok(n) => self.counters.storage_frames_taken += n as u64,
-            Err(e) => log::debug!("hotplug: storage refill stopped short: {e}"),
+        let mut short = String::new();
+        let before = mm.with_storage(|s| s.frames());
+        if let Err(e) = mm.refill_storage(storage_for_sections(want.max(1))) {
+            short = match e {
+                MmError::OutOfMemory { .. } => {
+                    String::from(" (no free 2 MiB block of our RAM left for memmap storage)")
+                }
+                e => format!(" (storage refill: {e})"),
+            };
+            log::debug!("hotplug: storage refill stopped short{short}");
         }
+        let taken = mm.with_storage(|s| s.frames()).saturating_sub(before);
+        self.counters.storage_frames_taken += taken as u64;
         let added = match hot_add(mm, &self.window, pages) {
             Ok(a) => a,
             Err(e) => {
                 self.trim(mm);
-                return self.fail(now_ns, e, String::new());
+                return self.fail(now_ns, e, short);
             }
         };
         for (n, &range) in added.ranges.iter().enumerate() {
