@@ -363,12 +363,14 @@ impl Frame {
 
 /// Storage in two tiers: an inner provider (the boot region) first, then 8 KiB slots of
 /// 2 MiB frames the caller hands in from the model's allocator (see the module docs).
-/// Frame bookkeeping is a fixed array (no heap: the provider runs under the model's lock,
-/// and the kernel heap itself grows from the model).
+/// Frame bookkeeping is a fixed table allocated once, when the provider is made (before
+/// the model exists): the provider runs under the model's lock and must not allocate
+/// then, since the kernel heap itself grows from the model. On the heap rather than
+/// inline, so the model (moved by value while it is built) stays small on the boot stack.
 pub struct FrameReserve<S, M: FrameMap> {
     inner: S,
     map: M,
-    frames: [Option<Frame>; RESERVE_FRAMES],
+    frames: alloc::boxed::Box<[Option<Frame>]>,
 }
 
 // SAFETY: the frames are owned exclusively by the provider (they are Allocated pages
@@ -381,7 +383,7 @@ impl<S: MemmapStorage, M: FrameMap> FrameReserve<S, M> {
         FrameReserve {
             inner,
             map,
-            frames: [None; RESERVE_FRAMES],
+            frames: alloc::vec![None; RESERVE_FRAMES].into_boxed_slice(),
         }
     }
 
