@@ -932,7 +932,8 @@ fn reserve_world(ram_mib: u64, max_mib: u64, headroom: usize) -> World<Reserve> 
     let mut w = world(
         ram_mib,
         max_mib,
-        FrameReserve::new(Budgeted::new(HeapStorage, usize::MAX), HeapFrames),
+        FrameReserve::new(Budgeted::new(HeapStorage, usize::MAX), HeapFrames)
+            .keeping(5 * guest::mm::SECTION_TABLE_CHUNK_BYTES),
     );
     w.mm.with_storage(|s| {
         let used = s.inner().used();

@@ -118,7 +118,9 @@ pub fn init(info: &BootInfo, touchable: Option<u64>) -> &'static Model {
     // own address (RAM below 4 GiB by the entry stub, above by `map_ram_above_4g`,
     // hot-added ranges by the hotplug driver's map callback before they are populated).
     let frames = unsafe { IdentityFrames::new() };
-    let storage = Budgeted::new(FrameReserve::new(bump, frames), usize::MAX);
+    // The window's section-table chunks stay in the boot region (they never leave).
+    let reserve = FrameReserve::new(bump, frames).keeping(5 * SECTION_TABLE_CHUNK_BYTES);
+    let storage = Budgeted::new(reserve, usize::MAX);
     let mm = match boot::build(&cfg, storage) {
         Ok(m) => m,
         Err(e) => panic!("cannot build the memory model: {e}"),

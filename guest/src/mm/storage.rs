@@ -371,6 +371,8 @@ pub struct FrameReserve<S, M: FrameMap> {
     inner: S,
     map: M,
     frames: alloc::boxed::Box<[Option<Frame>]>,
+    /// Bytes of the inner provider kept for section-table chunks.
+    keep: usize,
 }
 
 // SAFETY: the frames are owned exclusively by the provider (they are Allocated pages
@@ -384,7 +386,23 @@ impl<S: MemmapStorage, M: FrameMap> FrameReserve<S, M> {
             inner,
             map,
             frames: alloc::vec![None; RESERVE_FRAMES].into_boxed_slice(),
+            keep: 0,
         }
+    }
+
+    /// Keep `bytes` of the inner provider for section-table chunks: memmap blocks take
+    /// them only when no frame has room (see `alloc`).
+    pub fn keeping(mut self, bytes: usize) -> FrameReserve<S, M> {
+        self.keep = bytes;
+        self
+    }
+
+    /// Bytes of the inner provider beyond the kept part.
+    fn inner_spare(&self) -> usize {
+        self.inner
+            .free_bytes()
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.keep)
     }
 
     /// The inner provider.
@@ -432,16 +450,17 @@ impl<S: MemmapStorage, M: FrameMap> MemmapStorage for FrameReserve<S, M> {
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         // Blocks bigger than a slot are section-table chunks, which live as long as the
         // model: from the boot region, so they pin no frame. Memmap blocks (one slot)
-        // come from frames while they have room, so the boot region's headroom stays for
-        // the chunks and for a first section added before any frame could be had.
+        // come from frames while they have room, else from the boot region while it
+        // keeps `keep` bytes for the chunks still to come, and only as the last resort
+        // (no frame could be had) from that kept part.
         let small = layout.size() <= SLOT_BYTES;
-        if !small
-            || self
-                .frames
-                .iter()
-                .flatten()
-                .all(|f| f.used_slots() == SLOTS)
-        {
+        let spare = self.inner_spare();
+        let frames_full = self
+            .frames
+            .iter()
+            .flatten()
+            .all(|f| f.used_slots() == SLOTS);
+        if !small || (frames_full && spare >= layout.size()) {
             if let Some(p) = self.inner.alloc(layout) {
                 return Some(p);
             }
@@ -482,9 +501,9 @@ impl<S: MemmapStorage, M: FrameMap> MemmapStorage for FrameReserve<S, M> {
             .flatten()
             .map(|f| SLOTS - f.used_slots())
             .sum();
-        // Frames only: the boot region's headroom is kept for chunks and as the fallback
-        // when no frame can be had, so a refill tops up frames before memmap needs them.
-        Some(slots * SLOT_BYTES)
+        // The boot region counts only beyond the part kept for chunks, so a refill tops
+        // up frames before memmap would eat into it.
+        Some(slots * SLOT_BYTES + self.inner_spare().min(usize::MAX / 2))
     }
 
     fn add_frame(&mut self, pfn: Pfn) -> bool {
@@ -558,11 +577,11 @@ mod tests {
     fn reserve_uses_the_inner_provider_first_then_frames_and_gives_empty_frames_back() {
         let l = Layout::from_size_align(SLOT_BYTES, 16).unwrap();
         let mut s = FrameReserve::new(Budgeted::new(HeapStorage, SLOT_BYTES), HeapFrames);
-        assert_eq!(
-            s.free_bytes(),
-            Some(0),
-            "frames only: the inner block is a fallback"
-        );
+        assert_eq!(s.free_bytes(), Some(SLOT_BYTES));
+        // Kept for chunks, the inner block does not count (a refill would add a frame).
+        let k = FrameReserve::new(Budgeted::new(HeapStorage, SLOT_BYTES), HeapFrames)
+            .keeping(SLOT_BYTES);
+        assert_eq!(k.free_bytes(), Some(0));
         let a = s.alloc(l).unwrap(); // inner
         assert!(s.alloc(l).is_none(), "inner exhausted, no frames");
         assert!(s.add_frame(Pfn(512)));
