@@ -30,7 +30,7 @@ pool_measure() {
         now=$(now_cs)
         if [ "$m" = "$last" ]; then still=$((still + 1)); else still=0 last_move=$now; fi
         last=$m
-        near_target_mib "$mib" && break
+        [ -n "$m" ] && [ "$m" -ge $((mib - 1)) ] && [ "$m" -le "$mib" ] && { last_move=$now; break; }
         [ "$still" -ge 20 ] && break
         [ $((now - t0)) -ge $((secs * 100)) ] && break
         sleep 0.5
