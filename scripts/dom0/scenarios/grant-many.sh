@@ -1,5 +1,5 @@
 # xenci-scenario: grant-many
-# xenci-ci: no
+# xenci-ci: yes
 # xenci-peer: no
 # xenci-budget: 300
 # xenci-about: a granter of ours gives 16,384 pages (64 MiB); the mapper maps them all (batches of 64, 32 device subsections), verifies, checksum back; census == Xen; unmap gives every device subsection's memmap back

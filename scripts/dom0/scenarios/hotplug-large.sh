@@ -1,5 +1,5 @@
 # xenci-scenario: hotplug-large
-# xenci-ci: no
+# xenci-ci: yes
 # xenci-peer: yes
 # xenci-budget: 420
 # xenci-qemu-mb: 4608
