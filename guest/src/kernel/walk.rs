@@ -17,7 +17,8 @@ use guest::mm::{Pfn, PfnRange, StateKind};
 use crate::kmem::Model;
 
 pub struct Walker {
-    /// Everything a page can live in: boot RAM up to the end of the device window.
+    /// Everything a page can live in: boot RAM up to the end of whichever window lies
+    /// higher (the device window sits below the hot-add window since save/restore).
     range: PfnRange,
     runs: u64,
     mismatches: u64,
@@ -31,7 +32,7 @@ pub struct Walker {
 impl Walker {
     pub fn new(window: &HotplugWindow) -> Self {
         Walker {
-            range: PfnRange::new(Pfn(0), window.device.end),
+            range: PfnRange::new(Pfn(0), window.device.end.max(window.ram.end)),
             runs: 0,
             mismatches: 0,
             last_pages: 0,
