@@ -1170,3 +1170,27 @@ fn storage_frames_in_a_hot_section_are_evacuated_so_it_can_go() {
     assert_eq!(w.mm.census().memmap_bytes, boot_memmap);
     check(&mut w);
 }
+
+/// A provider capped by a budget (the `hotplug-fail` switch) gains nothing from frames:
+/// a refill stops after one instead of taking every free 2 MiB block, and the trim gives
+/// it back.
+#[test]
+fn a_capped_provider_takes_one_frame_not_all() {
+    let mut w = world(
+        256,
+        1024,
+        Budgeted::new(
+            FrameReserve::new(Budgeted::new(HeapStorage, usize::MAX), HeapFrames),
+            usize::MAX,
+        ),
+    );
+    w.mm.with_storage(|s| s.set_budget(s.used()));
+    let free = w.mm.census().pages_in(StateKind::Free);
+    assert!(matches!(
+        w.mm.refill_storage(1 << 20),
+        Err(MmError::StorageExhausted { .. })
+    ));
+    assert_eq!(w.mm.with_storage(|s| s.frames()), 1);
+    assert_eq!(w.mm.trim_storage(), 1);
+    assert_eq!(w.mm.census().pages_in(StateKind::Free), free);
+}

@@ -498,12 +498,11 @@ impl<S: MemmapStorage> MemModel<S> {
     pub fn refill_storage(&self, bytes: usize) -> Result<usize, MmError> {
         let mut added = 0;
         loop {
-            let free = self.with_storage(|s| s.free_bytes());
-            match free {
+            let free = match self.with_storage(|s| s.free_bytes()) {
                 None => return Ok(added),
                 Some(f) if f >= bytes => return Ok(added),
-                Some(_) => {}
-            }
+                Some(f) => f,
+            };
             let pfn = self.alloc_frames_lowest(MAX_ORDER)?;
             if !self.with_storage(|s| s.add_frame(pfn)) {
                 self.free_frames(pfn, MAX_ORDER)
@@ -511,6 +510,15 @@ impl<S: MemmapStorage> MemModel<S> {
                 return Err(MmError::StorageExhausted { bytes });
             }
             added += 1;
+            if self
+                .with_storage(|s| s.free_bytes())
+                .is_some_and(|f| f <= free)
+            {
+                // The frame did not make room (a budget caps the provider): stop, or this
+                // would take every free 2 MiB block. The unused frame goes back with the
+                // caller's next `trim_storage`.
+                return Err(MmError::StorageExhausted { bytes });
+            }
         }
     }
 
