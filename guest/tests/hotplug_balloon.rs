@@ -1176,7 +1176,7 @@ fn storage_frames_in_a_hot_section_are_evacuated_so_it_can_go() {
 /// it back.
 #[test]
 fn a_capped_provider_takes_one_frame_not_all() {
-    let mut w = world(
+    let w = world(
         256,
         1024,
         Budgeted::new(
