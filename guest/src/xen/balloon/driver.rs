@@ -57,7 +57,7 @@ const KIB_PER_PAGE: u64 = 4;
 
 /// Default floor: 32 MiB. What this kernel needs to stay alive with room to spare: the
 /// image and boot data (~3 MiB), memmap storage (8 KiB per 2 MiB of RAM: 4 MiB for a
-/// 1 GiB maxmem, plus 4 MiB of hotplug headroom), the heap (grows in 2 MiB frames;
+/// 1 GiB maxmem, plus ~0.8 MiB of storage headroom), the heap (grows in 2 MiB frames;
 /// xenstore, console and balloon buffers), page tables, and headroom for the allocator.
 /// Linux has no floor and can balloon itself into an OOM panic.
 pub const DEFAULT_FLOOR_KIB: u64 = 32 * 1024;
