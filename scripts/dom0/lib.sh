@@ -33,9 +33,9 @@ say() {
     echo "xenci[$SCENARIO] $*" >&3
 }
 
-# A measurement the host report shows: XENCI INFO <scenario> key=value
+# A measurement the host report shows: XENCI <nonce> INFO <scenario> key=value
 info() {
-    echo "XENCI INFO $SCENARIO $*" >&3
+    echo "XENCI $XENCI_NONCE INFO $SCENARIO $*" >&3
 }
 
 # End the scenario as FAIL with a one-line reason; show the last guest lines as context.
@@ -52,19 +52,19 @@ skip() {
     exit 77
 }
 
-# The last lines of the subject's console log, as `XENCI LOG <scenario> | line`, so the
+# The last lines of the subject's console log, as `XENCI <nonce> LOG <scenario> | line`, so the
 # host report can print them under a failure. Falls back to the hypervisor's copy of the
 # guest's port-0xE9 output (`(dN) ...` in xl dmesg) when the console log is empty.
 show_guest_log() {
     local n=${1:-15}
     {
         if [ -n "${CONSOLE_LOG:-}" ] && [ -s "$CONSOLE_LOG" ]; then
-            tail -n "$n" "$CONSOLE_LOG" | sed "s/^/XENCI LOG $SCENARIO | /"
+            tail -n "$n" "$CONSOLE_LOG" | sed "s/^/XENCI $XENCI_NONCE LOG $SCENARIO | /"
         elif [ -n "${DOMID:-}" ]; then
-            xl dmesg 2>/dev/null | grep "(d$DOMID)" | tail -n "$n" | sed "s/^/XENCI LOG $SCENARIO | /"
+            xl dmesg 2>/dev/null | grep "(d$DOMID)" | tail -n "$n" | sed "s/^/XENCI $XENCI_NONCE LOG $SCENARIO | /"
         fi
         if [ -s "$XL_LOG" ]; then
-            tail -n 5 "$XL_LOG" | sed "s/^/XENCI LOG $SCENARIO | xl: /"
+            tail -n 5 "$XL_LOG" | sed "s/^/XENCI $XENCI_NONCE LOG $SCENARIO | xl: /"
         fi
     } >&3
 }

@@ -57,33 +57,52 @@ pub struct RunFacts {
     pub qemu_status: Option<i32>,
     /// The time limit given to `timeout`, in seconds.
     pub limit_secs: Option<u64>,
+    /// This run's secret: the host made it and handed it to dom0's runner only (inside the
+    /// dom0 initramfs). A marker counts only when it carries it; without one, none does.
+    pub nonce: Option<String>,
 }
+
+/// The shortest nonce the verdict tool accepts (hex digits: 64 bits).
+pub const MIN_NONCE_LEN: usize = 16;
 
 /// How many lines of context to keep under a failure.
 const CONTEXT_LINES: usize = 12;
 
 #[derive(Debug, Default)]
 struct ScenarioLog {
-    began: bool,
-    end: Option<(Status, Option<f64>, String)>,
+    /// Line indices of its BEGIN markers (exactly one is right).
+    begins: Vec<usize>,
+    /// Every verdict marker, in order: (status, secs, reason, line index). Exactly one,
+    /// after the BEGIN, is right.
+    ends: Vec<(Status, Option<f64>, String, usize)>,
     void: Option<String>,
     info: Vec<String>,
     log: Vec<String>,
-    /// Index (in the serial log's lines) of the BEGIN marker.
-    begin_line: usize,
+}
+
+impl ScenarioLog {
+    fn begin_line(&self) -> usize {
+        self.begins.first().copied().unwrap_or(0)
+    }
 }
 
 /// Everything found in a serial log.
 #[derive(Debug, Default)]
 struct Parsed {
     scenarios: Vec<(String, ScenarioLog)>,
-    started: bool,
-    done: bool,
+    started: usize,
+    /// The DONE markers' counts: (pass, fail, skip), `None` where unreadable.
+    done: Vec<Option<(usize, usize, usize)>>,
     abort: Option<String>,
     xen_panic: Option<(usize, String)>,
     dom0_panic: Option<(usize, String)>,
     /// Guest crashes seen by Xen or printed by a guest on port 0xE9: (line index, text).
     guest_crashes: Vec<(usize, String)>,
+    /// Harness markers after the (first) DONE: nothing may follow it.
+    after_done: usize,
+    /// Lines that look like markers but are not the harness's (no or wrong nonce, not at
+    /// the start of the line, e.g. a guest's `(d3) XENCI PASS boot`): (line index, text).
+    ignored: Vec<(usize, String)>,
     lines: Vec<String>,
 }
 
@@ -129,11 +148,23 @@ fn parse_end(rest: &str) -> (Option<f64>, String) {
     (secs, words.collect::<Vec<_>>().join(" "))
 }
 
+/// `pass=N fail=N skip=N ...` of a DONE marker.
+fn parse_done(rest: &str) -> Option<(usize, usize, usize)> {
+    let get = |key: &str| {
+        rest.split_whitespace().find_map(|w| {
+            w.strip_prefix(key)?
+                .strip_prefix('=')?
+                .parse::<usize>()
+                .ok()
+        })
+    };
+    Some((get("pass")?, get("fail")?, get("skip")?))
+}
+
 /// Is this a guest's crash as seen in the serial log?
 fn guest_crash_text(line: &str) -> Option<String> {
-    let body = strip_xen_prefix(line);
     // Our guest prints its panic on port 0xE9, which Xen shows as "(dN) PANIC ...".
-    if let Some(rest) = line.trim_start().strip_prefix("(d") {
+    if let Some(rest) = line.strip_prefix("(d") {
         if let Some(close) = rest.find(") ") {
             let mut msg = rest[close + 2..].trim_start();
             // Xen's console timestamp and our kernel's "[    1.234567] " may precede it.
@@ -147,8 +178,14 @@ fn guest_crash_text(line: &str) -> Option<String> {
                 return Some(format!("d{} {}", &rest[..close], msg));
             }
         }
+        return None;
     }
-    // Xen's own view: a domain crashed (triple fault, unhandled exception, ...).
+    // Xen's own view (only Xen's lines: a guest cannot print "(XEN)" at a line start): a
+    // domain crashed (triple fault, unhandled exception, ...).
+    if !line.starts_with("(XEN)") {
+        return None;
+    }
+    let body = strip_xen_prefix(line);
     if body.contains("Triple fault")
         || body.contains("domain_crash called from")
         || (body.starts_with("Domain ") && body.contains(") crashed"))
@@ -158,7 +195,32 @@ fn guest_crash_text(line: &str) -> Option<String> {
     None
 }
 
-fn parse(serial: &str) -> Parsed {
+/// dom0's kernel panic: the kernel's own line, `Kernel panic - ...` at the start or after
+/// its `[  12.345678] ` timestamp — never text quoted inside another line.
+fn dom0_panic_text(line: &str) -> Option<String> {
+    let mut s = line;
+    if s.starts_with('[') {
+        let end = s.find("] ")?;
+        let stamp = s[1..end].trim();
+        if stamp.is_empty() || !stamp.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return None;
+        }
+        s = &s[end + 2..];
+    }
+    s.starts_with("Kernel panic - not syncing")
+        .then(|| s.to_string())
+}
+
+/// The harness marker in `line`, if it is one: `XENCI <nonce> KIND ...` at the very start
+/// of the line with this run's nonce. Returns the text after the nonce.
+fn harness_marker<'a>(line: &'a str, nonce: Option<&str>) -> Option<&'a str> {
+    let nonce = nonce.filter(|n| n.len() >= MIN_NONCE_LEN)?;
+    let rest = line.strip_prefix("XENCI ")?;
+    let (word, rest) = rest.split_once(' ')?;
+    (word == nonce).then_some(rest)
+}
+
+fn parse(serial: &str, nonce: Option<&str>) -> Parsed {
     let mut p = Parsed {
         lines: serial
             .lines()
@@ -168,45 +230,51 @@ fn parse(serial: &str) -> Parsed {
     };
     for idx in 0..p.lines.len() {
         let line = p.lines[idx].clone();
-        // Xen panics print "Panic on CPU n:" and the message on the next line.
-        if p.xen_panic.is_none() && line.contains("Panic on CPU") {
+        // Xen panics print "(XEN) Panic on CPU n:" and the message on the next line.
+        if p.xen_panic.is_none()
+            && line.starts_with("(XEN)")
+            && strip_xen_prefix(&line).starts_with("Panic on CPU")
+        {
             let msg = p
                 .lines
                 .get(idx + 1)
+                .filter(|l| l.starts_with("(XEN)"))
                 .map(|l| strip_xen_prefix(l).to_string())
                 .filter(|m| !m.is_empty() && !m.starts_with("****"))
                 .unwrap_or_else(|| strip_xen_prefix(&line).to_string());
             p.xen_panic = Some((idx, msg));
         }
-        // Not a guest's line (`(dN)`), nor the runner quoting a guest's panic as a reason.
-        let quoted = line.contains("XENCI ") || line.starts_with("xenci[");
-        if p.dom0_panic.is_none() && !line.starts_with("(d") && !quoted {
-            if let Some(i) = line.find("Kernel panic - not syncing") {
-                p.dom0_panic = Some((idx, line[i..].to_string()));
+        if p.dom0_panic.is_none() {
+            if let Some(text) = dom0_panic_text(&line) {
+                p.dom0_panic = Some((idx, text));
             }
         }
         if let Some(text) = guest_crash_text(&line) {
             p.guest_crashes.push((idx, text));
         }
-        // Markers may be preceded by interleaved output on the same line: search.
-        let Some(pos) = line.find("XENCI ") else {
+        // Only dom0's runner knows the nonce; guest text always arrives prefixed ("(dN) ",
+        // "XENCI <nonce> LOG ...", "xenci[...] ..."), so a marker must start the line.
+        let Some(marker) = harness_marker(&line, nonce) else {
+            // Timeline samples (`XENCI SAMPLE`, unsigned chart data, never a verdict) are
+            // not counted as forgeries.
+            if line.contains("XENCI") && !line.starts_with("XENCI SAMPLE ") {
+                p.ignored.push((idx, line.clone()));
+            }
             continue;
         };
-        let marker = &line[pos + "XENCI ".len()..];
+        if !p.done.is_empty() {
+            p.after_done += 1;
+        }
         let (kind, rest) = marker.split_once(' ').unwrap_or((marker, ""));
         let (name, rest) = rest.split_once(' ').unwrap_or((rest, ""));
         match kind {
-            "START" => p.started = true,
-            "DONE" => p.done = true,
+            "START" => p.started += 1,
+            "DONE" => p.done.push(parse_done(&format!("{name} {rest}"))),
             "ABORT" => {
                 p.abort
                     .get_or_insert_with(|| format!("{name} {rest}").trim().to_string());
             }
-            "BEGIN" => {
-                let s = p.scenario(name);
-                s.began = true;
-                s.begin_line = idx;
-            }
+            "BEGIN" => p.scenario(name).begins.push(idx),
             "PASS" | "FAIL" | "SKIP" => {
                 let status = match kind {
                     "PASS" => Status::Pass,
@@ -214,7 +282,7 @@ fn parse(serial: &str) -> Parsed {
                     _ => Status::Skip,
                 };
                 let (secs, reason) = parse_end(rest);
-                p.scenario(name).end = Some((status, secs, reason));
+                p.scenario(name).ends.push((status, secs, reason, idx));
             }
             "VOID" => {
                 p.scenario(name).void = Some(rest.to_string());
@@ -230,6 +298,59 @@ fn parse(serial: &str) -> Parsed {
     p
 }
 
+/// Whole-run protocol errors: the runner prints one START, one BEGIN and one verdict per
+/// scenario, then one DONE whose counts are the verdicts it printed, and nothing after.
+fn protocol_errors(p: &Parsed) -> Vec<String> {
+    let mut errs = Vec::new();
+    if p.started > 1 {
+        errs.push(format!("{} START markers (one run prints one)", p.started));
+    }
+    if p.done.len() > 1 {
+        errs.push(format!(
+            "{} DONE markers (one run prints one)",
+            p.done.len()
+        ));
+    }
+    if p.after_done > 0 {
+        errs.push(format!("{} marker(s) after DONE", p.after_done));
+    }
+    if let Some(done) = p.done.first() {
+        let mut seen = (0, 0, 0);
+        for (_, s) in &p.scenarios {
+            for (st, ..) in &s.ends {
+                match st {
+                    Status::Pass => seen.0 += 1,
+                    Status::Fail => seen.1 += 1,
+                    Status::Skip => seen.2 += 1,
+                }
+            }
+            // The runner counts a voided scenario as one more failure.
+            if s.void.is_some() {
+                seen.1 += 1;
+            }
+        }
+        match done {
+            None => errs.push("DONE marker without pass=/fail=/skip= counts".to_string()),
+            Some(d) if *d != seen => errs.push(format!(
+                "DONE says pass={} fail={} skip={} but the log has {} PASS, {} FAIL (+VOID), {} SKIP",
+                d.0, d.1, d.2, seen.0, seen.1, seen.2
+            )),
+            Some(_) => {}
+        }
+    }
+    errs
+}
+
+/// Lines of a serial log that look like harness markers but are not: no nonce or the
+/// wrong one, or not at the start of the line (a guest's `(d3) XENCI PASS boot`).
+pub fn ignored_markers(serial: &str, nonce: Option<&str>) -> Vec<String> {
+    parse(serial, nonce)
+        .ignored
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect()
+}
+
 /// Why the run stopped early, in order of what explains the most: a Xen panic, a dom0
 /// kernel panic, the runner's own abort, the time limit, or QEMU simply exiting.
 fn run_stop_cause(p: &Parsed, facts: &RunFacts) -> Option<String> {
@@ -242,14 +363,15 @@ fn run_stop_cause(p: &Parsed, facts: &RunFacts) -> Option<String> {
     if let Some(msg) = &p.abort {
         return Some(format!("dom0 aborted: {msg}"));
     }
+    let done = !p.done.is_empty();
     match facts.qemu_status {
         Some(124) | Some(137) => Some(match facts.limit_secs {
             Some(l) => format!("timeout: the run hit its {l}s limit (hung guest, dom0 or Xen)"),
             None => "timeout: the run hit its time limit (hung guest, dom0 or Xen)".to_string(),
         }),
-        Some(0) if !p.done => Some("QEMU exited without the DONE marker".to_string()),
+        Some(0) if !done => Some("QEMU exited without the DONE marker".to_string()),
         Some(rc) if rc != 0 => Some(format!("QEMU exited with status {rc}")),
-        _ if !p.done => Some("the serial log ends without the DONE marker".to_string()),
+        _ if !done => Some("the serial log ends without the DONE marker".to_string()),
         _ => None,
     }
 }
@@ -277,16 +399,25 @@ fn serial_context(p: &Parsed, from: usize) -> Vec<String> {
 /// Judge the requested scenarios from the serial log.
 ///
 /// `prefailed` are scenarios the host already failed (e.g. the guest did not build); they
-/// were not run. A scenario passes only with its own PASS marker, from a run that was not
-/// voided; anything missing is a FAIL with the best available reason.
+/// were not run. A scenario passes only with exactly one PASS marker of its own, carrying
+/// this run's nonce (`facts.nonce`) at the start of a line, after its BEGIN, from a run
+/// that was not voided and whose DONE counts match; anything else is a FAIL with the
+/// best available reason.
 pub fn judge(
     serial: &str,
     requested: &[String],
     prefailed: &[(String, String)],
     facts: &RunFacts,
 ) -> Vec<Verdict> {
-    let p = parse(serial);
-    let stop = run_stop_cause(&p, facts);
+    let nonce = facts.nonce.as_deref().filter(|n| n.len() >= MIN_NONCE_LEN);
+    let p = parse(serial, nonce);
+    let stop = if nonce.is_none() {
+        Some(format!(
+            "no run nonce (at least {MIN_NONCE_LEN} characters) given to the verdict tool: no marker can be trusted"
+        ))
+    } else {
+        run_stop_cause(&p, facts)
+    };
     let mut out = Vec::new();
     for name in requested {
         let mut v = Verdict {
@@ -305,7 +436,7 @@ pub fn judge(
         let Some(s) = p.get(name) else {
             v.reason = match &stop {
                 Some(cause) => format!("not run: {cause}"),
-                None if !p.started => "not run: the dom0 runner never started".to_string(),
+                None if p.started == 0 => "not run: the dom0 runner never started".to_string(),
                 None => "not run: the dom0 runner did not report it".to_string(),
             };
             v.context = serial_context(&p, 0);
@@ -313,17 +444,9 @@ pub fn judge(
             continue;
         };
         v.info = s.info.clone();
-        match &s.end {
-            Some((status, secs, reason)) => {
-                v.status = *status;
-                v.secs = *secs;
-                v.reason = reason.clone();
-                if v.status == Status::Fail && v.reason.is_empty() {
-                    v.reason = "the scenario failed without a reason".to_string();
-                }
-                v.context = s.log.clone();
-            }
-            None => {
+        let begin = s.begins.first().copied();
+        match s.ends.as_slice() {
+            [] => {
                 let cause = stop
                     .clone()
                     .unwrap_or_else(|| "no result marker".to_string());
@@ -331,15 +454,48 @@ pub fn judge(
                 let crash = p
                     .guest_crashes
                     .iter()
-                    .find(|(i, _)| *i >= s.begin_line)
+                    .find(|(i, _)| *i >= s.begin_line())
                     .map(|(_, t)| t.clone());
                 v.reason = match crash {
                     Some(c) => format!("did not finish: {cause} (after guest crash: {c})"),
                     None => format!("did not finish: {cause}"),
                 };
                 v.context = s.log.clone();
-                v.context.extend(serial_context(&p, s.begin_line));
+                v.context.extend(serial_context(&p, s.begin_line()));
             }
+            [(status, secs, reason, at)] => {
+                v.status = *status;
+                v.secs = *secs;
+                v.reason = reason.clone();
+                if v.status == Status::Fail && v.reason.is_empty() {
+                    v.reason = "the scenario failed without a reason".to_string();
+                }
+                v.context = s.log.clone();
+                if begin.is_none_or(|b| b > *at) {
+                    v.status = Status::Fail;
+                    v.reason = format!(
+                        "protocol: {} marker without a BEGIN before it",
+                        status.as_str()
+                    );
+                }
+            }
+            many => {
+                let kinds: Vec<&str> = many.iter().map(|(st, ..)| st.as_str()).collect();
+                v.secs = many[0].1;
+                v.reason = format!(
+                    "protocol: {} verdict markers ({}), want exactly one",
+                    many.len(),
+                    kinds.join(", ")
+                );
+                v.context = s.log.clone();
+            }
+        }
+        if s.begins.len() > 1 && v.status != Status::Fail {
+            v.status = Status::Fail;
+            v.reason = format!(
+                "protocol: {} BEGIN markers, want exactly one",
+                s.begins.len()
+            );
         }
         if let Some(why) = &s.void {
             if v.status != Status::Fail {
@@ -354,8 +510,16 @@ pub fn judge(
         out.push(v);
     }
     // Problems that no scenario carries: e.g. Xen panicked while tearing down after the
-    // last scenario passed. Never let those pass silently.
-    if let Some(cause) = stop {
+    // last scenario passed, or the runner's DONE does not add up. Never let those pass.
+    let mut run_errors: Vec<String> = stop.into_iter().collect();
+    if nonce.is_some() {
+        run_errors.extend(
+            protocol_errors(&p)
+                .into_iter()
+                .map(|e| format!("protocol: {e}")),
+        );
+    }
+    for cause in run_errors {
         if !out.iter().any(|v| v.reason.contains(&cause)) {
             out.push(Verdict {
                 name: RUN.to_string(),
@@ -569,11 +733,30 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    const NONCE: &str = "5f1c9a0e7b3d2468a1b2c3d4e5f60718";
+
     fn exited_ok() -> RunFacts {
         RunFacts {
             qemu_status: Some(0),
             limit_secs: Some(300),
+            nonce: Some(NONCE.to_string()),
         }
+    }
+
+    /// Give every marker at a line start this run's nonce, as dom0's runner prints them.
+    fn sign(log: &str) -> String {
+        log.split_inclusive('\n')
+            .map(|l| match l.strip_prefix("XENCI ") {
+                // Timeline samples are chart data, not markers: unsigned (lib.sh `sample`).
+                Some(rest) if !rest.starts_with("SAMPLE ") => format!("XENCI {NONCE} {rest}"),
+                None => l.to_string(),
+            })
+            .collect()
+    }
+
+    /// `judge` on a log whose markers the runner signed.
+    fn j(log: &str, req: &[String], pre: &[(String, String)], facts: &RunFacts) -> Vec<Verdict> {
+        judge(&sign(log), req, pre, facts)
     }
 
     const CLEAN: &str = "\
@@ -591,7 +774,7 @@ XENCI DONE pass=2 fail=0 skip=0 t=10.60
 
     #[test]
     fn clean_run_passes_with_times_and_info() {
-        let v = judge(CLEAN, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        let v = j(CLEAN, &names(&["boot", "shutdown"]), &[], &exited_ok());
         assert_eq!(v.len(), 2);
         assert!(v.iter().all(|v| v.status == Status::Pass), "{v:?}");
         assert_eq!(v[0].secs, Some(2.5));
@@ -610,7 +793,7 @@ XENCI BEGIN boot t=5.02
 (XEN) [   12.000003] ****************************************
 (XEN) [   12.000004] Reboot in five seconds...
 ";
-        let v = judge(log, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        let v = j(log, &names(&["boot", "shutdown"]), &[], &exited_ok());
         assert_eq!(v[0].status, Status::Fail);
         assert_eq!(v[0].reason, "did not finish: Xen panic: FATAL PAGE FAULT");
         assert!(v[0].context.iter().any(|l| l.contains("Panic on CPU 0")));
@@ -623,7 +806,7 @@ XENCI BEGIN boot t=5.02
         let log = format!(
             "{CLEAN}(XEN) Panic on CPU 0:\n(XEN) Assertion 'x' failed at common/page_alloc.c:1\n"
         );
-        let v = judge(&log, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        let v = j(&log, &names(&["boot", "shutdown"]), &[], &exited_ok());
         assert_eq!(v.len(), 3);
         assert_eq!(v[2].name, RUN);
         assert_eq!(v[2].status, Status::Fail);
@@ -638,7 +821,7 @@ XENCI START t=5.01 scenarios=reboot
 XENCI BEGIN reboot t=5.02
 xenci[reboot] xl create -F scripts/guest.cfg name=\"xenci-reboot-guest\"
 ";
-        let v = judge(log, &names(&["reboot"]), &[], &exited_ok());
+        let v = j(log, &names(&["reboot"]), &[], &exited_ok());
         assert_eq!(v[0].status, Status::Fail);
         assert_eq!(
             v[0].reason,
@@ -649,7 +832,7 @@ xenci[reboot] xl create -F scripts/guest.cfg name=\"xenci-reboot-guest\"
 
     #[test]
     fn requested_scenario_without_any_marker_fails() {
-        let v = judge(CLEAN, &names(&["boot", "crash"]), &[], &exited_ok());
+        let v = j(CLEAN, &names(&["boot", "crash"]), &[], &exited_ok());
         assert_eq!(v[0].status, Status::Pass);
         assert_eq!(v[1].status, Status::Fail);
         assert_eq!(v[1].reason, "not run: the dom0 runner did not report it");
@@ -657,7 +840,7 @@ xenci[reboot] xl create -F scripts/guest.cfg name=\"xenci-reboot-guest\"
 
     #[test]
     fn empty_log_fails_everything() {
-        let v = judge("", &names(&["boot"]), &[], &exited_ok());
+        let v = j("", &names(&["boot"]), &[], &exited_ok());
         assert_eq!(v[0].status, Status::Fail);
         assert_eq!(v[0].reason, "not run: QEMU exited without the DONE marker");
     }
@@ -668,8 +851,9 @@ xenci[reboot] xl create -F scripts/guest.cfg name=\"xenci-reboot-guest\"
         let facts = RunFacts {
             qemu_status: Some(124),
             limit_secs: Some(120),
+            nonce: Some(NONCE.to_string()),
         };
-        let v = judge(log, &names(&["boot"]), &[], &facts);
+        let v = j(log, &names(&["boot"]), &[], &facts);
         assert_eq!(
             v[0].reason,
             "did not finish: timeout: the run hit its 120s limit (hung guest, dom0 or Xen)"
@@ -682,7 +866,7 @@ xenci[reboot] xl create -F scripts/guest.cfg name=\"xenci-reboot-guest\"
             xenci[boot@linux] FAIL: domain crashed: [ 15.1] Kernel panic - not syncing: oom\n\
             XENCI FAIL boot@linux 3.00 t=4.00 domain crashed: [ 15.1] Kernel panic - not syncing: oom\n\
             XENCI DONE pass=0 fail=1 skip=0 t=5\n";
-        let v = judge(log, &names(&["boot@linux"]), &[], &exited_ok());
+        let v = j(log, &names(&["boot@linux"]), &[], &exited_ok());
         assert_eq!(v.len(), 1, "no (run) verdict: {v:?}");
         assert!(v[0].reason.starts_with("domain crashed"), "{}", v[0].reason);
         // A real dom0 panic still is one.
@@ -690,7 +874,7 @@ xenci[reboot] xl create -F scripts/guest.cfg name=\"xenci-reboot-guest\"
             "XENCI DONE",
             "[ 9.9] Kernel panic - not syncing: dom0\nXENCI DONE",
         );
-        let v = judge(&log, &names(&["boot@linux"]), &[], &exited_ok());
+        let v = j(&log, &names(&["boot@linux"]), &[], &exited_ok());
         assert!(
             v.iter().any(|v| v.reason.contains("dom0 Kernel panic")),
             "{v:?}"
@@ -707,8 +891,9 @@ xenci[reboot] xl create -F scripts/guest.cfg name=\"xenci-reboot-guest\"
         let facts = RunFacts {
             qemu_status: Some(124),
             limit_secs: Some(120),
+            nonce: Some(NONCE.to_string()),
         };
-        let v = judge(&log, &names(&["boot"]), &[], &facts);
+        let v = j(&log, &names(&["boot"]), &[], &facts);
         assert!(
             v[0].context
                 .iter()
@@ -736,7 +921,7 @@ XENCI LOG boot | PANIC at guest/src/main.rs:12:5: page fault at 0xdead
 XENCI FAIL boot 1.90 t=6.92 domain crashed: PANIC at guest/src/main.rs:12:5: page fault at 0xdead
 XENCI DONE pass=0 fail=1 skip=0 t=7.00
 ";
-        let v = judge(log, &names(&["boot"]), &[], &exited_ok());
+        let v = j(log, &names(&["boot"]), &[], &exited_ok());
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].status, Status::Fail);
         assert_eq!(v[0].secs, Some(1.9));
@@ -759,8 +944,9 @@ XENCI BEGIN boot t=5.02
         let facts = RunFacts {
             qemu_status: Some(124),
             limit_secs: Some(120),
+            nonce: Some(NONCE.to_string()),
         };
-        let v = judge(log, &names(&["boot"]), &[], &facts);
+        let v = j(log, &names(&["boot"]), &[], &facts);
         assert_eq!(v[0].status, Status::Fail);
         assert!(
             v[0].reason
@@ -794,7 +980,7 @@ XENCI START t=5.01 scenarios=boot
 XENCI BEGIN boot t=5.02
 [   30.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b
 ";
-        let v = judge(log, &names(&["boot"]), &[], &exited_ok());
+        let v = j(log, &names(&["boot"]), &[], &exited_ok());
         assert_eq!(
             v[0].reason,
             "did not finish: dom0 Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b"
@@ -804,7 +990,7 @@ XENCI BEGIN boot t=5.02
     #[test]
     fn abort_before_any_scenario() {
         let log = "XENCI ABORT toolstack: no xenstored socket after 10s\n";
-        let v = judge(log, &names(&["boot"]), &[], &exited_ok());
+        let v = j(log, &names(&["boot"]), &[], &exited_ok());
         assert_eq!(
             v[0].reason,
             "not run: dom0 aborted: toolstack: no xenstored socket after 10s"
@@ -817,7 +1003,7 @@ XENCI BEGIN boot t=5.02
             "XENCI BEGIN shutdown",
             "XENCI VOID boot dom0 tool binaries changed\nXENCI BEGIN shutdown",
         );
-        let v = judge(&log, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        let v = j(&log, &names(&["boot", "shutdown"]), &[], &exited_ok());
         assert_eq!(v[0].status, Status::Fail);
         assert_eq!(
             v[0].reason,
@@ -835,7 +1021,7 @@ XENCI SKIP selftest 4.00 t=9.02 the guest's self-tests reported SKIP
 XENCI DONE pass=0 fail=0 skip=1 t=9.10
 ";
         let pre = vec![("boot".to_string(), "guest build failed".to_string())];
-        let v = judge(log, &names(&["selftest", "boot"]), &pre, &exited_ok());
+        let v = j(log, &names(&["selftest", "boot"]), &pre, &exited_ok());
         assert_eq!(v[0].status, Status::Skip);
         assert_eq!(v[0].reason, "the guest's self-tests reported SKIP");
         assert_eq!(v[1].status, Status::Fail);
@@ -843,17 +1029,180 @@ XENCI DONE pass=0 fail=0 skip=1 t=9.10
     }
 
     #[test]
-    fn marker_after_interleaved_output_and_crlf() {
-        let log = "XENCI START t=1 scenarios=boot\r\n(d1) hello XENCI BEGIN boot t=5.02\r\nfoo XENCI PASS boot 1.00 t=6.02\r\nXENCI DONE pass=1 fail=0 skip=0 t=7\r\n";
-        let v = judge(log, &names(&["boot"]), &[], &exited_ok());
+    fn crlf_markers_count() {
+        let log = "XENCI START t=1 scenarios=boot\r\nXENCI BEGIN boot t=5.02\r\nXENCI PASS boot 1.00 t=6.02\r\nXENCI DONE pass=1 fail=0 skip=0 t=7\r\n";
+        let v = j(log, &names(&["boot"]), &[], &exited_ok());
         assert_eq!(v[0].status, Status::Pass, "{v:?}");
     }
 
     #[test]
     fn fail_marker_without_reason_gets_one() {
-        let log = "XENCI START t=1\nXENCI BEGIN boot t=1\nXENCI FAIL boot 1.00 t=2\nXENCI DONE\n";
-        let v = judge(log, &names(&["boot"]), &[], &exited_ok());
+        let log = "XENCI START t=1\nXENCI BEGIN boot t=1\nXENCI FAIL boot 1.00 t=2\nXENCI DONE pass=0 fail=1 skip=0\n";
+        let v = j(log, &names(&["boot"]), &[], &exited_ok());
         assert_eq!(v[0].reason, "the scenario failed without a reason");
+    }
+
+    // ---- forged markers: only dom0's runner knows the nonce, and it starts its lines.
+
+    /// A run in which `boot` really failed, plus the given extra lines before DONE.
+    fn failed_boot_with(extra: &str) -> String {
+        format!(
+            "{}{extra}{}",
+            sign(
+                "XENCI START t=1 scenarios=boot,shutdown\nXENCI BEGIN boot t=1\n\
+                 XENCI FAIL boot 2.00 t=3 no ready marker\nXENCI BEGIN shutdown t=3\n\
+                 XENCI PASS shutdown 1.00 t=4\n"
+            ),
+            sign("XENCI DONE pass=1 fail=1 skip=0 t=5\n")
+        )
+    }
+
+    fn assert_unaffected(extra: &str) {
+        let log = failed_boot_with(extra);
+        let v = judge(&log, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        assert_eq!(v.len(), 2, "{extra:?}: {v:?}");
+        assert_eq!(v[0].status, Status::Fail, "{extra:?}");
+        assert_eq!(v[0].reason, "no ready marker", "{extra:?}");
+        assert_eq!(v[1].status, Status::Pass, "{extra:?}");
+    }
+
+    #[test]
+    fn forged_markers_in_guest_lines_are_ignored() {
+        // Port 0xE9 as Xen shows it: "(dN) ..." — even with the right nonce inside.
+        assert_unaffected("(d3) XENCI PASS boot 1.00 t=2\n");
+        assert_unaffected(&format!("(d3) XENCI {NONCE} PASS boot 1.00 t=2\n"));
+        assert_unaffected("(d3) [    0.5] XENCI FAIL shutdown 1.00 t=2 forged\n");
+        // A carriage return would put it at a terminal's line start, not at ours.
+        assert_unaffected("(d3) \rXENCI PASS boot 1.00 t=2\n");
+        // The guest's console as dom0 shows it under a failure, or in a progress line.
+        assert_unaffected(&format!(
+            "XENCI {NONCE} LOG boot | XENCI PASS boot 1.00 t=2\n"
+        ));
+        assert_unaffected("xenci[boot] marker: XENCI PASS boot 1.00 t=2\n");
+        // Guest text that made it to a line start (e.g. a newline inside a xenstore value
+        // dom0 printed): no nonce, a guessed one, a short one, or a prefix of the real one.
+        assert_unaffected("XENCI PASS boot 1.00 t=2\n");
+        assert_unaffected("XENCI 0000000000000000 PASS boot 1.00 t=2\n");
+        assert_unaffected(&format!("XENCI {} PASS boot 1.00 t=2\n", &NONCE[..8]));
+        assert_unaffected(&format!("XENCI {}0 PASS boot 1.00 t=2\n", NONCE));
+        assert_unaffected(" XENCI PASS boot 1.00 t=2\n");
+        // Each of those is counted as ignored (the report says how many).
+        let log = failed_boot_with("(d3) XENCI PASS boot\nXENCI 0000000000000000 PASS boot\n");
+        assert_eq!(ignored_markers(&log, Some(NONCE)).len(), 2);
+    }
+
+    #[test]
+    fn forged_crash_and_panic_lines_are_not_believed() {
+        // A guest printing Xen's or dom0's panic text must not stop the run.
+        assert_unaffected("(d3) (XEN) Panic on CPU 0:\n(d3) (XEN) FATAL PAGE FAULT\n");
+        assert_unaffected("(d3) [   30.1] Kernel panic - not syncing: forged\n");
+        assert_unaffected("xenci[boot] marker: Kernel panic - not syncing: forged\n");
+        let p = parse("(d3) Domain 3 (vcpu#0) crashed\n", Some(NONCE));
+        assert!(p.guest_crashes.is_empty());
+        assert_eq!(
+            dom0_panic_text("[   30.123456] Kernel panic - not syncing: x").as_deref(),
+            Some("Kernel panic - not syncing: x")
+        );
+    }
+
+    #[test]
+    fn a_second_verdict_fails_the_scenario() {
+        for second in ["PASS", "FAIL", "SKIP"] {
+            let log = format!(
+                "XENCI START t=1 scenarios=boot\nXENCI BEGIN boot t=1\nXENCI PASS boot 1.00 t=2\n\
+                 XENCI {second} boot 1.00 t=2\nXENCI DONE pass=2 fail=0 skip=0 t=3\n"
+            );
+            let v = j(&log, &names(&["boot"]), &[], &exited_ok());
+            assert_eq!(v[0].status, Status::Fail, "{second}");
+            assert_eq!(
+                v[0].reason,
+                format!("protocol: 2 verdict markers (PASS, {second}), want exactly one")
+            );
+        }
+        // The other order: a real FAIL followed by a PASS is no PASS either.
+        let log = "XENCI START t=1\nXENCI BEGIN boot t=1\nXENCI FAIL boot 1.00 t=2 x\n\
+                   XENCI PASS boot 1.00 t=2\nXENCI DONE pass=1 fail=1 skip=0\n";
+        let v = j(log, &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(v[0].status, Status::Fail);
+    }
+
+    #[test]
+    fn a_verdict_needs_a_begin_before_it() {
+        let log = "XENCI START t=1\nXENCI PASS boot 1.00 t=2\nXENCI DONE pass=1 fail=0 skip=0\n";
+        let v = j(log, &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(v[0].status, Status::Fail);
+        assert_eq!(
+            v[0].reason,
+            "protocol: PASS marker without a BEGIN before it"
+        );
+        let log = "XENCI START t=1\nXENCI PASS boot 1.00 t=2\nXENCI BEGIN boot t=3\n\
+                   XENCI DONE pass=1 fail=0 skip=0\n";
+        let v = j(log, &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(
+            v[0].reason,
+            "protocol: PASS marker without a BEGIN before it"
+        );
+        let log = "XENCI START t=1\nXENCI BEGIN boot t=1\nXENCI BEGIN boot t=1\n\
+                   XENCI PASS boot 1.00 t=2\nXENCI DONE pass=1 fail=0 skip=0\n";
+        let v = j(log, &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(v[0].reason, "protocol: 2 BEGIN markers, want exactly one");
+    }
+
+    #[test]
+    fn done_counts_must_equal_the_verdicts() {
+        let log = CLEAN.replace("DONE pass=2 fail=0", "DONE pass=3 fail=0");
+        let v = j(&log, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(v[..2].iter().all(|v| v.status == Status::Pass));
+        assert_eq!(v[2].name, RUN);
+        assert_eq!(v[2].status, Status::Fail);
+        assert_eq!(
+            v[2].reason,
+            "protocol: DONE says pass=3 fail=0 skip=0 but the log has 2 PASS, 0 FAIL (+VOID), 0 SKIP"
+        );
+        // Two DONEs, a marker after DONE, a DONE without counts.
+        let log = format!("{CLEAN}XENCI DONE pass=2 fail=0 skip=0 t=11\n");
+        let v = j(&log, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        let run: Vec<&str> = v
+            .iter()
+            .filter(|v| v.name == RUN)
+            .map(|v| v.reason.as_str())
+            .collect();
+        assert_eq!(
+            run,
+            [
+                "protocol: 2 DONE markers (one run prints one)",
+                "protocol: 1 marker(s) after DONE"
+            ]
+        );
+        let log = CLEAN.replace("DONE pass=2 fail=0 skip=0", "DONE");
+        let v = j(&log, &names(&["boot", "shutdown"]), &[], &exited_ok());
+        assert_eq!(
+            v[2].reason,
+            "protocol: DONE marker without pass=/fail=/skip= counts"
+        );
+    }
+
+    #[test]
+    fn without_the_nonce_nothing_passes() {
+        let mut facts = exited_ok();
+        facts.nonce = None;
+        let v = j(CLEAN, &names(&["boot"]), &[], &facts);
+        assert_eq!(v[0].status, Status::Fail);
+        assert!(
+            v[0].reason.starts_with("not run: no run nonce"),
+            "{}",
+            v[0].reason
+        );
+        // A nonce too short to be secret is no nonce; an unsigned log passes nothing.
+        facts.nonce = Some("abc".into());
+        assert_eq!(
+            j(CLEAN, &names(&["boot"]), &[], &facts)[0].status,
+            Status::Fail
+        );
+        let v = judge(CLEAN, &names(&["boot"]), &[], &exited_ok());
+        assert_eq!(v[0].status, Status::Fail);
+        assert_eq!(ignored_markers(CLEAN, Some(NONCE)).len(), 7);
     }
 
     #[test]
@@ -876,7 +1225,7 @@ XENCI INFO boot ready_secs=0.80 domid=7
 XENCI PASS boot 1.00 t=80
 XENCI DONE pass=3 fail=0 skip=0 t=80
 ";
-        let v = judge(
+        let v = j(
             log,
             &names(&["balloon-bench", "balloon-bench@linux", "boot"]),
             &[],

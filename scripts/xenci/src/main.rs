@@ -1,9 +1,11 @@
 //! `xenci` — the verdict step of `scripts/xen-ci`.
 //!
 //! ```text
-//! xenci verdict [--serial FILE] [--qemu-status N] [--limit SECS] [--junit FILE]
-//!               [--prefail NAME=REASON]... -- SCENARIO...
+//! xenci verdict --nonce-file FILE [--serial FILE] [--qemu-status N] [--limit SECS]
+//!               [--junit FILE] [--prefail NAME=REASON]... -- SCENARIO...
 //! ```
+//! The nonce file holds this run's secret, which only the host and dom0's runner know:
+//! only markers carrying it, at the start of a line, count (without it nothing passes).
 //! Prints one line per scenario (name, PASS/FAIL/SKIP, seconds, reason, measurements;
 //! the last relevant log lines under a failure) and a count line; writes JUnit XML.
 //! Exit status: 0 iff every scenario passed (SKIP counts as not failed), 1 otherwise,
@@ -16,10 +18,10 @@
 //! domain's target (`XENCI SAMPLE` lines) and prints their paths.
 
 use std::process::ExitCode;
-use xenci::{judge, junit, report, RunFacts, Status};
+use xenci::{ignored_markers, judge, junit, report, RunFacts, Status};
 
-const USAGE: &str = "usage: xenci verdict [--serial FILE] [--qemu-status N] [--limit SECS] \
-[--junit FILE] [--prefail NAME=REASON]... -- SCENARIO...";
+const USAGE: &str = "usage: xenci verdict --nonce-file FILE [--serial FILE] [--qemu-status N] \
+[--limit SECS] [--junit FILE] [--prefail NAME=REASON]... -- SCENARIO...";
 
 struct Args {
     serial: Option<String>,
@@ -47,6 +49,11 @@ fn parse_args(args: Vec<String>) -> Result<Args, lexopt::Error> {
         match arg {
             Long("serial") => a.serial = Some(p.value()?.string()?),
             Long("junit") => a.junit = Some(p.value()?.string()?),
+            Long("nonce-file") => {
+                let f = p.value()?.string()?;
+                let n = std::fs::read_to_string(&f).map_err(|e| format!("cannot read {f}: {e}"))?;
+                a.facts.nonce = Some(n.trim().to_string());
+            }
             Long("qemu-status") => a.facts.qemu_status = Some(p.value()?.parse()?),
             Long("limit") => a.facts.limit_secs = Some(p.value()?.parse()?),
             Long("prefail") => {
@@ -114,6 +121,13 @@ fn main() -> ExitCode {
     };
     let verdicts = judge(&serial, &args.scenarios, &args.prefailed, &args.facts);
     print!("{}", report(&verdicts));
+    let ignored = ignored_markers(&serial, args.facts.nonce.as_deref());
+    if !ignored.is_empty() {
+        println!(
+            "ignored {} marker-like line(s) that are not the harness's (no or wrong nonce, or not at a line start)",
+            ignored.len()
+        );
+    }
     if let Some(path) = &args.junit {
         if let Err(e) = std::fs::write(path, junit(&verdicts)) {
             eprintln!("xenci: cannot write {path}: {e}");
