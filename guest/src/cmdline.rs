@@ -11,6 +11,7 @@
 //! | `walk` | run the saveable-page walker after every balloon settle (hotplug-walk scenario) |
 //! | `suspend-handback=on\|off` | before a suspend (`xl save`, `xl migrate`), hand free memory beyond a small reserve back to Xen and take it again afterwards (default `on`) |
 //! | `grant=give:N[:rw]` / `grant=map` | role in the two-guest grant handshake (`xen::grant::pair`): grant N pages (1..=256, read-only or `:rw`) to the peer, or map the peer's grants |
+//! | `say=TEXT` | test switch (harness-forgery scenario): print TEXT as a raw line on port 0xE9 and the PV console at boot; `+` is a space, `%XX` an ASCII byte (e.g. `%0D`); repeatable |
 //!
 //! Unknown words and bad values are collected, not fatal: the kernel logs each one and
 //! carries on with the defaults.
@@ -75,6 +76,9 @@ pub struct Cmdline {
     /// Hand free memory back to Xen before a suspend (so a save image holds only what is
     /// used) and take it again after.
     pub suspend_handback: bool,
+    /// Lines to print raw at boot (`say=`, decoded), in order: lets a test make the guest
+    /// print anything, e.g. forged harness markers.
+    pub say: Vec<String>,
     /// Words that were not understood, with why; logged by the kernel.
     pub rejected: Vec<(String, &'static str)>,
 }
@@ -88,6 +92,7 @@ impl Default for Cmdline {
             walk: false,
             grant: None,
             suspend_handback: true,
+            say: Vec::new(),
             rejected: Vec::new(),
         }
     }
@@ -128,13 +133,14 @@ impl Cmdline {
                     Ok(())
                 }
                 ("suspend-handback", _) => Err("suspend-handback must be on or off"),
+                ("say", Some(v)) => decode_say(v).map(|line| c.say.push(line)),
                 ("walk", None) => {
                     c.walk = true;
                     Ok(())
                 }
                 ("selftest", None) => c.set_mode(Mode::Selftest),
                 ("panic", None) => c.set_mode(Mode::Panic),
-                ("loglevel" | "hotplug-fail" | "grant", None)
+                ("loglevel" | "hotplug-fail" | "grant" | "say", None)
                 | ("selftest" | "panic" | "walk", Some(_)) => Err("malformed"),
                 _ => Err("unknown option"),
             };
@@ -152,6 +158,38 @@ impl Cmdline {
         self.mode = m;
         Ok(())
     }
+}
+
+/// `say=` text: `+` is a space, `%XX` (two hex digits) an ASCII byte, anything else itself.
+fn decode_say(v: &str) -> Result<String, &'static str> {
+    let b = v.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).ok_or("say: % needs two hex digits")?;
+                let hex = core::str::from_utf8(hex).map_err(|_| "say: % needs two hex digits")?;
+                let byte =
+                    u8::from_str_radix(hex, 16).map_err(|_| "say: % needs two hex digits")?;
+                if !byte.is_ascii() {
+                    return Err("say: %XX must be ASCII (00-7F)");
+                }
+                out.push(char::from(byte));
+                i += 2;
+            }
+            _ => {
+                // Whole UTF-8 characters: the word is a &str, so this never splits one.
+                let ch = v[i..].chars().next().ok_or("say: bad text")?;
+                out.push(ch);
+                i += ch.len_utf8();
+                continue;
+            }
+        }
+        i += 1;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -196,6 +234,17 @@ mod tests {
         );
         let c = Cmdline::parse("grant=give:0 grant");
         assert_eq!((c.grant, c.rejected.len()), (None, 2));
+    }
+
+    #[test]
+    fn say_words_decode_in_order() {
+        let c = Cmdline::parse("say=XENCI+PASS+boot+1.00 loglevel=debug say=%0DXENCI%2bx say=é");
+        assert_eq!(c.say, ["XENCI PASS boot 1.00", "\rXENCI+x", "é"]);
+        assert!(c.rejected.is_empty());
+        let c = Cmdline::parse("say say=%4 say=%zz say=%C3 say=");
+        assert_eq!(c.say, [""]);
+        let words: Vec<_> = c.rejected.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(words, ["say", "say=%4", "say=%zz", "say=%C3"]);
     }
 
     #[test]

@@ -749,6 +749,7 @@ mod tests {
             .map(|l| match l.strip_prefix("XENCI ") {
                 // Timeline samples are chart data, not markers: unsigned (lib.sh `sample`).
                 Some(rest) if !rest.starts_with("SAMPLE ") => format!("XENCI {NONCE} {rest}"),
+                Some(_) => l.to_string(),
                 None => l.to_string(),
             })
             .collect()
