@@ -250,11 +250,42 @@ reason_name() {
     esac
 }
 
-# Exact page counts of domain $1 from Xen (xl list rounds to MiB; HARNESS-NOTES 14):
-# prints "tot_pages max_pages" from the newest `xl debug-keys q` dump.
-domain_pages() {
+# The `xl debug-keys q` dump this call requests, and only that one: Xen heads each dump
+# with "'q' pressed -> dumping domain info (now = <Xen ns>)", so the fresh dump is the last
+# one whose `now` is later than every dump already in Xen's console ring (an older dump,
+# or one half overwritten by the ring wrapping, can never be read as the new one). Prints
+# Xen's own lines from that header on; fails when there is none. Only lines Xen printed
+# count ("(XEN) ..."; a guest's port-0xE9 text arrives as "(dN) ...", so a guest cannot
+# forge a dump header or its own page counts).
+fresh_q_dump() {
+    local before
+    before=$(xen_lines | q_dump_times | tail -n 1)
     xl debug-keys q >/dev/null 2>&1 || return 1
-    xl dmesg 2>/dev/null | awk -v d="$1" '
+    xen_lines | awk -v before="${before:-0}" '
+        /pressed -> dumping domain info \(now = [0-9]+\)/ {
+            t = $0; sub(/.*\(now = /, "", t); sub(/\).*/, "", t)
+            if (t + 0 > before + 0) { fresh = 1; buf = "" } else fresh = 0
+        }
+        fresh { buf = buf $0 "\n" }
+        END { if (buf == "") exit 1; printf "%s", buf }'
+}
+
+# Xen's own lines in its console ring.
+xen_lines() {
+    xl dmesg 2>/dev/null | grep '^(XEN) '
+}
+
+# The `now` of every 'q' dump header in the text on stdin, in order.
+q_dump_times() {
+    sed -n "s/.*'q' pressed -> dumping domain info (now = \([0-9]*\)).*/\1/p"
+}
+
+# Exact page counts of domain $1 from Xen (xl list rounds to MiB; HARNESS-NOTES 14):
+# prints "tot_pages max_pages" from the `xl debug-keys q` dump it requests.
+domain_pages() {
+    local dump
+    dump=$(fresh_q_dump) || return 1
+    echo "$dump" | awk -v d="$1" '
         index($0, "General information for domain " d ":") { grab = 1; next }
         grab && /pages=/ {
             tot = ""; max = ""
@@ -332,11 +363,12 @@ write_target() {
     xenstore-write -- "/local/domain/$DOMID/memory/target" "$1" 2>>"$WORK/tools.log"
 }
 
-# Xen's exact view of domain $1 from the newest `xl debug-keys q` dump:
+# Xen's exact view of domain $1 from the `xl debug-keys q` dump it requests (fresh_q_dump):
 # prints "tot_pages max_pages pod_entries pod_cache" (the PoD numbers are 0 without PoD).
 domain_mem() {
-    xl debug-keys q >/dev/null 2>&1 || return 1
-    xl dmesg 2>/dev/null | awk -v d="$1" '
+    local dump
+    dump=$(fresh_q_dump) || return 1
+    echo "$dump" | awk -v d="$1" '
         index($0, "General information for domain " d ":") {
             grab = 1; tot = ""; max = ""; ents = 0; cache = 0; next
         }
@@ -404,7 +436,7 @@ check_alive() {
     st=$(domain_state "$DOMNAME")
     case $st in
         *c* | '')
-            pod=$(xl dmesg 2>/dev/null | grep -m1 "Dom$DOMID out of PoD memory" | sed 's/^(XEN) *\[[^]]*\] *//')
+            pod=$(xen_lines | grep -m1 "Dom$DOMID out of PoD memory" | sed 's/^(XEN) *\[[^]]*\] *//')
             if [ -n "$pod" ]; then
                 # A scenario may declare this a known limitation of the Linux peer.
                 [ "$SUBJECT" = linux ] && [ -n "${LINUX_POD_KILL_SKIP:-}" ] \
@@ -580,8 +612,16 @@ balloon_settled_at() {
                 b=$(domain_mem "$DOMID") || return 1
                 [ "$a" = "$b" ]
             }
-            wait_for 20 "Linux to settle" linux_settled || true
-            exact_near_target_mib "$mib" || true
+            # A Linux killed by Xen meanwhile (PoD) ends here as check_alive says: the
+            # scenario's declared SKIP with Xen's own line, or a failure.
+            if ! wait_for 20 "Linux to settle" linux_settled; then
+                check_alive
+                fail "$label: Linux's page count still moving 20s after reaching $mib MiB (last: $(domain_mem "$DOMID" || echo 'no dump'))"
+            fi
+            if ! exact_near_target_mib "$mib"; then
+                check_alive
+                fail "$label: Linux settled at tot_pages=${TOT:-?}, more than 1 MiB from $mib MiB"
+            fi
             info "${label}_linux_offset_pages=$((TOT - mib * 256))"
             ;;
     esac
@@ -678,7 +718,9 @@ expect_eq() {
 check_device_range() {
     local who=$1 want_mapped=$2 foreign frames mapped reserved
     # The census is republished after each handshake step; let it catch up.
-    wait_for 10 "census of $who" device_census_is "$who" "$want_mapped" || true
+    # On a timeout the exact checks below fail, each saying which number is off.
+    wait_for 10 "census of $who" device_census_is "$who" "$want_mapped" \
+        || say "census of $who not settled after 10s"
     foreign=$(gt_read "$who" mm/pages/device/foreign)
     reserved=$(gt_read "$who" mm/pages/device/reserved)
     frames=$(gt_read "$who" grant/table-frames)

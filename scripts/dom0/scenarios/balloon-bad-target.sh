@@ -2,7 +2,7 @@
 # xenci-ci: yes
 # xenci-peer: no
 # xenci-budget: 180
-# xenci-about: garbage in memory/target (empty, abc, -5, 0x4000, 1.5e5, 25 digits, > static-max) is refused and counted; below the floor clamps; a valid mem-set still works
+# xenci-about: garbage in memory/target (empty, abc, -5, 0x4000, 1.5e5, 25 digits, > static-max) is refused and counted, Xen's tot_pages/max_pages unchanged after each; below the floor clamps; a valid mem-set still works
 scenario_balloon_bad_target() {
     # Not for the Linux peer: Linux parses a numeric prefix and has no floor; "-5" or
     # "0x4000" make it balloon itself into an OOM panic (DESIGN.md §4).
@@ -14,6 +14,9 @@ scenario_balloon_bad_target() {
 
     static_max=$(dom_read memory/static-max) || fail "no memory/static-max"
     rejected=$(data_read balloon/rejected-targets) || fail "no data/balloon/rejected-targets"
+    # Xen's own count before the garbage: each refusal must leave it exactly as it is.
+    xen0=$(domain_pages "$DOMID") || fail "no page counts for d$DOMID in a fresh xl debug-keys q dump"
+    info "xen_before tot_pages=${xen0% *} max_pages=${xen0#* }"
     # Refused: the current target stays in force, the refusal is counted and explained.
     for bad in '' abc -5 0x4000 1.5e5 ' 1024' 1234567890123456789012345 $((static_max + 1024)); do
         say "writing memory/target '$bad'"
@@ -29,7 +32,10 @@ scenario_balloon_bad_target() {
         [ -n "$err" ] || fail "memory/target '$bad' refused but data/balloon/last-error is empty"
         eff=$(data_read balloon/effective-target-kib)
         [ "$eff" = 262144 ] || fail "memory/target '$bad' refused but effective-target-kib changed to $eff"
-        info "refused '$bad': $err"
+        xen=$(domain_pages "$DOMID") || fail "memory/target '$bad': no fresh xl debug-keys q dump for d$DOMID"
+        [ "$xen" = "$xen0" ] \
+            || fail "memory/target '$bad' refused, but Xen's tot_pages max_pages moved: $xen0 -> $xen"
+        info "refused '$bad': $err; xen tot_pages=${xen% *} max_pages=${xen#* } unchanged"
     done
     count=$(grep -c 'balloon: rejected memory/target' "$CONSOLE_LOG")
     [ "$count" -ge "$rejected" ] \

@@ -16,7 +16,8 @@ scenario_crash() {
     fi
     # Ready came first (the contract: panic right after ready).
     ready_seen || fail "the guest crashed before its ready marker"
-    wait_for 10 "xl to log the shutdown reason" reason_logged || true
+    wait_for 10 "xl to log the shutdown reason" reason_logged \
+        || fail "xl -F logged no shutdown reason within 10s of the domain ending"
     reason=$(shutdown_reason)
     [ "$reason" = 3 ] || fail "shutdown reason is $(reason_name "$reason"), want crash"
     msg=$(panic_line) || fail "crashed, but no PANIC line in the console log"

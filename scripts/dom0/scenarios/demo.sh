@@ -34,7 +34,8 @@ scenario_demo() {
     t0=$(now_cs)
     tool xl shutdown "$DOMNAME" || fail "xl shutdown failed"
     wait_for 30 "$DOMNAME to power off" domain_gone "$DOMNAME" || fail "still running 30s after xl shutdown"
-    wait_for 10 "xl to log the shutdown reason" reason_logged || true
+    wait_for 10 "xl to log the shutdown reason" reason_logged \
+        || fail "xl -F logged no shutdown reason within 10s of the domain ending"
     info "shutdown=$(reason_name "$(shutdown_reason)") after $(fmt_cs $(($(now_cs) - t0)))s"
     # The tool on a domain that is gone: a clear error and exit status 1.
     say "---- xenguest-stat $DOMNAME (gone)"

@@ -21,7 +21,8 @@ scenario_selftest() {
     info "result=$result secs=$(fmt_cs $(($(now_cs) - CREATE_CS)))"
     # XTF convention: the result line is the last line, then the guest powers off.
     wait_for 30 "$DOMNAME to power off" domain_gone "$DOMNAME" || fail "no poweroff after the test result"
-    wait_for 10 "xl to log the shutdown reason" reason_logged || true
+    wait_for 10 "xl to log the shutdown reason" reason_logged \
+        || fail "xl -F logged no shutdown reason within 10s of the domain ending"
     reason=$(shutdown_reason)
     [ "$reason" = 0 ] || fail "after the test result: shutdown reason $(reason_name "$reason"), want poweroff"
     case $result in

@@ -16,7 +16,8 @@ scenario_shutdown() {
     info "shutdown_secs=$(fmt_cs $(($(now_cs) - t0)))"
 
     # The xl monitor logs the reason just before it destroys the domain; give it a moment.
-    wait_for 10 "xl to log the shutdown reason" reason_logged || true
+    wait_for 10 "xl to log the shutdown reason" reason_logged \
+        || fail "xl -F logged no shutdown reason within 10s of the domain ending"
     reason=$(shutdown_reason)
     [ "$reason" = 0 ] || fail "shutdown reason is $(reason_name "$reason"), want poweroff"
     console_has 'shutdown: poweroff' || fail "the log lacks 'shutdown: poweroff'"
