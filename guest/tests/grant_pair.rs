@@ -676,6 +676,91 @@ fn granter_reports_a_wrong_checksum_as_mismatch() {
     }
 }
 
+/// Page `idx` of the pattern salted with `nonce`.
+fn salted(nonce: u64, idx: usize) -> Frame {
+    let mut f = [0u8; PAGE_BYTES];
+    for (i, b) in f.iter_mut().enumerate() {
+        *b = handshake::pattern_byte_with(nonce, idx as u32, i);
+    }
+    f
+}
+
+fn salted_sum(nonce: u64, n: usize) -> u64 {
+    let pages: Vec<Frame> = (0..n).map(|i| salted(nonce, i)).collect();
+    handshake::checksum(pages.iter().map(|p| &p[..]))
+}
+
+const NONCE: u64 = 0x5eed_f00d_1234_abcd;
+
+#[test]
+fn granter_salts_its_frames_with_the_toolstack_nonce() {
+    const N: usize = 8;
+    let mut r = GranterRig::new(N);
+    r.w.sim
+        .xs_write(handshake::NONCE_KEY, encode_checksum(NONCE))
+        .unwrap();
+    let (refs, _) = r.grant();
+    r.w.add_mapping_peer();
+    let maps = r.w.peer_maps(&refs);
+    for (i, &(_, pfn)) in maps.iter().enumerate() {
+        assert_eq!(r.w.frames.own[&pfn], salted(NONCE, i), "page {i}");
+    }
+    assert_eq!(handshake::pattern_nonce(&r.w.frames.own[&maps[0].1]), NONCE);
+    // The unsalted checksum (a mapper that never read the frames) is a mismatch ...
+    r.w.peer_dir(true);
+    r.w.peer_write("checksum", encode_checksum(pattern_sum(N)));
+    r.peer_says("mapped");
+    assert_eq!(r.w.ours("verified").as_deref(), Some("mismatch"));
+    // ... the salted one matches.
+    let mut r = GranterRig::new(N);
+    r.w.sim
+        .xs_write(handshake::NONCE_KEY, encode_checksum(NONCE))
+        .unwrap();
+    r.grant();
+    r.w.peer_dir(true);
+    r.w.peer_write("checksum", encode_checksum(salted_sum(NONCE, N)));
+    r.peer_says("mapped");
+    assert_eq!(r.w.ours("verified").as_deref(), Some("ok"));
+}
+
+#[test]
+fn granter_refuses_a_malformed_nonce_and_allocates_nothing() {
+    for bad in ["", "xyz", "5EEDF00D1234ABCD", "5eedf00d1234abc"] {
+        let mut r = GranterRig::new(4);
+        r.w.sim.xs_write(handshake::NONCE_KEY, bad).unwrap();
+        r.introduce();
+        r.assert_failed("data/grant-nonce is not 16 lower-case hex digits");
+        assert_eq!(r.w.allocated(), r.alloc0, "{bad:?}");
+    }
+}
+
+#[test]
+fn mapper_learns_the_nonce_only_from_the_granter_s_frames() {
+    const N: usize = 8;
+    let mut r = MapperRig::new();
+    r.w.gnt.add_peer(PEER, N, N + 16);
+    let refs: Vec<u32> = (0..N)
+        .map(|i| {
+            r.w.gnt.peer_write_frame(PEER, i, &salted(NONCE, i));
+            r.w.gnt.peer_grant(PEER, i, ME, true)
+        })
+        .collect();
+    r.w.share_grants(&refs);
+    r.introduce();
+    assert_eq!(r.m.state(), PairState::Mapped, "error: {:?}", r.m.error());
+    assert_eq!(r.w.ours("pattern-nonce"), Some(encode_checksum(NONCE)));
+    assert_eq!(r.w.ours("pattern-errors").as_deref(), Some("0"));
+    assert_eq!(
+        r.w.ours("checksum"),
+        Some(encode_checksum(salted_sum(NONCE, N)))
+    );
+    // Re-verifying keeps the nonce; a frame that changed under the mapping is wrong.
+    r.w.gnt.peer_write_frame(PEER, 3, &salted(NONCE ^ 1, 3));
+    r.command("verify");
+    assert_eq!(r.w.ours("pattern-errors").as_deref(), Some("1"));
+    assert_eq!(r.w.ours("pattern-nonce"), Some(encode_checksum(NONCE)));
+}
+
 #[test]
 fn granter_ends_when_the_toolstack_withdraws_a_peer_that_never_shared() {
     // The mapper died before it ever shared its directory: its state never became

@@ -275,6 +275,82 @@ xen_lines() {
     xl dmesg 2>/dev/null | grep '^(XEN) '
 }
 
+# Xen's console timestamp (console_timestamps=boot: "(XEN) [   12.345678] ...") of each
+# line on stdin.
+xen_stamp() {
+    sed -n 's/^(XEN) \[ *\([0-9]*\.[0-9]*\)\].*/\1/p'
+}
+
+# The complete `xl debug-keys g` dump this call requests (fresh: its header is stamped
+# later than Xen's last line before the request), without Xen's prefix and timestamps.
+# Xen 4.17 (common/grant_table.c, gnttab_usage_print_all) prints, per domain R:
+#   gnttab_usage_print_all [ key 'g' pressed
+#         -------- active --------       -------- shared --------
+#   [ref] localdom mfn      pin          localdom gmfn     flags
+#   grant-table for remote d<R> (v1)
+#     <n> frames (<max> max), <n> maptrack frames (<max> max)
+#   [0x<ref>]  <mapping domid> 0x<mfn> 0x<pin>      <grantee domid> 0x<gfn> 0x<flags>
+#     ... one line per active (pinned) entry of R's table, or
+#   no active grant table entries
+#   gnttab_usage_print_all ] done
+# pin counts mappings: 0x100 per read-only host mapping, 0x1 per writable one.
+fresh_g_dump() {
+    local before
+    before=$(xen_lines | tail -n 1 | xen_stamp)
+    [ -n "$before" ] || return 1
+    xl debug-keys g >/dev/null 2>&1 || return 1
+    xen_lines | awk -v before="$before" '
+        { t = $0; sub(/^\(XEN\) \[ */, "", t); sub(/\].*/, "", t)
+          line = $0; sub(/^\(XEN\) \[[^]]*\] ?/, "", line) }
+        /gnttab_usage_print_all \[ key/ { if (t + 0 > before + 0) { on = 1; buf = "" } else on = 0 }
+        on { buf = buf line "\n" }
+        on && /gnttab_usage_print_all \] done/ { got = buf; on = 0 }
+        END { if (got == "") exit 1; printf "%s", got }'
+}
+
+# xen_grant_maps R M: Xen's own view of domain R's grant table, from a fresh `g` dump:
+# "<n> <pins>", how many of R's entries are pinned by M's mappings and their distinct pin
+# values ("-" for none); "absent" when Xen has no domain R. Fails without a fresh dump.
+xen_grant_maps() {
+    local dump
+    dump=$(fresh_g_dump) || return 1
+    echo "$dump" | awk -v r="$1" -v m="$2" '
+        /^grant-table for remote d/ { sec = ($4 == "d" r); if (sec) seen = 1; next }
+        sec && /^\[0x[0-9a-f]+\]/ && $2 == m {
+            n++
+            if (!($4 in p)) { p[$4] = 1; pins = pins (pins == "" ? "" : ",") $4 }
+        }
+        END { if (!seen) { print "absent"; exit } print n + 0, (pins == "" ? "-" : pins) }'
+}
+
+# expect_xen_maps LABEL WANT [PIN]: Xen's `g` dump shows exactly WANT entries of the
+# granter's (G_ID) table pinned by the mapper (M_ID) — "absent": no granter at all —
+# each with pin PIN when given (0x00000100 read-only, 0x00000001 writable).
+expect_xen_maps() {
+    local label=$1 want=$2 pin=${3:-} got
+    got=$(xen_grant_maps "$G_ID" "$M_ID") || fail "$label: no fresh 'xl debug-keys g' dump from Xen"
+    info "${label}_xen_grant_maps d${G_ID}_by_d${M_ID}=${got% *} pins=${got#* }"
+    [ "${got%% *}" = "$want" ] \
+        || fail "$label: Xen's grant table of d$G_ID shows '$got' entries pinned by d$M_ID, want $want"
+    [ -z "$pin" ] || [ "${got#* }" = "$pin" ] \
+        || fail "$label: Xen shows pins '${got#* }' for d$M_ID's mappings, want $pin"
+}
+
+# xen_domain_dying D: Xen's `dying` for domain D from a fresh `q` dump (0 alive, 1 dying,
+# 2 dead but still referenced: a zombie), "absent" when Xen no longer lists it. Fails
+# (prints nothing) without a fresh dump: a failed tool call is never "gone".
+xen_domain_dying() {
+    local dump
+    dump=$(fresh_q_dump) || return 1
+    echo "$dump" | awk -v d="$1" '
+        index($0, "General information for domain " d ":") { grab = 1; found = 1; next }
+        grab && /dying=/ {
+            for (i = 1; i <= NF; i++) if ($i ~ /^dying=/) { sub(/^dying=/, "", $i); print $i }
+            grab = 0
+        }
+        END { if (!found) print "absent" }'
+}
+
 # The `now` of every 'q' dump header in the text on stdin, in order.
 q_dump_times() {
     sed -n "s/.*'q' pressed -> dumping domain info (now = \([0-9]*\)).*/\1/p"
@@ -661,12 +737,29 @@ grant_pair_create() {
     create_domain "$prefix-g" 'memory=128' 'maxmem=128' "extra=\"loglevel=info grant=give:$give\"" "$@"
     remember_domain G
     wait_ready 90
+    # A fresh nonce in the granter's pattern, where only the granter can read it
+    # (data/grant-nonce: owner G, nobody else): the mapper can know it only from G's frames.
+    GRANT_NONCE=$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
+    tool xenstore-write "/local/domain/$G_ID/data/grant-nonce" "$GRANT_NONCE" \
+        || fail "cannot write d$G_ID's data/grant-nonce"
+    perms=$(xenstore-ls -p "/local/domain/$G_ID/data" 2>/dev/null | sed -n 's/^grant-nonce = .*(\([^)]*\))$/\1/p')
+    [ "$perms" = "n$G_ID" ] || fail "d$G_ID's data/grant-nonce has permissions '$perms', want n$G_ID (the granter only)"
     create_domain "$prefix-m" 'memory=128' 'maxmem=128' "extra=\"loglevel=info grant=map${MAPPER_EXTRA:+ $MAPPER_EXTRA}\"" "$@"
     remember_domain M
     wait_ready 90
     wait_for 15 "grant table on d$G_ID" gt_read G grant/refs || fail "granter d$G_ID publishes no data/grant (grant table setup failed?)"
     wait_for 15 "grant table on d$M_ID" gt_read M grant/refs || fail "mapper d$M_ID publishes no data/grant (grant table setup failed?)"
     info "table_frames=$(gt_read M grant/table-frames) max_table_frames=$(gt_read M grant/max-table-frames) refs=$(gt_read M grant/refs)"
+}
+
+# The mapper read the granter's frames: its pattern nonce (learnt from G's page 0) is the
+# one dom0 gave G alone, and G's own check of M's checksum over the frames says ok.
+check_pattern_nonce() {
+    expect_gt M grant-test/pattern-nonce "$GRANT_NONCE" "nonce the mapper read in d$G_ID's frames"
+    wait_for 10 "granter verified" gt_read G grant-test/verified \
+        || fail "granter d$G_ID never read the mapper's checksum"
+    expect_gt G grant-test/verified ok "granter's check of the mapper's checksum"
+    info "pattern_nonce=$GRANT_NONCE verified=ok"
 }
 
 # introduce A B: tell role A (G or M) that its peer is B's domid.

@@ -9,6 +9,8 @@ scenario_grant_balloon() {
     # pages (and our table frames) by state and still agree with the census.
     MAPPER_EXTRA=walk grant_pair xenci-gbal 64
     wait_pair M 30 mapped
+    check_pattern_nonce
+    expect_xen_maps mapped 64 0x00000100
     use_domain M
     require_balloon
     wait_reach 128 10
@@ -24,11 +26,14 @@ scenario_grant_balloon() {
     check_device_range M 64
     check_walk 68
     reverify 2
+    # The mappings lived through the balloon going down and up, in Xen's eyes too.
+    expect_xen_maps after_balloon 64 0x00000100
     expect_eq "mapper pages/ram back at 128 MiB" "$(data_read mm/pages/ram)" "$ram_before"
 
     tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" unmap || fail "cannot command the unmap"
     wait_pair M 30 unmapped
     wait_pair G 30 ended
+    expect_xen_maps unmapped 0
     check_device_range M 0
     check_census 10 unmapped
     check_alive

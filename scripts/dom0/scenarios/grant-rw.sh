@@ -8,6 +8,9 @@ scenario_grant_rw() {
     # 1. Read-write: 16 pages, the mapper stamps each, the granter finds the stamps.
     grant_pair xenci-grw1 16:rw
     wait_pair M 30 mapped
+    check_pattern_nonce
+    # Xen's own view: 16 writable host mappings (pin 0x1 each), not read-only ones.
+    expect_xen_maps mapped_rw 16 0x00000001
     expect_gt G grant-test/access rw "granter access"
     tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" write || fail "cannot command write"
     wait_for 15 "granter sees the stamps" gt_read G grant-test/writes-seen \
@@ -16,10 +19,12 @@ scenario_grant_rw() {
     tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" unmap || fail "cannot command the unmap"
     wait_pair M 30 unmapped
     wait_pair G 30 ended
+    expect_xen_maps unmapped_rw 0
 
     # 2. Read-only grants; a mapped read-only page refuses `write`.
     grant_pair xenci-grw2 4
     wait_pair M 30 mapped
+    expect_xen_maps mapped_ro 4 0x00000100
     tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" write || fail "cannot command write"
     wait_for 15 "write refused" gt_read M grant-test/command-error || fail "the mapper did not refuse to write read-only pages"
     info "ro_write='$(gt_read M grant-test/command-error)'"
@@ -39,6 +44,7 @@ scenario_grant_rw() {
     info "forged_rw error='$(gt_read M grant-test/error)'"
     case $(gt_read M grant-test/error) in *General*) ;; *) fail "not Xen's refusal: $(gt_read M grant-test/error)" ;; esac
     check_device_range M 0
+    expect_xen_maps forged_rw 0
     # The granter sees the mapper failed and ends its grants.
     wait_pair G 30 ended
     use_domain M

@@ -12,6 +12,10 @@
 //!                                                    "first-last")
 //! /local/domain/<granter>/data/grant-test/evtchn     unbound port for the mapper
 //! /local/domain/<mapper>/data/grant-test/checksum    written back by the mapper (hex)
+//! /local/domain/<granter>/data/grant-nonce           optional, from the toolstack: 16 hex
+//!                                                    digits mixed into the pattern; not
+//!                                                    under grant-test/, so the mapper
+//!                                                    cannot read it (only the frames)
 //! ```
 
 use alloc::string::String;
@@ -120,9 +124,33 @@ pub fn pattern_byte(idx: u32, i: usize) -> u8 {
 
 /// Whether `page` holds page `idx` of the pattern.
 pub fn pattern_ok(idx: u32, page: &[u8]) -> bool {
+    pattern_ok_with(0, idx, page)
+}
+
+/// Where the granter finds the toolstack's nonce (relative to its home; outside [`DIR`],
+/// which the mapper may read).
+pub const NONCE_KEY: &str = "data/grant-nonce";
+
+/// Byte `i` of page `idx` of the pattern salted with `nonce` (XOR of its little-endian
+/// bytes, repeating every 8). Nonce 0 is [`pattern_byte`]. The first 8 bytes of page 0
+/// are the nonce itself ([`pattern_byte`] is 0 there), which is how a mapper learns it:
+/// only by reading the granter's frame.
+pub fn pattern_byte_with(nonce: u64, idx: u32, i: usize) -> u8 {
+    pattern_byte(idx, i) ^ (nonce >> ((i % 8) * 8)) as u8
+}
+
+/// Whether `page` holds page `idx` of the pattern salted with `nonce`.
+pub fn pattern_ok_with(nonce: u64, idx: u32, page: &[u8]) -> bool {
     page.iter()
         .enumerate()
-        .all(|(i, &b)| b == pattern_byte(idx, i))
+        .all(|(i, &b)| b == pattern_byte_with(nonce, idx, i))
+}
+
+/// The nonce a pattern page 0 carries (its first 8 bytes, little-endian).
+pub fn pattern_nonce(page0: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&page0[..8]);
+    u64::from_le_bytes(b)
 }
 
 /// FNV-1a over the pages in order: what the mapper writes back and the granter checks.
@@ -220,6 +248,23 @@ mod tests {
             checksum([b"fo".as_slice(), b"obar".as_slice()]),
             0x8594_4171_f739_67e8
         );
+    }
+
+    #[test]
+    fn the_nonce_salts_the_pattern_and_page_0_carries_it() {
+        let n = 0x0123_4567_89ab_cdef;
+        let p0: Vec<u8> = (0..4096).map(|i| pattern_byte_with(n, 0, i)).collect();
+        let p1: Vec<u8> = (0..4096).map(|i| pattern_byte_with(n, 1, i)).collect();
+        assert_eq!(pattern_nonce(&p0), n);
+        assert!(pattern_ok_with(n, 0, &p0) && pattern_ok_with(n, 1, &p1));
+        // Another nonce (or none) does not match, and changes the checksum.
+        assert!(!pattern_ok_with(n ^ 1, 1, &p1) && !pattern_ok(1, &p1));
+        let plain: Vec<u8> = (0..4096).map(|i| pattern_byte(1, i)).collect();
+        assert_ne!(checksum([&p1[..]]), checksum([&plain[..]]));
+        // Nonce 0 is the unsalted pattern.
+        assert!((0..4096).all(|i| pattern_byte_with(0, 3, i) == pattern_byte(3, i)));
+        let z: Vec<u8> = (0..4096).map(|i| pattern_byte(0, i)).collect();
+        assert_eq!(pattern_nonce(&z), 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use xen_bindings::abi::grant_table::GrantRef;
 use xen_bindings::traits::{Clock, DomId, EventChannels, Port};
 
-use super::super::handshake::{encode_refs, pattern_byte, Checksum, DIR};
+use super::super::handshake::{encode_refs, pattern_byte_with, Checksum, DIR, NONCE_KEY};
 use super::protocol::{
     encode_checksum, fail, parse_checksum, parse_domid, peer_path, publish, read_opt, read_peer,
     share_dir, stamp, Introduction,
@@ -145,6 +145,20 @@ impl Granter {
             return;
         };
         self.peer = Some(peer);
+        // The toolstack's nonce for the pattern (none: 0, the plain pattern).
+        let nonce = match read_opt(env.xs, NONCE_KEY) {
+            Ok(None) => 0,
+            Ok(Some(raw)) => match parse_checksum(&raw) {
+                Some(n) => n,
+                None => {
+                    return self.fail(
+                        env.xs,
+                        format!("{NONCE_KEY} is not 16 lower-case hex digits"),
+                    )
+                }
+            },
+            Err(e) => return self.fail(env.xs, format!("cannot read {NONCE_KEY}: {e:?}")),
+        };
         // Frames first: a failure gives back everything taken so far.
         let mut frames = Vec::new();
         for _ in 0..self.pages {
@@ -165,7 +179,8 @@ impl Granter {
         let mut sum = Checksum::new();
         let mut buf = [0u8; PAGE_BYTES];
         for (i, &pfn) in frames.iter().enumerate() {
-            env.frames.fill(pfn, &|b| pattern_byte(i as u32, b));
+            env.frames
+                .fill(pfn, &|b| pattern_byte_with(nonce, i as u32, b));
             env.frames.read(pfn, &mut buf);
             sum.update(&buf);
         }

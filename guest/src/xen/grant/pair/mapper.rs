@@ -37,6 +37,8 @@ pub struct Mapper {
     slots: Vec<Pfn>,
     port: Option<Port>,
     checksum: Option<u64>,
+    /// The pattern's nonce as read from the granter's page 0 at the first verify.
+    nonce: Option<u64>,
     map_ns: u64,
     verify_ns: u64,
     verify_runs: u64,
@@ -58,6 +60,7 @@ impl Mapper {
             slots: Vec::new(),
             port: None,
             checksum: None,
+            nonce: None,
             map_ns: 0,
             verify_ns: 0,
             verify_runs: 0,
@@ -207,6 +210,7 @@ impl Mapper {
                 ("map-us", format!("{}", self.map_ns / 1000)),
                 ("verify-us", format!("{}", self.verify_ns / 1000)),
                 ("checksum", encode_checksum(sum)),
+                ("pattern-nonce", encode_checksum(self.nonce.unwrap_or(0))),
                 ("state", PairState::Mapped.as_str().into()),
             ],
         );
@@ -375,7 +379,11 @@ impl Mapper {
         let mut buf = [0u8; PAGE_BYTES];
         for (i, &pfn) in self.slots.iter().enumerate() {
             env.frames.read(pfn, &mut buf);
-            if !handshake::pattern_ok(i as u32, &buf) {
+            // The nonce is known only from the granter's frame (first read of page 0).
+            let nonce = *self
+                .nonce
+                .get_or_insert_with(|| handshake::pattern_nonce(&buf));
+            if !handshake::pattern_ok_with(nonce, i as u32, &buf) {
                 wrong += 1;
             }
             sum.update(&buf);
