@@ -703,6 +703,30 @@ balloon_settled_at() {
     esac
 }
 
+# Xen's own view of the guest-physical frames of the domain under test: dom0 foreign-maps
+# every gfn in [FIRST, FIRST+COUNT) through privcmd (target/release/gfn-probe) and Xen maps
+# only the ones its p2m holds as RAM. Sets XEN_GFNS (the tool's line: max_gpfn populated
+# absent first last errors) and XEN_POPULATED.
+xen_gfns() {
+    XEN_GFNS=$("$REPO/target/release/gfn-probe" "$DOMID" "$1" "$2" 2>>"$WORK/tools.log") || return 1
+    XEN_POPULATED=$(echo "$XEN_GFNS" | sed -n 's/.* populated=\([0-9]*\) .*/\1/p')
+    [ -n "$XEN_POPULATED" ]
+}
+
+# check_xen_above_4g LABEL PAGES [FIRST LAST]: Xen's p2m holds exactly PAGES RAM frames of
+# the domain in the GiB above 4 GiB (gfns 0x100000..0x13ffff), the first and last of them
+# at FIRST and LAST when given.
+check_xen_above_4g() {
+    xen_gfns 0x100000 0x40000 || fail "$1: gfn-probe failed: $(tail -n 1 "$WORK/tools.log")"
+    info "${1}_xen_4g_to_5g $XEN_GFNS"
+    [ "$XEN_POPULATED" = "$2" ] \
+        || fail "$1: Xen maps $XEN_POPULATED RAM frames of d$DOMID in [4 GiB, 5 GiB), want $2 ($XEN_GFNS)"
+    [ -z "${3:-}" ] || case $XEN_GFNS in
+        *" first=$3 last=$4 "*) ;;
+        *) fail "$1: Xen's RAM frames above 4 GiB are not exactly $3..$4: $XEN_GFNS" ;;
+    esac
+}
+
 # check_hotplugged N: the guest's census shows exactly N hot-added sections, all present,
 # online and with every subsection active, and accounting still closes against Xen.
 check_hotplugged() {
