@@ -78,14 +78,14 @@ soak_valid_step() {
     local i=$1 t=$2 deadline st
     MEMSET_CS=$(now_cs)
     tool xl mem-set "$DOMNAME" "${t}m" || soak_mismatch "$i" "xl mem-set ${t}m failed: $(tail -n 1 "$WORK/tools.log")" || return 1
-    deadline=$((MEMSET_CS + 6000))
+    deadline=$((MEMSET_CS + 3000))
     while ! near_target_mib "$t"; do
         st=$(domain_state "$DOMNAME")
         case $st in
             *c* | '') SOAK_WHY="state '$st': $(panic_line || echo 'no PANIC line')"; return 2 ;;
         esac
         [ "$(now_cs)" -lt "$deadline" ] \
-            || soak_mismatch "$i" "target ${t}MiB not reached in 60s: xl list shows $(domain_mib) MiB" || return 1
+            || soak_mismatch "$i" "target ${t}MiB not reached in 30s: xl list shows $(domain_mib) MiB; guest: $(balloon_status | tr ' ' ','); hot-added sections $(data_read mm/sections/hotplug-ram/present)" || return 1
         sleep 0.1
     done
     STEP_CS=$(($(now_cs) - MEMSET_CS))
