@@ -61,7 +61,10 @@ fn max_gpfn(fd: i32, domid: u16) -> Result<u64, String> {
     // SAFETY: a valid privcmd_hypercall whose pointer argument outlives the call.
     let r = unsafe { libc::ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &mut h as *mut Hypercall) };
     if r < 0 {
-        return Err(format!("XENMEM_maximum_gpfn: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "XENMEM_maximum_gpfn: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(r as u64)
 }
@@ -81,7 +84,10 @@ fn probe(fd: i32, domid: u16, gfns: &[u64]) -> Result<Vec<i32>, String> {
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(format!("mmap of privcmd: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "mmap of privcmd: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let mut err = vec![0i32; gfns.len()];
     let mut b = MmapBatchV2 {
@@ -113,7 +119,11 @@ fn main() -> ExitCode {
         eprintln!("usage: gfn-probe DOMID FIRST_GFN COUNT");
         return ExitCode::from(1);
     };
-    let f = match OpenOptions::new().read(true).write(true).open("/dev/xen/privcmd") {
+    let f = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/xen/privcmd")
+    {
         Ok(f) => f,
         Err(e) => {
             eprintln!("gfn-probe: /dev/xen/privcmd: {e}");
@@ -158,7 +168,11 @@ fn main() -> ExitCode {
         "max_gpfn={max} populated={populated} absent={absent} first={} last={} errors={}",
         hex(lo),
         hex(hi),
-        if errs.is_empty() { "-".to_string() } else { errs.join(",") }
+        if errs.is_empty() {
+            "-".to_string()
+        } else {
+            errs.join(",")
+        }
     );
     ExitCode::SUCCESS
 }
