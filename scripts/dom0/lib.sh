@@ -705,7 +705,8 @@ balloon_settled_at() {
 
 # Xen's own view of the guest-physical frames of the domain under test: dom0 foreign-maps
 # every gfn in [FIRST, FIRST+COUNT) through privcmd (target/release/gfn-probe) and Xen maps
-# only the ones its p2m holds as RAM. Sets XEN_GFNS (the tool's line: max_gpfn populated
+# only the ones its p2m holds as RAM (or frames Xen owns and maps there, e.g. our grant
+# table in the device window). Sets XEN_GFNS (the tool's line: max_gpfn populated
 # absent first last errors) and XEN_POPULATED.
 xen_gfns() {
     XEN_GFNS=$("$REPO/target/release/gfn-probe" "$DOMID" "$1" "$2" 2>>"$WORK/tools.log") || return 1
@@ -713,17 +714,23 @@ xen_gfns() {
     [ -n "$XEN_POPULATED" ]
 }
 
-# check_xen_above_4g LABEL PAGES [FIRST LAST]: Xen's p2m holds exactly PAGES RAM frames of
-# the domain in the GiB above 4 GiB (gfns 0x100000..0x13ffff), the first and last of them
-# at FIRST and LAST when given.
-check_xen_above_4g() {
-    xen_gfns 0x100000 0x40000 || fail "$1: gfn-probe failed: $(tail -n 1 "$WORK/tools.log")"
-    info "${1}_xen_4g_to_5g $XEN_GFNS"
-    [ "$XEN_POPULATED" = "$2" ] \
-        || fail "$1: Xen maps $XEN_POPULATED RAM frames of d$DOMID in [4 GiB, 5 GiB), want $2 ($XEN_GFNS)"
-    [ -z "${3:-}" ] || case $XEN_GFNS in
-        *" first=$3 last=$4 "*) ;;
-        *) fail "$1: Xen's RAM frames above 4 GiB are not exactly $3..$4: $XEN_GFNS" ;;
+# check_xen_hot_ram LABEL PAGES: Xen's p2m holds exactly PAGES RAM frames of the domain in
+# the GiB from the start of its hot-add window (data/hotplug/window/ram-start, which must
+# lie above 4 GiB), contiguous from that start. Where the window is comes from the guest;
+# what is RAM there, from Xen.
+check_xen_hot_ram() {
+    local label=$1 want=$2 start gfn
+    start=$(data_read hotplug/window/ram-start) || fail "$label: no data/hotplug/window/ram-start"
+    gfn=$((start / 4096))
+    [ "$gfn" -ge $((0x100000)) ] || fail "$label: the hot-add window starts at $start, below 4 GiB"
+    xen_gfns "$gfn" 0x40000 || fail "$label: gfn-probe failed: $(tail -n 1 "$WORK/tools.log")"
+    info "${label}_xen_hot_window ram_start=$start $XEN_GFNS"
+    [ "$XEN_POPULATED" = "$want" ] \
+        || fail "$label: Xen maps $XEN_POPULATED RAM frames of d$DOMID in the GiB from $start (the hot-add window), want $want ($XEN_GFNS)"
+    [ "$want" = 0 ] && return 0
+    case $XEN_GFNS in
+        *" first=$(printf '%#x' "$gfn") last=$(printf '%#x' $((gfn + want - 1))) "*) ;;
+        *) fail "$label: Xen's RAM frames in the hot-add window are not contiguous from $start: $XEN_GFNS" ;;
     esac
 }
 
