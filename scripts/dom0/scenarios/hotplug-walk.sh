@@ -2,10 +2,12 @@
 # xenci-ci: yes
 # xenci-peer: no
 # xenci-budget: 420
-# xenci-about: 100-step random walk of xl mem-set across the boot/hotplug boundary (128-768 MiB, boot 256) with the saveable-page walker after every step: no crash, census == Xen and walker == census every step
+# xenci-about: 100-step random walk of xl mem-set across the boot/hotplug boundary, from the balloon's floor (32 MiB) to 768 MiB (boot 256, shadow_memory=16) with the saveable-page walker after every step: no crash, census == Xen and walker == census every step
 scenario_hotplug_walk() {
     local seed=${XENCI_SEED:-20261125} steps=100 i=0 t runs prev_runs=0 worst=0 secs
-    create_domain "xenci-hpw-$SUBJECT" 'memory=256' 'maxmem=256' 'extra="walk"'
+    # Down to the floor after hot-adds: Xen's p2m pool must cover giving memory back
+    # (guest/README.md, "Memory hotplug": Xen's paging pool).
+    create_domain "xenci-hpw-$SUBJECT" 'memory=256' 'maxmem=256' 'extra="walk"' 'shadow_memory=16'
     wait_ready 90
     require_balloon
     wait_reach 256 10
@@ -15,7 +17,8 @@ scenario_hotplug_walk() {
         i=$((i + 1))
         # A fixed-seed LCG: the same walk every run (XENCI_SEED picks another).
         seed=$(((seed * 1103515245 + 12345) % 2147483648))
-        t=$((128 + (seed / 65536 % 81) * 8))
+        # 32 (the floor) to 768 MiB in 8 MiB steps.
+        t=$((32 + (seed / 65536 % 93) * 8))
         mem_set "$t"
         wait_reach "$t" 60 "$MEMSET_CS"
         wait_for 30 "balloon done at $t MiB (step $i)" balloon_settled $((t * 1024)) \
