@@ -275,16 +275,21 @@ impl<S: MemmapStorage> MemModel<S> {
         ))
     }
 
+    /// Section `nr` and its first pfn, if any of its subsections is present.
+    fn present_section(&self, nr: usize) -> Result<(Pfn, &Section), MmError> {
+        let first = section_start_pfn(nr);
+        self.root
+            .section(nr)
+            .filter(|s| s.present() != 0)
+            .map(|s| (first, s))
+            .ok_or(MmError::NotActive(first))
+    }
+
     /// Online a RAM section: its pages become reachable through `pfn_to_online_page` and
     /// may be populated into the allocator.
     pub fn online_section(&self, nr: usize) -> Result<(), MmError> {
         let mut g = self.inner.lock();
-        let first = section_start_pfn(nr);
-        let s = self
-            .root
-            .section(nr)
-            .filter(|s| s.present() != 0)
-            .ok_or(MmError::NotActive(first))?;
+        let (first, s) = self.present_section(nr)?;
         let kind = s.kind().ok_or(MmError::NotActive(first))?;
         if !kind.is_ram() {
             return Err(MmError::WrongSection {
@@ -305,12 +310,7 @@ impl<S: MemmapStorage> MemModel<S> {
     pub fn offline_section(&self, nr: usize) -> Result<(), MmError> {
         let mut g = self.inner.lock();
         let g = &mut *g;
-        let first = section_start_pfn(nr);
-        let s = self
-            .root
-            .section(nr)
-            .filter(|s| s.present() != 0)
-            .ok_or(MmError::NotActive(first))?;
+        let (_, s) = self.present_section(nr)?;
         let mm = Memmap::new(&self.root, &g.token);
         let present = s.present();
         for idx in (0..SUBSECTIONS_PER_SECTION).filter(|i| present & (1 << i) != 0) {
