@@ -107,6 +107,15 @@ pub unsafe fn sched_op(cmd: u32, arg: *mut u8) -> Result<u64, Errno> {
     Errno::check(unsafe { hypercall(nr::SCHED_OP, cmd as u64, arg as u64, 0, 0, 0) })
 }
 
+/// `HYPERVISOR_vcpu_op(cmd, vcpu, arg)`.
+///
+/// # Safety
+/// `arg` must be null or point to the structure `cmd` expects.
+pub unsafe fn vcpu_op(cmd: u32, vcpu: u32, arg: *mut u8) -> Result<u64, Errno> {
+    // SAFETY: forwarded from the caller.
+    Errno::check(unsafe { hypercall(nr::VCPU_OP, cmd as u64, vcpu as u64, arg as u64, 0, 0) })
+}
+
 /// `HYPERVISOR_grant_table_op(cmd, uop, count)`.
 ///
 /// # Safety

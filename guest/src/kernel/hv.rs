@@ -10,7 +10,7 @@ use xen_bindings::abi::grant_table::{
 };
 use xen_bindings::abi::hvm::{param, XenHvmParam, HVMOP_GET_PARAM, HVMOP_SET_PARAM};
 use xen_bindings::abi::memory::{self as mem, mapspace, XenAddToPhysmap, XenMemoryReservation};
-use xen_bindings::abi::sched::{SCHEDOP_poll, SCHEDOP_shutdown, SchedPoll, SchedShutdown};
+use xen_bindings::abi::sched::{SCHEDOP_shutdown, SchedShutdown};
 use xen_bindings::abi::shared_info::SharedInfo;
 use xen_bindings::abi::DOMID_SELF;
 use xen_bindings::hypercall::{self as hc, XenCpuid};
@@ -20,7 +20,8 @@ use xen_bindings::traits::{
 };
 use xen_bindings::Errno;
 
-use crate::arch::{cpu, entry};
+use crate::arch::{cpu, entry, percpu};
+use crate::irq;
 
 /// RAM pages whose frames Xen took back by mapping something over them (shared_info).
 pub const SHARED_INFO_PAGES: u64 = 1;
@@ -53,7 +54,10 @@ impl Xen {
             shared: (&raw mut SHARED_INFO_PAGE) as *mut SharedInfo,
             cpuid,
         };
-        Some(xen.attach().map(|()| xen))
+        Some(xen.attach().map(|()| {
+            irq::init(xen.shared);
+            xen
+        }))
     }
 
     /// Installs the hypercall page and maps shared_info over its page. At boot, and again
@@ -92,6 +96,8 @@ impl Xen {
     /// host's system time may be behind the old one's).
     pub fn resumed_in_new_domain(&self) -> Result<(), Errno> {
         self.attach()?;
+        // Every binding and the upcall vector are gone with the old domain.
+        irq::setup_this_cpu()?;
         let before = SUSPEND_CLOCK_NS.load(Ordering::Relaxed);
         let now = self.now_ns();
         if now < before {
@@ -113,10 +119,12 @@ impl Xen {
     }
 
     fn time_info(&self) -> TimeInfo {
-        // SAFETY: vcpu_info[0] lives in the mapped shared_info page; Xen writes it under the
-        // version seqlock that `read_consistent` implements, so volatile reads suffice.
+        // Each vCPU reads its own time record (Xen keeps it for the pCPU it runs on).
+        let id = (percpu::id() as usize).min(xen_bindings::abi::shared_info::LEGACY_MAX_VCPUS - 1);
+        // SAFETY: vcpu_info[id] lives in the mapped shared_info page; Xen writes it under
+        // the version seqlock that `read_consistent` implements, so volatile reads suffice.
         unsafe {
-            let t = &raw const (*self.shared).vcpu_info[0].time;
+            let t = &raw const (*self.shared).vcpu_info[id].time;
             read_consistent(
                 || (&raw const (*t).version).read_volatile(),
                 || TimeInfo {
@@ -141,16 +149,6 @@ impl Xen {
         Ok(p.value)
     }
 
-    fn pending_word(&self, port: Port) -> &AtomicU64 {
-        // SAFETY: evtchn_pending is a u64 array in the mapped shared_info that Xen updates
-        // with atomic ops; port / 64 < 64 is checked by callers.
-        unsafe {
-            AtomicU64::from_ptr(
-                (&raw mut (*self.shared).evtchn_pending[(port / 64) as usize]).cast(),
-            )
-        }
-    }
-
     fn reservation(&self, cmd: u32, gfns: &[Gfn], order: u32) -> Result<usize, Errno> {
         let mut r = XenMemoryReservation {
             extent_start: gfns.as_ptr() as *mut u64,
@@ -171,10 +169,35 @@ static CLOCK_OFFSET_NS: AtomicU64 = AtomicU64::new(0);
 /// Our clock when the last suspend began.
 static SUSPEND_CLOCK_NS: AtomicU64 = AtomicU64::new(0);
 
+impl Xen {
+    /// Xen's system time (without our migration offset): what timers take.
+    pub fn xen_now_ns(&self) -> u64 {
+        self.time_info().ns_at(cpu::rdtsc())
+    }
+
+    /// Our clock's `t` in Xen system time.
+    pub fn to_xen_time(&self, t: u64) -> u64 {
+        // Relaxed: as in `now_ns`.
+        t.saturating_sub(CLOCK_OFFSET_NS.load(Ordering::Relaxed)).max(1)
+    }
+
+    /// Blocks this vCPU until a port is pending, an IPI arrives or our clock reaches
+    /// `deadline_ns` (0: none); see [`irq::wait`].
+    pub fn wait(&self, ports: &[Port], deadline_ns: u64) -> usize {
+        let d = if deadline_ns == 0 {
+            0
+        } else {
+            self.to_xen_time(deadline_ns)
+        };
+        irq::wait(ports, d, || self.xen_now_ns())
+    }
+}
+
 impl Clock for Xen {
     fn now_ns(&self) -> u64 {
-        // Relaxed: written only by this vCPU in `resumed_in_new_domain`.
-        self.time_info().ns_at(cpu::rdtsc()) + CLOCK_OFFSET_NS.load(Ordering::Relaxed)
+        // Relaxed: the offset changes only in `resumed_in_new_domain`, on vCPU 0 while
+        // every other vCPU is down.
+        self.xen_now_ns() + CLOCK_OFFSET_NS.load(Ordering::Relaxed)
     }
 }
 
@@ -192,7 +215,7 @@ impl EventChannels for Xen {
         let bit = 1u64 << (port % 64);
         // AcqRel: acquire pairs with Xen's locked set of the bit after it wrote the data the
         // event announces (ring indices); release orders our earlier ring reads before it.
-        self.pending_word(port).fetch_and(!bit, Ordering::AcqRel) & bit != 0
+        irq::pending_word(port).fetch_and(!bit, Ordering::AcqRel) & bit != 0
     }
 
     fn alloc_unbound(&self, remote: DomId) -> Result<Port, Errno> {
@@ -231,14 +254,11 @@ impl EventChannels for Xen {
 }
 
 impl Sched for Xen {
+    /// Not `SCHEDOP_poll`: the vCPU halts with interrupts on until an event's upcall or
+    /// its single-shot timer wakes it ([`irq::wait`]).
     fn poll(&self, ports: &[Port], deadline_ns: u64) -> Result<(), Errno> {
-        let mut p = SchedPoll {
-            ports: ports.as_ptr() as *mut u32,
-            nr_ports: ports.len() as u32,
-            timeout: deadline_ns,
-        };
-        // SAFETY: p points at `ports`, which outlives the call; Xen only reads it.
-        unsafe { hc::sched_op(SCHEDOP_poll, (&raw mut p).cast()) }.map(drop)
+        self.wait(ports, deadline_ns);
+        Ok(())
     }
 
     fn shutdown(&self, reason: ShutdownReason) -> Result<(), Errno> {

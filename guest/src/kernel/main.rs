@@ -36,6 +36,7 @@ mod arch;
 mod boot;
 mod grants;
 mod hv;
+mod irq;
 mod kheap;
 mod klog;
 mod kmem;
@@ -63,6 +64,7 @@ const QEMU_EXIT_PANIC: u8 = 0x11;
 
 #[no_mangle]
 extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
+    arch::percpu::install_boot();
     klog::init(log::LevelFilter::Info);
     HEAP.init_early();
     log::info!(
@@ -89,6 +91,11 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
         Some(Err(e)) => panic!("Xen found but shared_info could not be mapped: {e}"),
         Some(Ok(xen)) => Some(*hv::XEN.call_once(|| xen)),
     };
+    if xen.is_some() {
+        if let Err(e) = irq::setup_this_cpu() {
+            panic!("cannot set up event delivery by interrupt on vCPU 0: {e}");
+        }
+    }
     // Under populate-on-demand only Xen's tot_pages may be touched: the memory model
     // must know before it builds anything.
     let touchable = xen.and_then(|x| match x.current_reservation() {

@@ -5,6 +5,18 @@ use crate::assert_layout;
 
 pub const HVMOP_SET_PARAM: u32 = 0;
 pub const HVMOP_GET_PARAM: u32 = 1;
+/// `HVMOP_set_evtchn_upcall_vector`: deliver a vCPU's event upcall as a LAPIC vector.
+pub const HVMOP_SET_EVTCHN_UPCALL_VECTOR: u32 = 23;
+
+/// `struct xen_hvm_evtchn_upcall_vector`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct XenHvmEvtchnUpcallVector {
+    pub vcpu: u32,
+    /// ≥ 0x10.
+    pub vector: u8,
+}
+assert_layout!(XenHvmEvtchnUpcallVector, size = 8, vcpu = 0, vector = 4);
 
 /// `struct xen_hvm_param`.
 #[repr(C)]

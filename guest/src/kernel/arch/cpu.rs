@@ -31,6 +31,44 @@ pub unsafe fn wrmsr(msr: u32, val: u64) {
     }
 }
 
+/// # Safety
+/// Reading some MSRs has side effects; the caller knows this one has none it minds.
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi,
+            options(nomem, nostack, preserves_flags))
+    };
+    (hi as u64) << 32 | lo as u64
+}
+
+/// Enables interrupts and halts until one arrives, atomically: `sti` holds interrupts off
+/// for one more instruction, so an interrupt that became pending before it wakes the
+/// `hlt` instead of being taken in between. Interrupts are off again on return (the
+/// handler ran on its IST stack). Never `cli; hlt`: Xen takes a vCPU that does that down.
+pub fn wait_for_interrupt() {
+    // SAFETY: the only interrupt handlers (upcall, spurious) run on IST stacks, touch only
+    // atomics and return; interrupts are disabled again before any other code runs.
+    unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
+/// Reads CR0.
+pub fn read_cr0() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR0 has no side effects.
+    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Reads CR4.
+pub fn read_cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
 pub fn read_cr2() -> u64 {
     let v: u64;
     // SAFETY: reading CR2 has no side effects.
@@ -53,7 +91,8 @@ pub fn flush_tlb() {
     };
 }
 
-/// Stops this CPU for good (interrupts are never enabled in this kernel).
+/// Stops this CPU for good. `cli; hlt` makes Xen take the vCPU down (on the last one the
+/// domain is powered off), which is what a dead kernel wants.
 pub fn halt_forever() -> ! {
     loop {
         // SAFETY: hlt with IF=0 just parks the CPU.

@@ -1,23 +1,26 @@
-//! GDT with a TSS, IDT for the 32 CPU exceptions, every one on an IST stack.
+//! GDT with a TSS per vCPU, one IDT for all: the 32 CPU exceptions, the event-channel
+//! upcall vector and the LAPIC's spurious vector, every one on an IST stack.
 //!
-//! Why IST for every vector: the prebuilt libcore uses the red zone, and an exception taken
-//! on the current stack would overwrite the interrupted function's red zone. IST stacks are
-//! not re-entrant, so a handler must not fault; the handlers only log and panic (or, for
-//! `int3` in the self-test, count and return).
+//! Why IST for every vector: the prebuilt libcore uses the red zone, and an exception or
+//! interrupt taken on the current stack would overwrite the interrupted function's red
+//! zone. IST stacks are not re-entrant, so a handler must not fault; the exception
+//! handlers only log and panic (or, for `int3` in the self-test, count and return), and
+//! the upcall runs with interrupts off on its own IST (3), so it never nests with itself
+//! or with a fault (IST 1).
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 const IST_STACK_SIZE: usize = 16 * 1024;
-/// Selectors in [`GDT`].
+/// Selectors in every GDT.
 const KERNEL_CS: u16 = 0x08;
 const TSS_SEL: u16 = 0x18;
+/// The vector Xen raises for event-channel upcalls (`HVMOP_set_evtchn_upcall_vector`).
+pub const UPCALL_VECTOR: u8 = 0xf3;
+/// The LAPIC's spurious-interrupt vector (no EOI).
+pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 #[repr(C, align(16))]
 struct Stack([u8; IST_STACK_SIZE]);
-
-/// IST1: ordinary exceptions. IST2: #DF, NMI, #MC (may arrive while IST1 is in use).
-static mut IST1: Stack = Stack([0; IST_STACK_SIZE]);
-static mut IST2: Stack = Stack([0; IST_STACK_SIZE]);
 
 /// The 64-bit TSS: only the IST pointers matter (no privilege changes in this kernel).
 #[repr(C, packed(4))]
@@ -32,18 +35,37 @@ struct Tss {
 }
 const _: () = assert!(core::mem::size_of::<Tss>() == 104);
 
-static mut TSS: Tss = Tss {
-    reserved0: 0,
-    rsp: [0; 3],
-    reserved1: 0,
-    ist: [0; 7],
-    reserved2: 0,
-    reserved3: 0,
-    iomap_base: 104,
-};
+/// One vCPU's descriptor tables and IST stacks. IST1: ordinary exceptions. IST2: #DF,
+/// NMI, #MC (may arrive while IST1 is in use). IST3: the upcall vector.
+#[repr(C, align(16))]
+pub struct CpuTables {
+    ist: [Stack; 3],
+    tss: Tss,
+    /// null, 64-bit code, data, TSS (two slots).
+    gdt: [u64; 5],
+}
 
-/// null, 64-bit code, data, TSS (two slots).
-static mut GDT: [u64; 5] = [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff, 0, 0];
+impl CpuTables {
+    /// Zeroed tables; [`load`] fills them in.
+    pub const fn new() -> CpuTables {
+        CpuTables {
+            ist: [const { Stack([0; IST_STACK_SIZE]) }; 3],
+            tss: Tss {
+                reserved0: 0,
+                rsp: [0; 3],
+                reserved1: 0,
+                ist: [0; 7],
+                reserved2: 0,
+                reserved3: 0,
+                iomap_base: 104,
+            },
+            gdt: [0; 5],
+        }
+    }
+}
+
+/// vCPU 0's tables (APs get theirs from the heap).
+static mut BOOT_TABLES: CpuTables = CpuTables::new();
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -58,7 +80,7 @@ struct IdtEntry {
 }
 const _: () = assert!(core::mem::size_of::<IdtEntry>() == 16);
 
-static mut IDT: [IdtEntry; 32] = [IdtEntry {
+static mut IDT: [IdtEntry; 256] = [IdtEntry {
     offset_lo: 0,
     selector: 0,
     ist: 0,
@@ -66,7 +88,7 @@ static mut IDT: [IdtEntry; 32] = [IdtEntry {
     offset_mid: 0,
     offset_hi: 0,
     zero: 0,
-}; 32];
+}; 256];
 
 #[repr(C, packed)]
 struct DescPtr {
@@ -87,6 +109,15 @@ core::arch::global_asm!(
     "push $\\n",
     "jmp isr_common",
     ".endr",
+    // The upcall and spurious vectors (no error code).
+    "isr_upcall:",
+    "push $0",
+    "push $0xf3",
+    "jmp isr_common",
+    "isr_spurious:",
+    "push $0",
+    "push $0xff",
+    "jmp isr_common",
     "isr_common:",
     "push %rax",
     "push %rbx",
@@ -131,12 +162,29 @@ core::arch::global_asm!(
     ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
     ".quad isr_\\n",
     ".endr",
+    ".global isr_upcall_addr",
+    "isr_upcall_addr: .quad isr_upcall",
+    ".global isr_spurious_addr",
+    "isr_spurious_addr: .quad isr_spurious",
     ".popsection",
     options(att_syntax)
 );
 
 extern "C" {
     static isr_table: [u64; 32];
+    static isr_upcall_addr: u64;
+    static isr_spurious_addr: u64;
+}
+
+/// What the upcall vector runs (set once by the event-channel code), 0 = nothing yet.
+// Relaxed: stored before the first vCPU enables interrupts (its `sti` orders it) and
+// never changed.
+static UPCALL_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the function the upcall vector calls, with interrupts off, on IST 3. It must
+/// not fault, take a lock or log; [`super::lapic::eoi`] follows it.
+pub fn set_upcall_handler(f: fn()) {
+    UPCALL_HANDLER.store(f as usize, Ordering::Relaxed);
 }
 
 /// What the stubs leave on the IST stack.
@@ -208,6 +256,19 @@ pub static BREAKPOINTS: AtomicU32 = AtomicU32::new(0);
 
 #[no_mangle]
 extern "C" fn exception_entry(f: &mut TrapFrame) {
+    if f.vector == UPCALL_VECTOR as u64 {
+        let h = UPCALL_HANDLER.load(Ordering::Relaxed);
+        if h != 0 {
+            // SAFETY: only `set_upcall_handler` stores here, always a `fn()`.
+            let h: fn() = unsafe { core::mem::transmute::<usize, fn()>(h) };
+            h();
+        }
+        super::lapic::eoi();
+        return;
+    }
+    if f.vector == SPURIOUS_VECTOR as u64 {
+        return;
+    }
     if f.vector == 3 {
         // Relaxed: a counter read by the same vCPU after the int3 returns.
         BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
@@ -260,24 +321,58 @@ extern "C" fn exception_entry(f: &mut TrapFrame) {
     );
 }
 
-/// Loads the GDT (with TSS), the TSS and the IDT.
+/// Fills the shared IDT and loads vCPU 0's tables (once, at boot).
 pub fn init() {
-    // SAFETY: runs once at boot on the only vCPU, before any exception can be handled;
-    // the statics it writes are only read by the CPU through GDTR/IDTR/TR afterwards.
+    // SAFETY: runs once at boot on vCPU 0 before any other vCPU exists and before any
+    // exception can be handled; the IDT is only read by CPUs through IDTR afterwards.
     unsafe {
-        let tss = &raw mut TSS;
-        (*tss).ist[0] = (&raw const IST1) as u64 + IST_STACK_SIZE as u64;
-        (*tss).ist[1] = (&raw const IST2) as u64 + IST_STACK_SIZE as u64;
-        let base = tss as u64;
-        let limit = core::mem::size_of::<Tss>() as u64 - 1;
-        let gdt = &raw mut GDT;
-        // Available 64-bit TSS descriptor (type 9, present).
-        (*gdt)[3] = limit | (base & 0xff_ffff) << 16 | 0x89 << 40 | ((base >> 24) & 0xff) << 56;
-        (*gdt)[4] = base >> 32;
-        let gdtr = DescPtr {
-            limit: (core::mem::size_of::<[u64; 5]>() - 1) as u16,
-            base: gdt as u64,
+        let idt = &raw mut IDT;
+        let gate = |addr: u64, ist: u8| IdtEntry {
+            offset_lo: addr as u16,
+            selector: KERNEL_CS,
+            ist,
+            type_attr: 0x8e,
+            offset_mid: (addr >> 16) as u16,
+            offset_hi: (addr >> 32) as u32,
+            zero: 0,
         };
+        for v in 0..32 {
+            let ist = if matches!(v, 2 | 8 | 18) { 2 } else { 1 };
+            (*idt)[v] = gate(isr_table[v], ist);
+        }
+        (*idt)[UPCALL_VECTOR as usize] = gate(isr_upcall_addr, 3);
+        (*idt)[SPURIOUS_VECTOR as usize] = gate(isr_spurious_addr, 3);
+        load(&mut *(&raw mut BOOT_TABLES));
+    }
+}
+
+/// Loads `t` (GDT with its TSS, the TSS) and the shared IDT on the calling vCPU. Each
+/// vCPU needs its own `CpuTables` (a loaded TSS is marked busy in its GDT).
+pub fn load(t: &'static mut CpuTables) {
+    for (i, stack) in t.ist.iter().enumerate() {
+        t.tss.ist[i] = stack.0.as_ptr() as u64 + IST_STACK_SIZE as u64;
+    }
+    let base = (&raw const t.tss) as u64;
+    let limit = core::mem::size_of::<Tss>() as u64 - 1;
+    t.gdt = [
+        0,
+        0x00af_9a00_0000_ffff,
+        0x00cf_9200_0000_ffff,
+        // Available 64-bit TSS descriptor (type 9, present).
+        limit | (base & 0xff_ffff) << 16 | 0x89 << 40 | ((base >> 24) & 0xff) << 56,
+        base >> 32,
+    ];
+    let gdtr = DescPtr {
+        limit: (core::mem::size_of::<[u64; 5]>() - 1) as u16,
+        base: t.gdt.as_ptr() as u64,
+    };
+    let idtr = DescPtr {
+        limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16,
+        base: (&raw const IDT) as u64,
+    };
+    // SAFETY: `t` lives forever and belongs to this vCPU; the GDT has the same code and
+    // data selectors as the boot GDT, so reloading CS/DS/SS keeps running code valid.
+    unsafe {
         core::arch::asm!(
             "lgdt [{gdtr}]",
             // Reload CS through a far return so the new GDT is in use for code too.
@@ -286,30 +381,17 @@ pub fn init() {
             "push {tmp}",
             "retfq",
             "2:",
+            "mov {tmp:e}, 0x10",
+            "mov ds, {tmp:e}",
+            "mov es, {tmp:e}",
+            "mov ss, {tmp:e}",
             "ltr {tss:x}",
+            "lidt [{idtr}]",
             gdtr = in(reg) &gdtr,
+            idtr = in(reg) &idtr,
             cs = in(reg) KERNEL_CS as u64,
             tmp = out(reg) _,
             tss = in(reg) TSS_SEL,
         );
-        let idt = &raw mut IDT;
-        for (v, e) in (*idt).iter_mut().enumerate() {
-            let addr = isr_table[v];
-            let ist = if matches!(v, 2 | 8 | 18) { 2 } else { 1 };
-            *e = IdtEntry {
-                offset_lo: addr as u16,
-                selector: KERNEL_CS,
-                ist,
-                type_attr: 0x8e,
-                offset_mid: (addr >> 16) as u16,
-                offset_hi: (addr >> 32) as u32,
-                zero: 0,
-            };
-        }
-        let idtr = DescPtr {
-            limit: (core::mem::size_of::<[IdtEntry; 32]>() - 1) as u16,
-            base: idt as u64,
-        };
-        core::arch::asm!("lidt [{}]", in(reg) &idtr, options(nostack));
     }
 }

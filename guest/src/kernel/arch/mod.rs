@@ -3,5 +3,7 @@
 pub mod cpu;
 pub mod entry;
 pub mod idt;
+pub mod lapic;
 pub mod mem;
 pub mod page_tables;
+pub mod percpu;

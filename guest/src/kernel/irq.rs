@@ -1,0 +1,250 @@
+//! Events by interrupt: each vCPU's upcall vector, its `VIRQ_TIMER` and IPI ports, and
+//! the one way any code here waits — [`wait`], which halts with `sti; hlt` until an event
+//! or a deadline.
+//!
+//! ```text
+//!  Xen sets a port's pending bit (shared_info), its word's bit in the port's vCPU's
+//!  selector, upcall_pending → LAPIC vector UPCALL_VECTOR on that vCPU
+//!     └─▶ upcall() (IST 3, IF=0): clear upcall_pending, take the selector, take only this
+//!         vCPU's own timer/IPI bits (→ PerCpu::woken); every other pending bit stays in
+//!         shared_info for its consumer (`take_pending` in thread context); EOI.
+//!  wait(ports, deadline) (thread context, IF=0): unmask + check the ports, check woken,
+//!     arm the single-shot timer, `sti; hlt; cli`, repeat.
+//! ```
+//!
+//! Context: interrupts are enabled only inside [`wait`]'s `sti; hlt`, so the upcall never
+//! interrupts kernel code: it cannot meet a held lock, a walker never runs in interrupt
+//! context, and the grace period has no interrupt-context readers to cover. Interdomain
+//! ports (xenstore, console, grant peers) notify vCPU 0 (Xen's default binding), which
+//! runs every driver; a vCPU's own timer and IPI ports notify only that vCPU.
+
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
+
+use xen_bindings::abi::event_channel as ev;
+use xen_bindings::abi::hvm::{XenHvmEvtchnUpcallVector, HVMOP_SET_EVTCHN_UPCALL_VECTOR};
+use xen_bindings::abi::shared_info::{SharedInfo, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L};
+use xen_bindings::abi::vcpu::{
+    VcpuSetSingleshotTimer, VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER,
+};
+use xen_bindings::hypercall as hc;
+use xen_bindings::traits::Port;
+use xen_bindings::Errno;
+
+use crate::arch::{cpu, idt, lapic, percpu};
+
+/// `PerCpu::woken` bit: this vCPU's single-shot timer fired.
+pub const WOKEN_TIMER: usize = 1 << 0;
+/// `PerCpu::woken` bit: another vCPU sent this one an IPI.
+pub const WOKEN_IPI: usize = 1 << 1;
+
+/// shared_info, once mapped (set by `hv` at boot; the same page after a resume).
+// Release/Acquire: the store follows the mapping hypercall; readers on other vCPUs then
+// see the mapped page.
+static SHARED: AtomicPtr<SharedInfo> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Tells the interrupt path where shared_info is and installs the upcall handler.
+pub fn init(shared: *mut SharedInfo) {
+    SHARED.store(shared, Ordering::Release);
+    idt::set_upcall_handler(upcall);
+}
+
+fn shared() -> *mut SharedInfo {
+    SHARED.load(Ordering::Acquire)
+}
+
+fn word(base: *mut u64, port: Port) -> &'static AtomicU64 {
+    // SAFETY: `base` is an array of 64 u64 in the mapped shared_info that Xen updates with
+    // atomic operations; `port < NR_EVENT_CHANNELS_2L` is checked by callers.
+    unsafe { AtomicU64::from_ptr(base.add((port / 64) as usize)) }
+}
+
+/// The pending word of `port`.
+pub fn pending_word(port: Port) -> &'static AtomicU64 {
+    // SAFETY: address of the array in the mapped shared_info (no reference is created).
+    word(unsafe { (&raw mut (*shared()).evtchn_pending).cast() }, port)
+}
+
+/// The mask word of `port`.
+fn mask_word(port: Port) -> &'static AtomicU64 {
+    // SAFETY: as in `pending_word`.
+    word(unsafe { (&raw mut (*shared()).evtchn_mask).cast() }, port)
+}
+
+/// The upcall (IDT vector [`idt::UPCALL_VECTOR`], IF=0, IST 3). No locks, no logging.
+fn upcall() {
+    let me = percpu::this();
+    let id = me.id as usize;
+    if id >= LEGACY_MAX_VCPUS {
+        return;
+    }
+    let si = shared();
+    // SAFETY: vcpu_info[id] lives in the mapped shared_info; Xen writes these fields with
+    // atomic operations, so atomic views of them are sound.
+    let (upcall_pending, sel) = unsafe {
+        let vi = &raw mut (*si).vcpu_info[id];
+        (
+            AtomicU8::from_ptr(&raw mut (*vi).evtchn_upcall_pending),
+            AtomicU64::from_ptr((&raw mut (*vi).evtchn_pending_sel).cast()),
+        )
+    };
+    // Xen raises the vector only on upcall_pending's 0→1 edge: clear it first, then take
+    // the selector (a port set after this raises a new upcall). SeqCst: orders the clear
+    // before the selector swap, as Xen's own `xen_evtchn_upcall` does with xchg.
+    upcall_pending.store(0, Ordering::SeqCst);
+    let words = sel.swap(0, Ordering::SeqCst);
+    let mut woken = 0;
+    for (port, bit) in [
+        (me.timer_port.load(Ordering::Relaxed), WOKEN_TIMER),
+        (me.ipi_port.load(Ordering::Relaxed), WOKEN_IPI),
+    ] {
+        if port == 0 || words & (1 << (port / 64)) == 0 {
+            continue;
+        }
+        let b = 1u64 << (port % 64);
+        // AcqRel: pairs with Xen's locked set of the bit; clearing it lets Xen raise the
+        // next one.
+        if pending_word(port).fetch_and(!b, Ordering::AcqRel) & b != 0 {
+            woken |= bit;
+        }
+    }
+    if woken != 0 {
+        // Release: pairs with the Acquire swap in `take_woken`.
+        me.woken.fetch_or(woken, Ordering::Release);
+    }
+}
+
+/// Takes this vCPU's wake reasons (`WOKEN_*`).
+pub fn take_woken() -> usize {
+    // Acquire: pairs with the upcall's Release `fetch_or`.
+    percpu::this().woken.swap(0, Ordering::Acquire)
+}
+
+/// Whether any of `ports` is pending (unmasking each first, so that an event on it also
+/// raises an upcall). Leaves the pending bits for their consumer.
+fn any_pending(ports: &[Port]) -> bool {
+    let mut any = false;
+    for &p in ports.iter().filter(|&&p| p < NR_EVENT_CHANNELS_2L) {
+        let b = 1u64 << (p % 64);
+        // SeqCst (both): the unmask must be ordered before the pending check, or an event
+        // landing in between (masked: no upcall) would be missed until the deadline.
+        mask_word(p).fetch_and(!b, Ordering::SeqCst);
+        any |= pending_word(p).load(Ordering::SeqCst) & b != 0;
+    }
+    any
+}
+
+/// Blocks the calling vCPU until one of `ports` is pending, an IPI or wake reason in
+/// `stop_on` arrives, or Xen system time reaches `deadline_xen_ns` (0: none). Returns the
+/// wake reasons taken (`WOKEN_*`; the timer's is consumed here). Interrupts are enabled
+/// only inside the halt; nothing spins.
+pub fn wait(ports: &[Port], deadline_xen_ns: u64, now_xen_ns: impl Fn() -> u64) -> usize {
+    let me = percpu::this();
+    let mut armed = false;
+    let mut reasons = 0;
+    loop {
+        let new = take_woken();
+        if new & WOKEN_TIMER != 0 {
+            // Fired (perhaps for an earlier deadline): arm again if still early.
+            armed = false;
+        }
+        reasons |= new;
+        if any_pending(ports) || reasons & WOKEN_IPI != 0 {
+            break;
+        }
+        if deadline_xen_ns != 0 && now_xen_ns() >= deadline_xen_ns {
+            break;
+        }
+        if deadline_xen_ns != 0 && me.timer_port.load(Ordering::Relaxed) != 0 && !armed {
+            armed = set_timer(deadline_xen_ns).is_ok();
+        }
+        if deadline_xen_ns != 0 && !armed {
+            // No timer to wake us: do not sleep past the deadline; let Xen run others.
+            sched_yield();
+            continue;
+        }
+        cpu::wait_for_interrupt();
+    }
+    if armed {
+        let _ = stop_timer();
+    }
+    reasons
+}
+
+/// `VCPUOP_set_singleshot_timer` for the calling vCPU (Xen system time).
+fn set_timer(deadline_xen_ns: u64) -> Result<(), Errno> {
+    let mut t = VcpuSetSingleshotTimer {
+        timeout_abs_ns: deadline_xen_ns,
+        flags: 0,
+    };
+    // SAFETY: t is a valid vcpu_set_singleshot_timer; the op applies to the calling vCPU.
+    unsafe {
+        hc::vcpu_op(
+            VCPUOP_SET_SINGLESHOT_TIMER,
+            percpu::id(),
+            (&raw mut t).cast(),
+        )
+    }
+    .map(drop)
+}
+
+fn stop_timer() -> Result<(), Errno> {
+    // SAFETY: VCPUOP_stop_singleshot_timer takes no argument.
+    unsafe { hc::vcpu_op(VCPUOP_STOP_SINGLESHOT_TIMER, percpu::id(), core::ptr::null_mut()) }
+        .map(drop)
+}
+
+/// `SCHEDOP_yield`: let Xen run another vCPU (a waiter that must poll something no event
+/// announces, e.g. a sibling's reader count).
+pub fn sched_yield() {
+    // SAFETY: SCHEDOP_yield takes no argument.
+    let _ = unsafe {
+        hc::sched_op(
+            xen_bindings::abi::sched::SCHEDOP_yield,
+            core::ptr::null_mut(),
+        )
+    };
+}
+
+/// Per-vCPU event setup, run by the vCPU itself (at its start and after a resume in a
+/// new domain, where every binding is gone): LAPIC on, the upcall vector, `VIRQ_TIMER`
+/// and an IPI port bound to it. Idempotent for the LAPIC and vector.
+pub fn setup_this_cpu() -> Result<(), Errno> {
+    let me = percpu::this();
+    lapic::enable(idt::SPURIOUS_VECTOR);
+    let mut v = XenHvmEvtchnUpcallVector {
+        vcpu: me.id,
+        vector: idt::UPCALL_VECTOR,
+    };
+    // SAFETY: v is a valid xen_hvm_evtchn_upcall_vector for ourselves.
+    unsafe { hc::hvm_op(HVMOP_SET_EVTCHN_UPCALL_VECTOR, (&raw mut v).cast())? };
+    let mut b = ev::EvtchnBindVirq {
+        virq: ev::VIRQ_TIMER,
+        vcpu: me.id,
+        port: 0,
+    };
+    // SAFETY: b is a valid evtchn_bind_virq.
+    unsafe { hc::event_channel_op(ev::EVTCHNOP_bind_virq, (&raw mut b).cast())? };
+    let mut i = ev::EvtchnBindIpi {
+        vcpu: me.id,
+        port: 0,
+    };
+    // SAFETY: i is a valid evtchn_bind_ipi.
+    unsafe { hc::event_channel_op(ev::EVTCHNOP_bind_ipi, (&raw mut i).cast())? };
+    for p in [b.port, i.port] {
+        let mut u = ev::EvtchnUnmask { port: p };
+        // SAFETY: u is a valid evtchn_unmask.
+        unsafe { hc::event_channel_op(ev::EVTCHNOP_unmask, (&raw mut u).cast())? };
+    }
+    // Relaxed: read by this vCPU's upcall (which these stores precede in program order)
+    // and by senders of IPIs after they saw this vCPU online (a Release elsewhere).
+    me.timer_port.store(b.port, Ordering::Relaxed);
+    me.ipi_port.store(i.port, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Sends an IPI to the vCPU whose IPI port is `port`.
+pub fn send_ipi(port: Port) -> Result<(), Errno> {
+    let mut s = ev::EvtchnSend { port };
+    // SAFETY: s is a valid evtchn_send.
+    unsafe { hc::event_channel_op(ev::EVTCHNOP_send, (&raw mut s).cast()) }.map(drop)
+}
