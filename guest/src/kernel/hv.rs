@@ -178,7 +178,8 @@ impl Xen {
     /// Our clock's `t` in Xen system time.
     pub fn to_xen_time(&self, t: u64) -> u64 {
         // Relaxed: as in `now_ns`.
-        t.saturating_sub(CLOCK_OFFSET_NS.load(Ordering::Relaxed)).max(1)
+        t.saturating_sub(CLOCK_OFFSET_NS.load(Ordering::Relaxed))
+            .max(1)
     }
 
     /// Blocks this vCPU until a port is pending, an IPI arrives or our clock reaches

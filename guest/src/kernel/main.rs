@@ -122,7 +122,8 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     let mut balloon = Balloon::new(BalloonConfig {
         ceiling_kib: Some(ceiling_kib),
         ..BalloonConfig::default()
-    });
+    })
+    .with_clock(hv::uptime_ns);
     if let Some(mut x) = xen {
         let now = x.now_ns();
         match balloon.adopt_boot_offline(mm, &mut x, now) {

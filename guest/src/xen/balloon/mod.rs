@@ -28,6 +28,6 @@ pub mod target;
 
 pub use driver::{
     AccountingError, Balloon, BalloonConfig, BalloonState, BalloonStatus, Counters, ForgetError,
-    StepOutcome, DEFAULT_FLOOR_KIB,
+    StepOutcome, StepTiming, DEFAULT_FLOOR_KIB,
 };
 pub use target::{Target, TargetError};
