@@ -8,6 +8,8 @@
 //!
 //! Pure functions over text: everything here is unit-tested without Xen.
 
+pub mod bench;
+pub mod nothing;
 pub mod timeline;
 
 use std::fmt::Write as _;

@@ -94,8 +94,135 @@ fn plot(serial: &str, dir: &str) -> ExitCode {
     }
 }
 
+/// `xenci bench --nonce-file F --serial S --json OUT [--markdown OUT] [--meta K=V]...
+/// [-- SCENARIO...]`: the bench table of a run (scripts/bench).
+fn bench_cmd(args: &[String]) -> ExitCode {
+    use serde_json::{Map, Value};
+    let mut facts = RunFacts::default();
+    let (mut serial, mut json_out, mut md_out) = (None, None, None);
+    let mut meta = Map::new();
+    let mut scenarios: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned();
+        match a.as_str() {
+            "--nonce-file" => match val().map(std::fs::read_to_string) {
+                Some(Ok(n)) => facts.nonce = Some(n.trim().to_string()),
+                _ => {
+                    eprintln!("xenci: bench: --nonce-file needs a readable file");
+                    return ExitCode::from(2);
+                }
+            },
+            "--serial" => serial = val(),
+            "--json" => json_out = val(),
+            "--markdown" => md_out = val(),
+            "--meta" => {
+                if let Some((k, v)) = val().as_deref().and_then(|kv| kv.split_once('=')) {
+                    meta.insert(k.to_string(), Value::String(v.to_string()));
+                }
+            }
+            "--" => scenarios.extend(it.by_ref().cloned()),
+            other => {
+                eprintln!("xenci: bench: unknown argument {other}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if scenarios.is_empty() {
+        scenarios = xenci::bench::SCENARIOS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    }
+    let Some(serial) = serial else {
+        eprintln!("xenci: usage: xenci bench --nonce-file F --serial S --json OUT [--markdown OUT] [--meta K=V]... [-- SCENARIO...]");
+        return ExitCode::from(2);
+    };
+    let text = std::fs::read(&serial)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let verdicts = judge(&text, &scenarios, &[], &facts);
+    let b = xenci::bench::build(&verdicts);
+    print!("{}", xenci::bench::text(&b));
+    let j = xenci::bench::to_json(&b, Value::Object(meta));
+    if let Some(out) = json_out {
+        let body = serde_json::to_string_pretty(&j).expect("json") + "\n";
+        if let Err(e) = std::fs::write(&out, body) {
+            eprintln!("xenci: cannot write {out}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(out) = md_out {
+        if let Err(e) = std::fs::write(&out, xenci::bench::markdown(&j)) {
+            eprintln!("xenci: cannot write {out}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `xenci bench-readme JSON README`: the README's bench block from the JSON.
+fn bench_readme(args: &[String]) -> ExitCode {
+    let [json, readme] = args else {
+        eprintln!("xenci: usage: xenci bench-readme JSON README");
+        return ExitCode::from(2);
+    };
+    let j: serde_json::Value = match std::fs::read_to_string(json)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("xenci: {json}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let old = match std::fs::read_to_string(readme) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("xenci: {readme}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match xenci::bench::replace_block(&old, &xenci::bench::markdown(&j)) {
+        Ok(new) => {
+            if new != old {
+                if let Err(e) = std::fs::write(readme, new) {
+                    eprintln!("xenci: cannot write {readme}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xenci: {readme}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    match argv.first().map(String::as_str) {
+        Some("nothing-kernel") => {
+            return match &argv[1..] {
+                [out] => match std::fs::write(out, xenci::nothing::image()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("xenci: cannot write {out}: {e}");
+                        ExitCode::from(2)
+                    }
+                },
+                _ => {
+                    eprintln!("xenci: usage: xenci nothing-kernel FILE");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Some("bench") => return bench_cmd(&argv[1..]),
+        Some("bench-readme") => return bench_readme(&argv[1..]),
+        _ => {}
+    }
     if argv.first().map(String::as_str) == Some("plot") {
         return match &argv[1..] {
             [serial, dir] => plot(serial, dir),

@@ -1,0 +1,768 @@
+//! `scripts/bench`: one table — ours, the Linux peer, the floor — from one Xen run.
+//!
+//! ```text
+//! xenci bench --nonce-file FILE --serial FILE --json OUT [--markdown OUT]
+//! xenci bench-readme JSON README
+//! ```
+//! The first judges the bench scenarios of the run (the same verdict rules as `xenci
+//! verdict`: only markers carrying the run's nonce count), takes their measurements
+//! (`XENCI INFO` key=value), and prints the table, writing it as JSON (and Markdown). The
+//! second replaces the block between `<!-- bench:begin -->` and `<!-- bench:end -->` in
+//! README with the Markdown table made from the JSON: the README's numbers are generated,
+//! never typed.
+//!
+//! Nothing here judges performance: the goals of issue 13 are shown beside the measured
+//! values, met or not, and nothing fails because of a number.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::Verdict;
+
+/// The scenarios `scripts/bench` runs, in order (one Xen boot).
+pub const SCENARIOS: &[&str] = &[
+    "bench-boot",
+    "bench-boot@linux",
+    "balloon-bench",
+    "balloon-bench@linux",
+    "hotplug-bench",
+    "hotplug-bench@linux",
+    "grant-bench",
+    "save-bench",
+    "save-bench@linux",
+];
+
+/// Every value reported as `key=<number>` by `scenario` (repeats in order).
+pub fn values(verdicts: &[Verdict], scenario: &str, key: &str) -> Vec<f64> {
+    let Some(v) = verdicts.iter().find(|v| v.name == scenario) else {
+        return Vec::new();
+    };
+    v.info
+        .iter()
+        .flat_map(|line| line.split_whitespace())
+        .filter_map(|t| t.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .filter_map(|(_, x)| x.parse::<f64>().ok())
+        .collect()
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+fn max(v: &[f64]) -> Option<f64> {
+    v.iter().copied().reduce(f64::max)
+}
+
+/// One line of the table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub section: &'static str,
+    pub measure: String,
+    pub unit: &'static str,
+    pub ours: Option<f64>,
+    pub linux: Option<f64>,
+    /// The physical limit as measured in the same run (what Xen/`xl` cost on their own).
+    pub floor: Option<f64>,
+    /// How the numbers were taken.
+    pub how: &'static str,
+}
+
+impl Row {
+    pub fn linux_over_ours(&self) -> Option<f64> {
+        ratio(self.linux, self.ours)
+    }
+    pub fn ours_over_floor(&self) -> Option<f64> {
+        ratio(self.ours, self.floor)
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// A goal of issue 13 beside what was measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Goal {
+    pub goal: &'static str,
+    pub target: String,
+    pub measured: Option<f64>,
+    pub unit: &'static str,
+    /// Whether the measured value meets the target (`None`: not measured).
+    pub met: Option<bool>,
+}
+
+/// Everything `scripts/bench` reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bench {
+    pub rows: Vec<Row>,
+    pub goals: Vec<Goal>,
+    /// (scenario, PASS/FAIL/SKIP, reason)
+    pub scenarios: Vec<(String, String, String)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    section: &'static str,
+    measure: &str,
+    unit: &'static str,
+    ours: Option<f64>,
+    linux: Option<f64>,
+    floor: Option<f64>,
+    how: &'static str,
+) -> Row {
+    Row {
+        section,
+        measure: measure.to_string(),
+        unit,
+        ours,
+        linux,
+        floor,
+        how,
+    }
+}
+
+/// Builds the table from the run's verdicts.
+pub fn build(verdicts: &[Verdict]) -> Bench {
+    let v = |s: &str, k: &str| values(verdicts, s, k);
+    let mut rows = Vec::new();
+
+    // Boot. Xen-stamped times: from the Xen console stamp of an `xl debug-keys` line
+    // written just before `xl create` to the stamp of the kernel's first / ready line on
+    // port 0xE9 (`(dN) ...`). Polled: dom0's clock, console log read every 0.05 s.
+    let nothing_first = median(&v("bench-boot", "nothing_first_output_secs"));
+    rows.push(row(
+        "boot",
+        "xl create -> first output (0xE9)",
+        "s",
+        median(&v("bench-boot", "first_output_secs")),
+        None,
+        nothing_first,
+        "Xen's console stamps; floor: the do-nothing PVH kernel; median of the runs",
+    ));
+    rows.push(row(
+        "boot",
+        "xl create -> ready (0xE9)",
+        "s",
+        median(&v("bench-boot", "ready_xen_secs")),
+        None,
+        nothing_first,
+        "Xen's console stamps; floor: the do-nothing kernel's first output",
+    ));
+    rows.push(row(
+        "boot",
+        "first output -> ready (0xE9)",
+        "s",
+        median(&v("bench-boot", "first_to_ready_secs")),
+        None,
+        None,
+        "Xen's console stamps of the kernel's first and ready lines",
+    ));
+    rows.push(row(
+        "boot",
+        "guest clock at ready",
+        "s",
+        median(&v("bench-boot", "guest_clock_ready_secs")),
+        None,
+        None,
+        "the ready line's own timestamp (the guest's clock starts at its Xen setup)",
+    ));
+    rows.push(row(
+        "boot",
+        "xl create -> first console byte",
+        "s",
+        median(&v("bench-boot", "console_first_secs")),
+        median(&v("bench-boot@linux", "console_first_secs")),
+        None,
+        "dom0 polls the PV console log every 0.05 s",
+    ));
+    rows.push(row(
+        "boot",
+        "xl create -> ready (console)",
+        "s",
+        median(&v("bench-boot", "ready_secs")),
+        median(&v("bench-boot@linux", "ready_secs")),
+        None,
+        "dom0 polls the console log (Linux: its init's ready line, userspace)",
+    ));
+
+    // Balloon. Floor of a step: `xl mem-set` to the current target plus one `xl list`
+    // poll (the measure's own resolution), both measured in the run.
+    let memset = mean(&v("balloon-bench", "memset_floor_secs"));
+    let poll = mean(&v("balloon-bench", "poll_floor_secs"));
+    let step_floor = memset.zip(poll).map(|(a, b)| a + b);
+    let swing_floor = step_floor.map(|f| 2.0 * f);
+    let b = "balloon-bench";
+    let bl = "balloon-bench@linux";
+    rows.push(row(
+        "balloon",
+        "1024 -> 256 MiB (mean of swings)",
+        "s",
+        mean(&v(b, "mean_down_secs")),
+        mean(&v(bl, "mean_down_secs")),
+        step_floor,
+        "xl mem-set -> Xen's tot_pages within 1 MiB (xl list every 0.1 s); floor: xl mem-set to the current target + one poll",
+    ));
+    rows.push(row(
+        "balloon",
+        "256 -> 1024 MiB (mean of swings)",
+        "s",
+        mean(&v(b, "mean_up_secs")),
+        mean(&v(bl, "mean_up_secs")),
+        step_floor,
+        "as above",
+    ));
+    rows.push(row(
+        "balloon",
+        "swing 1024 -> 256 -> 1024 MiB",
+        "s",
+        mean(&v(b, "mean_swing_secs")),
+        mean(&v(bl, "mean_swing_secs")),
+        swing_floor,
+        "down + up",
+    ));
+    rows.push(row(
+        "balloon",
+        "xl mem-set alone (to the current target)",
+        "s",
+        memset,
+        None,
+        None,
+        "dom0's clock around the command",
+    ));
+    for dir in ["down", "up"] {
+        let total = mean(&v(b, &format!("{dir}_guest_total_ms")));
+        let hyper = mean(&v(b, &format!("{dir}_guest_hypercall_ms")));
+        let outside = mean(&v(b, &format!("{dir}_guest_outside_ms")));
+        rows.push(row(
+            "balloon",
+            &format!("guest step {dir}: total / in hypercalls"),
+            "ms",
+            total,
+            None,
+            hyper,
+            "the guest's clock (data/balloon/step/); floor column: time inside populate_physmap / decrease_reservation (Xen's work)",
+        ));
+        rows.push(row(
+            "balloon",
+            &format!("guest step {dir}: outside hypercalls"),
+            "ms",
+            outside,
+            None,
+            None,
+            "ours: memmap updates, batch building, the event loop",
+        ));
+    }
+    let calls = v(b, "hypercalls").first().copied();
+    let swings = v(b, "swings").first().copied();
+    let per_gib = calls.zip(swings).map(|(c, s)| c / (1.5 * s));
+    rows.push(row(
+        "balloon",
+        "reservation hypercalls per GiB moved",
+        "calls",
+        per_gib,
+        None,
+        None,
+        "data/balloon/hypercalls over the swings (1.5 GiB each); Linux: order-0 extents, >= 512 per GiB (not visible from dom0)",
+    ));
+
+    // Hotplug: boot 256, mem-max 1024.
+    for (key, what) in [
+        ("add_secs", "256 -> 768 MiB (hot-add)"),
+        ("down_secs", "768 -> 192 MiB"),
+        ("readd_secs", "192 -> 768 MiB"),
+    ] {
+        rows.push(row(
+            "hotplug",
+            what,
+            "s",
+            mean(&v("hotplug-bench", key)),
+            mean(&v("hotplug-bench@linux", key)),
+            step_floor,
+            "xl mem-set -> Xen's tot_pages within 1 MiB; floor as for the balloon",
+        ));
+    }
+
+    // Grants: per call, 20 rounds; ours = a PVH guest of ours mapping a peer's grants;
+    // Linux = dom0 (PV) through /dev/xen/gntdev (the Linux PVH domU column is not built).
+    let g = "grant-bench";
+    let per_page = |k: &str| mean(&v(g, k)).map(|x| x / 64.0);
+    rows.push(row(
+        "grants",
+        "map 64 pages in one call, per page",
+        "us",
+        per_page("batch64_map_us"),
+        per_page("linux_batch64_map_us"),
+        None,
+        "Linux column: dom0 gntdev (PV dom0, not a PVH domU)",
+    ));
+    rows.push(row(
+        "grants",
+        "unmap 64 pages in one call, per page",
+        "us",
+        per_page("batch64_unmap_us"),
+        per_page("linux_batch64_unmap_us"),
+        None,
+        "as above",
+    ));
+    rows.push(row(
+        "grants",
+        "map 1 page",
+        "us",
+        mean(&v(g, "batch1_map_us")),
+        mean(&v(g, "linux_batch1_map_us")),
+        None,
+        "as above",
+    ));
+    rows.push(row(
+        "grants",
+        "unmap 1 page",
+        "us",
+        mean(&v(g, "batch1_unmap_us")),
+        mean(&v(g, "linux_batch1_unmap_us")),
+        None,
+        "as above",
+    ));
+
+    // Save / restore of an idle 256 MiB domain.
+    let s = "save-bench";
+    let sl = "save-bench@linux";
+    for (key, what, unit) in [
+        (
+            "hb_on_save_secs",
+            "xl save (ours: free memory handed back)",
+            "s",
+        ),
+        ("hb_on_image_bytes", "save image (ours: handed back)", "MiB"),
+        ("hb_on_restore_secs", "xl restore", "s"),
+        ("hb_off_save_secs", "xl save, ours without hand-back", "s"),
+        (
+            "hb_off_image_bytes",
+            "save image, ours without hand-back",
+            "MiB",
+        ),
+    ] {
+        let scale = |x: f64| if unit == "MiB" { x / 1048576.0 } else { x };
+        let linux = if key.starts_with("hb_on") {
+            mean(&v(sl, key)).map(scale)
+        } else {
+            None
+        };
+        rows.push(row(
+            "save",
+            what,
+            unit,
+            mean(&v(s, key)).map(scale),
+            linux,
+            None,
+            "idle memory=maxmem=256 domain; dom0's clock around xl",
+        ));
+    }
+
+    let goals = goals(&rows, verdicts);
+    let scenarios = verdicts
+        .iter()
+        .map(|v| {
+            (
+                v.name.clone(),
+                v.status.as_str().to_string(),
+                v.reason.clone(),
+            )
+        })
+        .collect();
+    Bench {
+        rows,
+        goals,
+        scenarios,
+    }
+}
+
+fn find<'a>(rows: &'a [Row], measure: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.measure == measure)
+}
+
+fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
+    let mut g = Vec::new();
+    let per_gib = find(rows, "reservation hypercalls per GiB moved").and_then(|r| r.ours);
+    g.push(Goal {
+        goal: "balloon: reservation hypercalls per GiB",
+        target: "<= 1".into(),
+        measured: per_gib,
+        unit: "calls",
+        met: per_gib.map(|x| x <= 1.0),
+    });
+    // Worst step: the largest outside share of any timed step (balloon and hotplug).
+    let mut worst: Vec<f64> = Vec::new();
+    for s in ["balloon-bench", "hotplug-bench"] {
+        for k in [
+            "down_guest_outside_permille",
+            "up_guest_outside_permille",
+            "add_guest_outside_permille",
+            "readd_guest_outside_permille",
+        ] {
+            worst.extend(values(verdicts, s, k).iter().map(|p| p / 10.0));
+        }
+    }
+    let worst = max(&worst);
+    g.push(Goal {
+        goal: "balloon: guest time outside hypercalls, worst step",
+        target: "<= 5 %".into(),
+        measured: worst,
+        unit: "%",
+        met: worst.map(|x| x <= 5.0),
+    });
+    let swing = find(rows, "swing 1024 -> 256 -> 1024 MiB").and_then(|r| r.linux_over_ours());
+    g.push(Goal {
+        goal: "balloon: swing, Linux / ours",
+        target: ">= 6x".into(),
+        measured: swing,
+        unit: "x",
+        met: swing.map(|x| x >= 6.0),
+    });
+    let clock = find(rows, "guest clock at ready").and_then(|r| r.ours);
+    g.push(Goal {
+        goal: "boot: guest's own clock at ready",
+        target: "<= 0.050 s".into(),
+        measured: clock,
+        unit: "s",
+        met: clock.map(|x| x <= 0.050),
+    });
+    let ready = find(rows, "xl create -> ready (0xE9)").and_then(|r| r.ours_over_floor());
+    g.push(Goal {
+        goal: "boot: xl create -> ready / do-nothing's first output",
+        target: "<= 1.3x".into(),
+        measured: ready,
+        unit: "x",
+        met: ready.map(|x| x <= 1.3),
+    });
+    let m64 = find(rows, "map 64 pages in one call, per page");
+    let m64r = m64.and_then(|r| ratio(r.ours, r.linux));
+    g.push(Goal {
+        goal: "grants: 64-page map per page, ours / Linux (dom0 gntdev, not a PVH domU)",
+        target: "<= 1x".into(),
+        measured: m64r,
+        unit: "x",
+        met: m64r.map(|x| x <= 1.0),
+    });
+    let m1 = find(rows, "map 1 page").and_then(|r| ratio(r.ours, r.linux));
+    g.push(Goal {
+        goal: "grants: 1-page map, ours / Linux (dom0 gntdev, not a PVH domU)",
+        target: "<= 0.5x".into(),
+        measured: m1,
+        unit: "x",
+        met: m1.map(|x| x <= 0.5),
+    });
+    g
+}
+
+fn num(x: Option<f64>, unit: &str) -> String {
+    match x {
+        None => "-".into(),
+        Some(x) if unit == "calls" || unit == "%" => format!("{x:.2}"),
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 10.0 => format!("{x:.1}"),
+        Some(x) if unit == "s" => format!("{x:.3}"),
+        Some(x) => format!("{x:.2}"),
+    }
+}
+
+fn times(x: Option<f64>) -> String {
+    x.map_or("-".into(), |x| format!("{x:.2}x"))
+}
+
+/// The table as plain text (what `scripts/bench` prints).
+pub fn text(b: &Bench) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<8} {:<42} {:>5} {:>9} {:>9} {:>9} {:>10} {:>11}",
+        "", "measure", "unit", "ours", "linux", "floor", "linux/ours", "ours/floor"
+    );
+    for r in &b.rows {
+        let _ = writeln!(
+            s,
+            "{:<8} {:<42} {:>5} {:>9} {:>9} {:>9} {:>10} {:>11}",
+            r.section,
+            r.measure,
+            r.unit,
+            num(r.ours, r.unit),
+            num(r.linux, r.unit),
+            num(r.floor, r.unit),
+            times(r.linux_over_ours()),
+            times(r.ours_over_floor())
+        );
+    }
+    let _ = writeln!(s, "\ngoals (issue 13):");
+    for g in &b.goals {
+        let met = match g.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            s,
+            "  {:<70} {:>9} {:<4} target {:<11} {}",
+            g.goal,
+            num(g.measured, g.unit),
+            g.unit,
+            g.target,
+            met
+        );
+    }
+    let bad: Vec<_> = b
+        .scenarios
+        .iter()
+        .filter(|(_, st, _)| st != "PASS")
+        .collect();
+    if !bad.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nscenarios not passed (their numbers are missing or partial):"
+        );
+        for (n, st, why) in bad {
+            let _ = writeln!(s, "  {n} {st} {why}");
+        }
+    }
+    s
+}
+
+/// The table as JSON (the source of the README's table).
+pub fn to_json(b: &Bench, meta: Value) -> Value {
+    let rows: Vec<Value> = b
+        .rows
+        .iter()
+        .map(|r| {
+            json!({
+                "section": r.section,
+                "measure": r.measure,
+                "unit": r.unit,
+                "ours": r.ours,
+                "linux": r.linux,
+                "floor": r.floor,
+                "linux_over_ours": r.linux_over_ours(),
+                "ours_over_floor": r.ours_over_floor(),
+                "how": r.how,
+            })
+        })
+        .collect();
+    let goals: Vec<Value> = b
+        .goals
+        .iter()
+        .map(|g| {
+            json!({
+                "goal": g.goal,
+                "target": g.target,
+                "measured": g.measured,
+                "unit": g.unit,
+                "met": g.met,
+            })
+        })
+        .collect();
+    let scenarios: Vec<Value> = b
+        .scenarios
+        .iter()
+        .map(|(n, s, r)| json!({"name": n, "status": s, "reason": r}))
+        .collect();
+    json!({ "meta": meta, "rows": rows, "goals": goals, "scenarios": scenarios })
+}
+
+fn jnum(v: &Value, unit: &str) -> String {
+    num(v.as_f64(), unit)
+}
+
+fn jtimes(v: &Value) -> String {
+    times(v.as_f64())
+}
+
+/// The Markdown table made from the JSON (README block).
+pub fn markdown(j: &Value) -> String {
+    let mut s = String::new();
+    let meta = &j["meta"];
+    let _ = writeln!(
+        s,
+        "Generated by `scripts/bench --readme` from `build/bench/bench.json` (one Xen boot{}{}); not typed by hand.\n",
+        meta["commit"]
+            .as_str()
+            .map_or(String::new(), |c| format!(", guest at `{c}`")),
+        meta["date"]
+            .as_str()
+            .map_or(String::new(), |d| format!(", {d}"))
+    );
+    let _ = writeln!(
+        s,
+        "| | measure | unit | ours | Linux 6.1 | floor | Linux/ours | ours/floor |"
+    );
+    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|");
+    for r in j["rows"].as_array().into_iter().flatten() {
+        let unit = r["unit"].as_str().unwrap_or("");
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r["section"].as_str().unwrap_or(""),
+            r["measure"].as_str().unwrap_or(""),
+            unit,
+            jnum(&r["ours"], unit),
+            jnum(&r["linux"], unit),
+            jnum(&r["floor"], unit),
+            jtimes(&r["linux_over_ours"]),
+            jtimes(&r["ours_over_floor"]),
+        );
+    }
+    let _ = writeln!(s, "\n| goal (issue 13) | target | measured | |");
+    let _ = writeln!(s, "|---|---|---:|---|");
+    for g in j["goals"].as_array().into_iter().flatten() {
+        let unit = g["unit"].as_str().unwrap_or("");
+        let met = match g["met"].as_bool() {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} {} | {} |",
+            g["goal"].as_str().unwrap_or(""),
+            g["target"].as_str().unwrap_or(""),
+            jnum(&g["measured"], unit),
+            unit,
+            met
+        );
+    }
+    s
+}
+
+pub const BEGIN: &str = "<!-- bench:begin -->";
+pub const END: &str = "<!-- bench:end -->";
+
+/// README with the text between the bench markers replaced by `table`; an error when
+/// the markers are missing or out of order.
+pub fn replace_block(readme: &str, table: &str) -> Result<String, String> {
+    let b = readme
+        .find(BEGIN)
+        .ok_or(format!("no {BEGIN} line in the README"))?;
+    let e = readme
+        .find(END)
+        .ok_or(format!("no {END} line in the README"))?;
+    if e < b {
+        return Err(format!("{END} comes before {BEGIN}"));
+    }
+    Ok(format!(
+        "{}{BEGIN}\n{}{}",
+        &readme[..b],
+        table,
+        &readme[e..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Status;
+
+    fn verdict(name: &str, info: &[&str]) -> Verdict {
+        Verdict {
+            name: name.into(),
+            status: Status::Pass,
+            secs: Some(1.0),
+            reason: String::new(),
+            info: info.iter().map(|s| s.to_string()).collect(),
+            context: Vec::new(),
+        }
+    }
+
+    fn sample() -> Vec<Verdict> {
+        vec![
+            verdict(
+                "bench-boot",
+                &[
+                    "nothing_first_output_secs=0.40 first_output_secs=0.50 ready_xen_secs=0.60",
+                    "nothing_first_output_secs=0.44 first_output_secs=0.52 ready_xen_secs=0.70",
+                    "nothing_first_output_secs=0.42 first_output_secs=0.51 ready_xen_secs=0.65",
+                    "guest_clock_ready_secs=0.030 ready_secs=0.80 console_first_secs=0.6",
+                ],
+            ),
+            verdict("bench-boot@linux", &["ready_secs=8.0 console_first_secs=5.0"]),
+            verdict(
+                "balloon-bench",
+                &[
+                    "memset_floor_secs=0.30",
+                    "memset_floor_secs=0.32",
+                    "poll_floor_secs=0.06",
+                    "down_guest_total_ms=1000 down_guest_hypercall_ms=960 down_guest_outside_ms=40 down_guest_outside_permille=40",
+                    "up_guest_total_ms=200 up_guest_hypercall_ms=180 up_guest_outside_ms=20 up_guest_outside_permille=100",
+                    "mean_down_secs=1.50 mean_up_secs=0.50 mean_swing_secs=2.00 swings=3",
+                    "hypercalls_per_gib=1 hypercalls=6 extents=x",
+                ],
+            ),
+            verdict(
+                "balloon-bench@linux",
+                &["mean_down_secs=9.0 mean_up_secs=3.0 mean_swing_secs=12.0 swings=3"],
+            ),
+            verdict(
+                "grant-bench",
+                &["batch64_map_us=640 batch1_map_us=20 linux_batch64_map_us=1280 linux_batch1_map_us=30"],
+            ),
+        ]
+    }
+
+    #[test]
+    fn rows_ratios_and_goals_come_from_the_reported_values() {
+        let b = build(&sample());
+        let r = find(&b.rows, "xl create -> ready (0xE9)").unwrap();
+        assert_eq!(r.ours, Some(0.65));
+        assert_eq!(r.floor, Some(0.42));
+        let sw = find(&b.rows, "swing 1024 -> 256 -> 1024 MiB").unwrap();
+        assert_eq!(sw.linux_over_ours(), Some(6.0));
+        let f = sw.floor.unwrap();
+        assert!((f - 2.0 * (0.31 + 0.06)).abs() < 1e-9, "{f}");
+        let calls = find(&b.rows, "reservation hypercalls per GiB moved").unwrap();
+        assert!((calls.ours.unwrap() - 6.0 / 4.5).abs() < 1e-9);
+        let m = find(&b.rows, "map 64 pages in one call, per page").unwrap();
+        assert_eq!((m.ours, m.linux), (Some(10.0), Some(20.0)));
+        let goal = |name: &str| b.goals.iter().find(|g| g.goal.starts_with(name)).unwrap();
+        assert_eq!(goal("balloon: reservation").met, Some(false));
+        assert_eq!(goal("balloon: guest time outside").measured, Some(10.0));
+        assert_eq!(goal("balloon: swing").met, Some(true));
+        assert_eq!(goal("boot: guest's own clock").met, Some(true));
+        assert_eq!(goal("grants: 1-page").met, Some(false));
+        // A scenario that did not run leaves its rows empty, never invented.
+        let h = find(&b.rows, "256 -> 768 MiB (hot-add)").unwrap();
+        assert_eq!((h.ours, h.linux), (None, None));
+    }
+
+    #[test]
+    fn json_round_trips_into_the_readme_block() {
+        let b = build(&sample());
+        let j = to_json(&b, json!({"commit": "abc1234", "date": "2026-12-04"}));
+        let text = serde_json::to_string(&j).unwrap();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        let md = markdown(&back);
+        assert!(md.contains("guest at `abc1234`"));
+        assert!(md.contains("| balloon | swing 1024 -> 256 -> 1024 MiB | s | 2.000 | 12.0 |"));
+        let readme = format!("intro\n{BEGIN}\nold table\n{END}\nafter\n");
+        let new = replace_block(&readme, &md).unwrap();
+        assert!(new.starts_with("intro\n<!-- bench:begin -->\nGenerated"));
+        assert!(new.ends_with(&format!("{END}\nafter\n")));
+        assert!(!new.contains("old table"));
+        // Idempotent.
+        assert_eq!(replace_block(&new, &md).unwrap(), new);
+        assert!(replace_block("no markers", &md).is_err());
+    }
+}
