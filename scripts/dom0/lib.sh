@@ -973,3 +973,77 @@ xen_tot_pages() {
     mem=$(domain_mem "$DOMID") || fail "no Xen view (xl debug-keys q) of $DOMNAME (domid $DOMID)"
     echo "${mem%% *}"
 }
+
+# ---------------------------------------------------------------- benchmarks
+# Helpers for the bench-* scenarios (scripts/bench). Boot times are read from Xen's own
+# console stamps (console_timestamps=boot: "(XEN) [   12.345678] ...", and a guest's
+# port-0xE9 lines as "(dN) [   12.345678] ..."), so polling rates do not enter them.
+
+# Xen's stamp of the last line in its console ring (any source).
+xen_last_stamp() {
+    xl dmesg 2>/dev/null | sed -n 's/^([^)]*) \[ *\([0-9]*\.[0-9]*\)\].*/\1/p' | tail -n 1
+}
+
+# bench_create NAME [XL-LINES...]: `xl debug-keys t` (Xen prints a line or two of its own,
+# stamped), then create_domain at once. The key's stamp is the start of the boot
+# measures (bench_anchor reads it afterwards, so no `xl dmesg` runs in between).
+bench_create() {
+    BENCH_BEFORE=$(xen_last_stamp)
+    xl debug-keys t >/dev/null 2>&1
+    create_domain "$@"
+}
+
+# Xen's stamp of its first own line after BENCH_BEFORE: the debug key's output.
+bench_anchor() {
+    xl dmesg 2>/dev/null | awk -v b="${BENCH_BEFORE:-0}" '
+        /^\(XEN\) \[ *[0-9]+\.[0-9]+\]/ {
+            t = $0; sub(/^\(XEN\) \[ */, "", t); sub(/\].*/, "", t)
+            if (t + 0 > b + 0) { print t; exit }
+        }'
+}
+
+# e9_stamp [REGEX]: Xen's stamp of the first port-0xE9 line of domain $DOMID (matching
+# REGEX). Fails when there is none yet.
+e9_stamp() {
+    xl dmesg 2>/dev/null | awk -v d="(d$DOMID) [" -v re="${1:-.}" '
+        index($0, d) == 1 && $0 ~ re {
+            t = $0; sub(/^\(d[0-9]+\) \[ */, "", t); sub(/\].*/, "", t); print t; found = 1; exit
+        }
+        END { if (!found) exit 1 }'
+}
+
+# secs_between A B: B - A (seconds with 3 decimals); "-" if either is missing.
+secs_between() {
+    if [ -z "$1" ] || [ -z "$2" ]; then
+        echo -
+        return
+    fi
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'
+}
+
+# wait_fast SECS COMMAND...: wait_for with a 0.05 s poll, for cheap conditions (a file
+# test) whose moment is the measure.
+wait_fast() {
+    local deadline
+    deadline=$(($(now_cs) + $1 * 100))
+    shift
+    while ! "$@" >/dev/null 2>&1; do
+        [ "$(now_cs)" -ge "$deadline" ] && return 1
+        sleep 0.05
+    done
+}
+
+# Our guest's split of its last balloon step (data/balloon/step/, published with the
+# settle): reports PREFIX_guest_{total,hypercall,outside}_ms, _outside_permille and
+# _hypercalls. Fails if the step it describes is not the one to TARGET_MIB.
+guest_step_split() {
+    local prefix=$1 mib=$2 tk total hyper out pm calls
+    tk=$(data_read balloon/step/target-kib) || fail "$prefix: no data/balloon/step/ from the guest"
+    [ "$tk" = $((mib * 1024)) ] || fail "$prefix: data/balloon/step/ describes a step to $tk KiB, not $((mib * 1024))"
+    total=$(data_read balloon/step/total-us)
+    hyper=$(data_read balloon/step/hypercall-us)
+    out=$(data_read balloon/step/outside-us)
+    pm=$(data_read balloon/step/outside-permille)
+    calls=$(data_read balloon/step/hypercalls)
+    info "${prefix}_guest_total_ms=$(awk -v x="$total" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_hypercall_ms=$(awk -v x="$hyper" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_ms=$(awk -v x="$out" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_permille=$pm ${prefix}_guest_hypercalls=$calls"
+}

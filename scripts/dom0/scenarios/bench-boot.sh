@@ -1,0 +1,54 @@
+# xenci-scenario: bench-boot
+# xenci-ci: no
+# xenci-peer: yes
+# xenci-budget: 240
+# xenci-about: benchmark: xl create -> first output and -> ready; ours beside the do-nothing PVH kernel (floor) on Xen's console stamps, beside Linux on the polled console log; XENCI_BENCH_BOOTS runs (default 3; Linux 1)
+scenario_bench_boot() {
+    local runs=${XENCI_BENCH_BOOTS:-3} i=1
+    # Linux takes ~10 s a boot under TCG: once.
+    [ "$SUBJECT" = linux ] && runs=1
+    while [ "$i" -le "$runs" ]; do
+        [ "$SUBJECT" = guest ] && bench_boot_nothing "$i"
+        bench_boot_subject "$i"
+        i=$((i + 1))
+    done
+}
+
+# The floor: the do-nothing PVH kernel (xenci nothing-kernel) prints one line on port
+# 0xE9 and idles. xl create -> that line, on Xen's stamps.
+bench_boot_nothing() {
+    local a t
+    bench_create "xenci-bb-nothing-$1" 'kernel="target/release/nothing"'
+    wait_every 0.5 30 "the do-nothing kernel's line" e9_stamp 'nothing: up' \
+        || fail "no 'nothing: up' from the do-nothing kernel (d$DOMID) on port 0xE9 within 30s"
+    a=$(bench_anchor)
+    [ -n "$a" ] || fail "no Xen line after xl debug-keys t (the boot measures' start)"
+    t=$(e9_stamp 'nothing: up')
+    info "nothing_first_output_secs=$(secs_between "$a" "$t") run=$1"
+    case $(domain_state "$DOMNAME") in
+        *c* | '') fail "the do-nothing kernel did not stay up (state '$(domain_state "$DOMNAME")')" ;;
+    esac
+    tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
+}
+
+# Ours or Linux: xl create -> first console byte and -> ready (dom0 polls the console log);
+# ours also on Xen's stamps of its port-0xE9 lines.
+bench_boot_subject() {
+    local a f r first own
+    bench_create "xenci-bb-$SUBJECT-$1"
+    wait_fast 60 test -s "$CONSOLE_LOG" || fail "console log $CONSOLE_LOG stays empty"
+    info "console_first_secs=$(fmt_cs $(($(now_cs) - CREATE_CS))) run=$1"
+    wait_ready 90
+    if [ "$SUBJECT" = guest ]; then
+        a=$(bench_anchor)
+        [ -n "$a" ] || fail "no Xen line after xl debug-keys t (the boot measures' start)"
+        f=$(e9_stamp)
+        r=$(e9_stamp "ready domid=$DOMID")
+        # The guest's own clock (Xen system time once its Xen setup ran; 0 before): its
+        # first stamped line -> its ready line.
+        first=$(sed -n 's/^\[ *\([0-9]*\.[0-9]*\)\].*/\1/p' "$CONSOLE_LOG" | awk '$1 + 0 > 0 { print; exit }')
+        own=$(grep -m1 "ready domid=$DOMID" "$CONSOLE_LOG" | sed -n 's/^\[ *\([0-9]*\.[0-9]*\)\].*/\1/p')
+        info "first_output_secs=$(secs_between "$a" "$f") ready_xen_secs=$(secs_between "$a" "$r") first_to_ready_secs=$(secs_between "$f" "$r") guest_clock_boot_secs=$(secs_between "$first" "$own") run=$1"
+    fi
+    tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
+}
