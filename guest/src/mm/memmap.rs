@@ -59,6 +59,21 @@ impl<'t> Memmap<'t> {
         Some(unsafe { base.add(pfn.index_in_subsection()).as_ref() })
     }
 
+    /// The descriptors of the `len` pages from `pfn` if they lie in one present
+    /// subsection (an aligned block of order <= 9 always does): one lookup for the block
+    /// instead of one per page.
+    pub(crate) fn run(&self, pfn: Pfn, len: usize) -> Option<&'t [PageDesc]> {
+        let at = pfn.index_in_subsection();
+        if len == 0 || at + len > PAGES_PER_SUBSECTION as usize {
+            return None;
+        }
+        let first = self.get(pfn)?;
+        // SAFETY: `first` is descriptor `at` of a present subsection's block of 512
+        // initialised descriptors, and `at + len <= 512`, so the `len` descriptors from it
+        // are in that block; it outlives 't as in `get`.
+        Some(unsafe { core::slice::from_raw_parts(first, len) })
+    }
+
     /// The descriptor of a pfn the caller has already validated as present.
     pub(crate) fn desc(&self, pfn: Pfn) -> &'t PageDesc {
         self.get(pfn)

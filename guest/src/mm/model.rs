@@ -435,8 +435,11 @@ impl<S: MemmapStorage> MemModel<S> {
             .free
             .alloc(&mm, order)
             .ok_or(MmError::OutOfMemory { order })?;
-        for p in block_range(pfn, order).iter() {
-            mm.desc(p).store(Raw::State(to));
+        let descs = mm
+            .run(pfn, 1 << order)
+            .expect("a free block lies in one present subsection");
+        for d in descs {
+            d.store(Raw::State(to));
         }
         let kind = self
             .placement(pfn)
@@ -549,20 +552,33 @@ impl<S: MemmapStorage> MemModel<S> {
         let kind = self.require_online_ram(pfn)?;
         let mm = Memmap::new(&self.root, &g.token);
         let range = block_range(pfn, order);
-        Self::check_range(&mm, g.phase, range, StateKind::Free)?;
-        for p in range.iter() {
-            let have = mm.desc(p).load().kind();
-            if have != from {
-                let t = IllegalTransition {
-                    from: have,
-                    to: StateKind::Free,
-                    phase: g.phase,
-                };
-                return Err(illegal(p, t));
+        // Fast path (the balloon's populate of whole subsections): every page in state
+        // `from` and `from -> Free` legal, checked in one pass over the block's
+        // descriptors. Anything else takes the page-by-page path below for its error.
+        let block = mm.run(pfn, 1 << order).filter(|descs| {
+            check_transition(from, StateKind::Free, g.phase).is_ok()
+                && descs.iter().all(|d| {
+                    let raw = d.load();
+                    raw != Raw::Hole && raw.kind() == from
+                })
+        });
+        if block.is_none() {
+            Self::check_range(&mm, g.phase, range, StateKind::Free)?;
+            for p in range.iter() {
+                let have = mm.desc(p).load().kind();
+                if have != from {
+                    let t = IllegalTransition {
+                        from: have,
+                        to: StateKind::Free,
+                        phase: g.phase,
+                    };
+                    return Err(illegal(p, t));
+                }
             }
         }
-        for p in range.iter() {
-            mm.desc(p).store(Raw::Free(None));
+        match block {
+            Some(descs) => descs.iter().for_each(|d| d.store(Raw::Free(None))),
+            None => range.iter().for_each(|p| mm.desc(p).store(Raw::Free(None))),
         }
         g.free.insert(&mm, pfn, order);
         g.stats.move_pages(kind, from, StateKind::Free, 1 << order);

@@ -178,12 +178,12 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
     ));
     rows.push(row(
         "boot",
-        "guest clock at ready",
+        "guest clock: first stamped line -> ready",
         "s",
-        median(&v("bench-boot", "guest_clock_ready_secs")),
+        median(&v("bench-boot", "guest_clock_boot_secs")),
         None,
         None,
-        "the ready line's own timestamp (the guest's clock starts at its Xen setup)",
+        "the guest's own log stamps (its clock is Xen system time from its Xen setup on)",
     ));
     rows.push(row(
         "boot",
@@ -282,6 +282,17 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
         None,
         None,
         "data/balloon/hypercalls over the swings (1.5 GiB each); Linux: order-0 extents, >= 512 per GiB (not visible from dom0)",
+    ));
+    let mut per_step = v(b, "down_guest_hypercalls");
+    per_step.extend(v(b, "up_guest_hypercalls"));
+    rows.push(row(
+        "balloon",
+        "reservation hypercalls per 768 MiB step (most)",
+        "calls",
+        max(&per_step),
+        None,
+        Some(1.0),
+        "data/balloon/step/hypercalls; floor: one call (a step moves less than 1 GiB)",
     ));
 
     // Hotplug: boot 256, mem-max 1024.
@@ -401,13 +412,15 @@ fn find<'a>(rows: &'a [Row], measure: &str) -> Option<&'a Row> {
 
 fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
     let mut g = Vec::new();
-    let per_gib = find(rows, "reservation hypercalls per GiB moved").and_then(|r| r.ours);
+    // A step of 768 MiB needs one call at best: calls per started GiB of the step.
+    let per_step =
+        find(rows, "reservation hypercalls per 768 MiB step (most)").and_then(|r| r.ours);
     g.push(Goal {
-        goal: "balloon: reservation hypercalls per GiB",
+        goal: "balloon: reservation hypercalls per started GiB of a step (worst step)",
         target: "<= 1".into(),
-        measured: per_gib,
+        measured: per_step,
         unit: "calls",
-        met: per_gib.map(|x| x <= 1.0),
+        met: per_step.map(|x| x <= 1.0),
     });
     // Worst step: the largest outside share of any timed step (balloon and hotplug).
     let mut worst: Vec<f64> = Vec::new();
@@ -437,13 +450,15 @@ fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
         unit: "x",
         met: swing.map(|x| x >= 6.0),
     });
-    let clock = find(rows, "guest clock at ready").and_then(|r| r.ours);
+    // The first 0xE9 line comes from the first Rust code after the entry stub: Xen's
+    // stamps of it and of the ready line are the guest's own boot time.
+    let boot = find(rows, "first output -> ready (0xE9)").and_then(|r| r.ours);
     g.push(Goal {
-        goal: "boot: guest's own clock at ready",
+        goal: "boot: guest's first output -> ready (Xen's stamps)",
         target: "<= 0.050 s".into(),
-        measured: clock,
+        measured: boot,
         unit: "s",
-        met: clock.map(|x| x <= 0.050),
+        met: boot.map(|x| x <= 0.050),
     });
     let ready = find(rows, "xl create -> ready (0xE9)").and_then(|r| r.ours_over_floor());
     g.push(Goal {
@@ -695,7 +710,7 @@ mod tests {
                     "nothing_first_output_secs=0.40 first_output_secs=0.50 ready_xen_secs=0.60",
                     "nothing_first_output_secs=0.44 first_output_secs=0.52 ready_xen_secs=0.70",
                     "nothing_first_output_secs=0.42 first_output_secs=0.51 ready_xen_secs=0.65",
-                    "guest_clock_ready_secs=0.030 ready_secs=0.80 console_first_secs=0.6",
+                    "first_to_ready_secs=0.030 ready_secs=0.80 console_first_secs=0.6",
                 ],
             ),
             verdict("bench-boot@linux", &["ready_secs=8.0 console_first_secs=5.0"]),
@@ -708,7 +723,7 @@ mod tests {
                     "down_guest_total_ms=1000 down_guest_hypercall_ms=960 down_guest_outside_ms=40 down_guest_outside_permille=40",
                     "up_guest_total_ms=200 up_guest_hypercall_ms=180 up_guest_outside_ms=20 up_guest_outside_permille=100",
                     "mean_down_secs=1.50 mean_up_secs=0.50 mean_swing_secs=2.00 swings=3",
-                    "hypercalls_per_gib=1 hypercalls=6 extents=x",
+                    "hypercalls_per_gib=1 hypercalls=6 extents=x down_guest_hypercalls=1 up_guest_hypercalls=2",
                 ],
             ),
             verdict(
@@ -737,10 +752,11 @@ mod tests {
         let m = find(&b.rows, "map 64 pages in one call, per page").unwrap();
         assert_eq!((m.ours, m.linux), (Some(10.0), Some(20.0)));
         let goal = |name: &str| b.goals.iter().find(|g| g.goal.starts_with(name)).unwrap();
+        assert_eq!(goal("balloon: reservation").measured, Some(2.0));
         assert_eq!(goal("balloon: reservation").met, Some(false));
         assert_eq!(goal("balloon: guest time outside").measured, Some(10.0));
         assert_eq!(goal("balloon: swing").met, Some(true));
-        assert_eq!(goal("boot: guest's own clock").met, Some(true));
+        assert_eq!(goal("boot: guest's first output").met, Some(true));
         assert_eq!(goal("grants: 1-page").met, Some(false));
         // A scenario that did not run leaves its rows empty, never invented.
         let h = find(&b.rows, "256 -> 768 MiB (hot-add)").unwrap();
