@@ -36,8 +36,13 @@ bench_boot_nothing() {
 bench_boot_subject() {
     local a f r first own
     bench_create "xenci-bb-$SUBJECT-$1"
-    wait_fast 60 test -s "$CONSOLE_LOG" || fail "console log $CONSOLE_LOG stays empty"
-    info "console_first_secs=$(fmt_cs $(($(now_cs) - CREATE_CS))) run=$1"
+    if [ "$SUBJECT" = linux ]; then
+        # Linux prints nothing on port 0xE9: its first output is the console log's first
+        # byte, polled every 0.05 s. Not done for ours: that polling from dom0 competes
+        # with a ~0.1 s boot for the one emulated CPU (Xen's stamps measure ours instead).
+        wait_fast 60 test -s "$CONSOLE_LOG" || fail "console log $CONSOLE_LOG stays empty"
+        info "console_first_secs=$(fmt_cs $(($(now_cs) - CREATE_CS))) run=$1"
+    fi
     wait_ready 90
     if [ "$SUBJECT" = guest ]; then
         a=$(bench_anchor)
