@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! xenci bench --nonce-file FILE --serial FILE --json OUT [--markdown OUT]
-//! xenci bench-readme JSON README
+//! xenci bench-readme JSON README [PREV-JSON]
 //! ```
 //! The first judges the bench scenarios of the run (the same verdict rules as `xenci
 //! verdict`: only markers carrying the run's nonce count), takes their measurements
@@ -607,8 +607,9 @@ fn jtimes(v: &Value) -> String {
     times(v.as_f64())
 }
 
-/// The Markdown table made from the JSON (README block).
-pub fn markdown(j: &Value) -> String {
+/// The Markdown table made from the JSON (README block); with `prev`, another run's ours
+/// and Linux values beside them (the spread), matched by section and measure.
+pub fn markdown(j: &Value, prev: Option<&Value>) -> String {
     let mut s = String::new();
     let meta = &j["meta"];
     let _ = writeln!(
@@ -621,14 +622,37 @@ pub fn markdown(j: &Value) -> String {
             .as_str()
             .map_or(String::new(), |d| format!(", {d}"))
     );
-    let _ = writeln!(
-        s,
-        "| | measure | unit | ours | Linux 6.1 | floor | Linux/ours | ours/floor |"
-    );
-    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|");
+    let prev_row = |r: &Value| -> Option<Value> {
+        prev?["rows"]
+            .as_array()?
+            .iter()
+            .find(|p| p["section"] == r["section"] && p["measure"] == r["measure"])
+            .cloned()
+    };
+    if let Some(p) = prev {
+        let _ = writeln!(
+            s,
+            "Columns \"2nd run\": the same measures from another run{}{}, to show the spread.\n",
+            p["meta"]["commit"]
+                .as_str()
+                .map_or(String::new(), |c| format!(" (guest at `{c}`")),
+            p["meta"]["commit"].as_str().map_or("", |_| ")")
+        );
+        let _ = writeln!(
+            s,
+            "| | measure | unit | ours | Linux 6.1 | floor | Linux/ours | ours/floor | ours, 2nd run | Linux, 2nd run |"
+        );
+        let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    } else {
+        let _ = writeln!(
+            s,
+            "| | measure | unit | ours | Linux 6.1 | floor | Linux/ours | ours/floor |"
+        );
+        let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|");
+    }
     for r in j["rows"].as_array().into_iter().flatten() {
         let unit = r["unit"].as_str().unwrap_or("");
-        let _ = writeln!(
+        let _ = write!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r["section"].as_str().unwrap_or(""),
@@ -640,6 +664,16 @@ pub fn markdown(j: &Value) -> String {
             jtimes(&r["linux_over_ours"]),
             jtimes(&r["ours_over_floor"]),
         );
+        if prev.is_some() {
+            let p = prev_row(r).unwrap_or(Value::Null);
+            let _ = write!(
+                s,
+                " {} | {} |",
+                jnum(&p["ours"], unit),
+                jnum(&p["linux"], unit)
+            );
+        }
+        s.push('\n');
     }
     let _ = writeln!(s, "\n| goal (issue 13) | target | measured | |");
     let _ = writeln!(s, "|---|---|---:|---|");
@@ -769,7 +803,7 @@ mod tests {
         let j = to_json(&b, json!({"commit": "abc1234", "date": "2026-12-04"}));
         let text = serde_json::to_string(&j).unwrap();
         let back: Value = serde_json::from_str(&text).unwrap();
-        let md = markdown(&back);
+        let md = markdown(&back, None);
         assert!(md.contains("guest at `abc1234`"));
         assert!(md.contains("| balloon | swing 1024 -> 256 -> 1024 MiB | s | 2.000 | 12.0 |"));
         let readme = format!("intro\n{BEGIN}\nold table\n{END}\nafter\n");
@@ -779,6 +813,9 @@ mod tests {
         assert!(!new.contains("old table"));
         // Idempotent.
         assert_eq!(replace_block(&new, &md).unwrap(), new);
+        // With another run beside it.
+        let two = markdown(&back, Some(&back));
+        assert!(two.contains("| balloon | swing 1024 -> 256 -> 1024 MiB | s | 2.000 | 12.0 | 0.740 | 6.00x | 2.70x | 2.000 | 12.0 |"), "{two}");
         assert!(replace_block("no markers", &md).is_err());
     }
 }

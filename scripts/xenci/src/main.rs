@@ -153,7 +153,7 @@ fn bench_cmd(args: &[String]) -> ExitCode {
         }
     }
     if let Some(out) = md_out {
-        if let Err(e) = std::fs::write(&out, xenci::bench::markdown(&j)) {
+        if let Err(e) = std::fs::write(&out, xenci::bench::markdown(&j, None)) {
             eprintln!("xenci: cannot write {out}: {e}");
             return ExitCode::from(2);
         }
@@ -161,19 +161,28 @@ fn bench_cmd(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `xenci bench-readme JSON README`: the README's bench block from the JSON.
-fn bench_readme(args: &[String]) -> ExitCode {
-    let [json, readme] = args else {
-        eprintln!("xenci: usage: xenci bench-readme JSON README");
-        return ExitCode::from(2);
-    };
-    let j: serde_json::Value = match std::fs::read_to_string(json)
+fn read_json(path: &str) -> Result<serde_json::Value, String> {
+    std::fs::read_to_string(path)
         .map_err(|e| e.to_string())
         .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-    {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("xenci: {json}: {e}");
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+/// `xenci bench-readme JSON README [PREV-JSON]`: the README's bench block from the JSON
+/// (with another run's numbers beside it).
+fn bench_readme(args: &[String]) -> ExitCode {
+    let (json, readme, prev) = match args {
+        [j, r] => (j, r, None),
+        [j, r, p] => (j, r, Some(p)),
+        _ => {
+            eprintln!("xenci: usage: xenci bench-readme JSON README [PREV-JSON]");
+            return ExitCode::from(2);
+        }
+    };
+    let (j, prev) = match (read_json(json), prev.map(|p| read_json(p)).transpose()) {
+        (Ok(j), Ok(p)) => (j, p),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("xenci: {e}");
             return ExitCode::from(2);
         }
     };
@@ -184,7 +193,7 @@ fn bench_readme(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match xenci::bench::replace_block(&old, &xenci::bench::markdown(&j)) {
+    match xenci::bench::replace_block(&old, &xenci::bench::markdown(&j, prev.as_ref())) {
         Ok(new) => {
             if new != old {
                 if let Err(e) = std::fs::write(readme, new) {

@@ -64,7 +64,7 @@ fn note(out: &mut Vec<u8>, kind: u32, desc: &[u8]) {
     out.extend_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(b"Xen\0");
     out.extend_from_slice(desc);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -89,7 +89,7 @@ pub fn image() -> Vec<u8> {
     let mut body = body_code;
     body.extend_from_slice(MESSAGE.as_bytes());
     body.push(0);
-    while (CODE_OFF + body.len()) % 4 != 0 {
+    while !(CODE_OFF + body.len()).is_multiple_of(4) {
         body.push(0);
     }
     let note_off = CODE_OFF + body.len();
