@@ -973,3 +973,25 @@ xen_tot_pages() {
     mem=$(domain_mem "$DOMID") || fail "no Xen view (xl debug-keys q) of $DOMNAME (domid $DOMID)"
     echo "${mem%% *}"
 }
+
+# ---------------------------------------------------------------- vCPUs through Xen's eyes
+# The vCPU ids Xen has online for the domain under test, space-separated ("0 1 3"), from
+# `xl vcpu-list`: an offline vCPU shows `-` as its CPU and a state with `p`.
+xen_online_vcpus() {
+    xl vcpu-list "$DOMNAME" 2>/dev/null \
+        | awk 'NR > 1 && $4 != "-" && $5 !~ /p/ { printf "%s%s", sep, $3; sep = " " }'
+}
+
+# wait_vcpus SECS "0 1 2": until Xen shows exactly those vCPUs online.
+wait_vcpus() {
+    local secs=$1 want=$2
+    ONLINE_VCPUS=
+    vcpus_are() { ONLINE_VCPUS=$(xen_online_vcpus); [ "$ONLINE_VCPUS" = "$want" ]; }
+    wait_every 1 "$secs" "vCPUs $want online (xl vcpu-list)" vcpus_are \
+        || fail "xl vcpu-list shows vCPUs '$(xen_online_vcpus)' online after ${secs}s, want '$want'"
+}
+
+# Total CPU seconds Xen has charged to the domain's vCPUs (xl vcpu-list Time(s) summed).
+vcpu_cpu_secs() {
+    xl vcpu-list "$DOMNAME" 2>/dev/null | awk 'NR > 1 { t += $6 } END { printf "%.1f", t }'
+}

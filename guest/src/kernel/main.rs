@@ -42,6 +42,7 @@ mod klog;
 mod kmem;
 mod run;
 mod selftest;
+mod smp;
 mod walk;
 
 use core::panic::PanicInfo;
