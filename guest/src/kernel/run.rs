@@ -23,7 +23,13 @@ use crate::{klog, selftest};
 /// Watch token for `control/shutdown`.
 const TOKEN_SHUTDOWN: &str = "control/shutdown";
 
-pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: Balloon) -> ! {
+pub fn run(
+    xen: Xen,
+    info: &BootInfo,
+    cmdline: &Cmdline,
+    mm: &'static Model,
+    balloon: Balloon,
+) -> ! {
     attach_console(&xen);
     // Test switch `say=`: raw lines on both sinks, exactly as given (harness-forgery).
     for line in &cmdline.say {
@@ -75,6 +81,16 @@ pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: Ba
             let walk = cmdline
                 .walk
                 .then(|| crate::walk::Walker::new(hotplug.window()));
+            if cmdline.race_bug != guest::mm::RaceBug::None {
+                log::warn!(
+                    "race-bug={:?}: the memory model runs with an injected ordering bug (test switch)",
+                    cmdline.race_bug
+                );
+                mm.set_race_bug(cmdline.race_bug);
+            }
+            if cmdline.race {
+                crate::race::start(mm, hotplug.window());
+            }
             let me = domid.and_then(|d| u16::try_from(d).ok()).unwrap_or(0);
             let grants = crate::grants::setup(&xen, mm, hotplug.window(), cmdline.grant, me);
             let mut m = Memory {
@@ -230,6 +246,8 @@ impl SuspendStats {
 /// Least time between handshake steps that no watch event asked for (its peer-death
 /// check and deferred end-access retries run on these).
 const GRANT_POLL_NS: u64 = 500_000_000;
+/// How often `data/race` is refreshed while the race walkers run.
+const RACE_PUBLISH_NS: u64 = 1_000_000_000;
 
 /// Serves the control and memory watches until the toolstack asks us to go.
 fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
@@ -242,6 +260,7 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
     }
     let mut outcome = StepOutcome::Done;
     let mut grant_due = 0;
+    let mut race_due = 0;
     loop {
         // While the balloon makes progress only peek at xenstore; otherwise sleep until
         // its (or hotplug's) backoff ends or something happens.
@@ -296,6 +315,10 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
             // Hot-remove freed memory the balloon can give back, or moved pages it must
             // make up for: keep stepping.
             outcome = StepOutcome::Progress;
+        }
+        if crate::race::running() && xen.now_ns() >= race_due {
+            race_due = xen.now_ns() + RACE_PUBLISH_NS;
+            publish_fields(xs, "data/race", &crate::race::fields(m.mm));
         }
         if let Some(g) = m.grants.as_mut() {
             let now = xen.now_ns();

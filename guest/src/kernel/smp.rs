@@ -122,6 +122,12 @@ pub fn state(id: u32) -> CpuState {
     }
 }
 
+/// Whether vCPU 0 asked AP `id` to park (its work item checks between pieces).
+pub fn stop_requested(id: u32) -> bool {
+    // Relaxed: a hint; `ap_loop` re-reads it with Acquire before acting.
+    slot(id).request.load(Ordering::Relaxed) != REQ_NONE
+}
+
 /// `max_vcpus` of the domain.
 pub fn max_vcpus() -> u32 {
     MAX_VCPUS.load(Ordering::Relaxed).max(1)
