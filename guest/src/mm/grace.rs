@@ -42,6 +42,13 @@ fn hooks() -> Option<&'static GraceHooks> {
     HOOKS.get().copied()
 }
 
+/// Lets other CPUs run (the kernel's `relax` hook; nothing without hooks).
+pub(crate) fn relax() {
+    if let Some(h) = hooks() {
+        (h.relax)();
+    }
+}
+
 /// Reader registry and epoch.
 #[derive(Debug)]
 pub struct GracePeriod {

@@ -123,7 +123,8 @@ impl<S: MemmapStorage> MemModel<S> {
                 }
             }
         }
-        if self.race_bug() == RaceBug::EarlyActive {
+        let early_active = self.race_bug() == RaceBug::EarlyActive;
+        if early_active {
             // Injected bug (test switch): walkers may now reach the poisoned blocks.
             for first in subsections() {
                 let s = self.section(first);
@@ -136,6 +137,11 @@ impl<S: MemmapStorage> MemModel<S> {
         // Initialise, then publish: present, kind, and active last (Release).
         let mut nr = usize::MAX;
         for first in subsections() {
+            if early_active {
+                // The bug's window is as wide as one scheduling quantum, as if the
+                // initialisation slept on an allocation: let the other CPUs run.
+                super::grace::relax();
+            }
             let s = self.section(first);
             let idx = first.subsection_in_section();
             let mem = s.memmap_ptr(idx).expect("parked memmap block");
