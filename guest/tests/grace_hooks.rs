@@ -51,14 +51,9 @@ fn device_model() -> (MemModel<HeapStorage>, PfnRange) {
 fn waiting_for_a_grace_period_inside_ones_own_read_side_is_caught() {
     let (m, range) = device_model();
     let g = m.read();
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        m.remove_subsections(range)
-    }));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.remove_subsections(range)));
     let msg = r.expect_err("must not wait for itself");
-    let msg = msg
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("would wait for itself"), "{msg}");
     drop(g);
 }
@@ -81,7 +76,10 @@ fn a_reader_on_another_cpu_is_waited_for_politely_and_timed() {
     let before = RELAXED.load(Ordering::SeqCst);
     m.remove_subsections(range).unwrap();
     reader.join().unwrap();
-    assert!(RELAXED.load(Ordering::SeqCst) > before, "the wait never relaxed");
+    assert!(
+        RELAXED.load(Ordering::SeqCst) > before,
+        "the wait never relaxed"
+    );
     let st = m.grace_stats();
     assert_eq!(st.waits, 1);
     assert!(st.max_us >= 10_000, "{st:?}");

@@ -337,7 +337,10 @@ fn a_missing_grace_period_leaves_a_reader_on_poison() {
         std::thread::sleep(Duration::from_millis(100));
         match bug {
             RaceBug::None => {
-                assert!(!done.load(Ordering::SeqCst), "removal did not wait for the reader");
+                assert!(
+                    !done.load(Ordering::SeqCst),
+                    "removal did not wait for the reader"
+                );
                 assert_eq!(page.checked(), Some((PageState::Unpopulated, true)));
             }
             _ => {

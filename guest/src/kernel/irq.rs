@@ -61,7 +61,10 @@ fn word(base: *mut u64, port: Port) -> &'static AtomicU64 {
 /// The pending word of `port`.
 pub fn pending_word(port: Port) -> &'static AtomicU64 {
     // SAFETY: address of the array in the mapped shared_info (no reference is created).
-    word(unsafe { (&raw mut (*shared()).evtchn_pending).cast() }, port)
+    word(
+        unsafe { (&raw mut (*shared()).evtchn_pending).cast() },
+        port,
+    )
 }
 
 /// The mask word of `port`.
@@ -189,8 +192,14 @@ fn set_timer(deadline_xen_ns: u64) -> Result<(), Errno> {
 
 fn stop_timer() -> Result<(), Errno> {
     // SAFETY: VCPUOP_stop_singleshot_timer takes no argument.
-    unsafe { hc::vcpu_op(VCPUOP_STOP_SINGLESHOT_TIMER, percpu::id(), core::ptr::null_mut()) }
-        .map(drop)
+    unsafe {
+        hc::vcpu_op(
+            VCPUOP_STOP_SINGLESHOT_TIMER,
+            percpu::id(),
+            core::ptr::null_mut(),
+        )
+    }
+    .map(drop)
 }
 
 /// `SCHEDOP_yield`: let Xen run another vCPU (a waiter that must poll something no event

@@ -70,10 +70,7 @@ pub fn start(mm: &'static Model, window: &HotplugWindow) {
         all: PfnRange::new(Pfn(0), window.device.end.max(window.ram.end)),
     });
     crate::smp::set_work(work);
-    log::info!(
-        "race: walkers ({}) on every vCPU but 0",
-        WALKERS.join(", ")
-    );
+    log::info!("race: walkers ({}) on every vCPU but 0", WALKERS.join(", "));
 }
 
 /// Whether the walkers run.
@@ -227,7 +224,7 @@ pub fn fields(mm: &Model) -> alloc::vec::Vec<(alloc::string::String, alloc::stri
         ("grace-median-us", g.median_us as u64),
         ("grace-max-us", g.max_us),
     ] {
-        f.push((format!("{k}"), format!("{v}")));
+        f.push((k.into(), format!("{v}")));
     }
     f
 }

@@ -33,9 +33,9 @@ use xen_bindings::abi::vcpu::{
 use xen_bindings::hypercall as hc;
 use xen_bindings::Errno;
 
+use crate::arch::cpu;
 use crate::arch::idt::{self, CpuTables};
 use crate::arch::percpu::{self, PerCpu};
-use crate::arch::cpu;
 use crate::hv::{Xen, Xenstore};
 use crate::irq;
 use guest::xen::xenstore::XsOps;
@@ -208,12 +208,12 @@ pub fn apply_availability(xen: &Xen, xs: &mut Xenstore) -> u32 {
         match r {
             Ok(()) => {
                 changed += 1;
-                log::info!(
-                    "smp: vCPU {id} {}",
-                    if want { "online" } else { "offline" }
-                );
+                log::info!("smp: vCPU {id} {}", if want { "online" } else { "offline" });
             }
-            Err(e) => log::error!("smp: vCPU {id} did not go {}: {e}", if want { "online" } else { "offline" }),
+            Err(e) => log::error!(
+                "smp: vCPU {id} did not go {}: {e}",
+                if want { "online" } else { "offline" }
+            ),
         }
     }
     changed

@@ -4,9 +4,11 @@ use crate::assert_layout;
 
 pub use xen_sys::{
     evtchn_alloc_unbound as EvtchnAllocUnbound, evtchn_bind_interdomain as EvtchnBindInterdomain,
-    evtchn_bind_ipi as EvtchnBindIpi, evtchn_bind_virq as EvtchnBindVirq, evtchn_close as EvtchnClose, evtchn_send as EvtchnSend, evtchn_status as EvtchnStatus,
-    evtchn_unmask as EvtchnUnmask, EVTCHNOP_alloc_unbound, EVTCHNOP_bind_interdomain, EVTCHNOP_bind_ipi, EVTCHNOP_bind_virq,
-    EVTCHNOP_close, EVTCHNOP_send, EVTCHNOP_status, EVTCHNOP_unmask, VIRQ_TIMER,
+    evtchn_bind_ipi as EvtchnBindIpi, evtchn_bind_virq as EvtchnBindVirq,
+    evtchn_close as EvtchnClose, evtchn_send as EvtchnSend, evtchn_status as EvtchnStatus,
+    evtchn_unmask as EvtchnUnmask, EVTCHNOP_alloc_unbound, EVTCHNOP_bind_interdomain,
+    EVTCHNOP_bind_ipi, EVTCHNOP_bind_virq, EVTCHNOP_close, EVTCHNOP_send, EVTCHNOP_status,
+    EVTCHNOP_unmask, VIRQ_TIMER,
 };
 
 assert_layout!(

@@ -21,8 +21,7 @@ pub mod hypercall_nr {
         __HYPERVISOR_event_channel_op as EVENT_CHANNEL_OP,
         __HYPERVISOR_grant_table_op as GRANT_TABLE_OP, __HYPERVISOR_hvm_op as HVM_OP,
         __HYPERVISOR_memory_op as MEMORY_OP, __HYPERVISOR_sched_op as SCHED_OP,
-        __HYPERVISOR_vcpu_op as VCPU_OP,
-        __HYPERVISOR_xen_version as XEN_VERSION,
+        __HYPERVISOR_vcpu_op as VCPU_OP, __HYPERVISOR_xen_version as XEN_VERSION,
     };
 }
 

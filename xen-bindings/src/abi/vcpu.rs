@@ -39,7 +39,14 @@ pub struct VcpuHvmX86_64 {
     pub cr4: u64,
     pub efer: u64,
 }
-assert_layout!(VcpuHvmX86_64, size = 112, rsp = 32, rdi = 56, rip = 64, efer = 104);
+assert_layout!(
+    VcpuHvmX86_64,
+    size = 112,
+    rsp = 32,
+    rdi = 56,
+    rip = 64,
+    efer = 104
+);
 
 /// `struct vcpu_hvm_context`; the union with the 32-bit registers is 120 bytes, so the
 /// 64-bit registers are followed by 8 bytes of padding.
