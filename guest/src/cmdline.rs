@@ -9,6 +9,8 @@
 //! | `panic` | panic deliberately once ready (proves the crash path) |
 //! | `hotplug-fail=N` | test switch: the memmap allocation of the first N hot-adds fails |
 //! | `walk` | run the saveable-page walker after every balloon settle (hotplug-walk scenario) |
+//! | `race` | every vCPU but 0 runs memmap walkers continuously against vCPU 0's hot-add/remove (race scenario) |
+//! | `race-bug=early-active\|no-grace` | test switch: inject an ordering bug the race walkers must detect (active bit before the descriptors are initialised; memmap freed without a grace period) |
 //! | `suspend-handback=on\|off` | before a suspend (`xl save`, `xl migrate`), hand free memory beyond a small reserve back to Xen and take it again afterwards (default `on`) |
 //! | `grant=give:N[:rw]` / `grant=map` | role in the two-guest grant handshake (`xen::grant::pair`): grant N pages (1..=256, read-only or `:rw`) to the peer, or map the peer's grants |
 //! | `say=TEXT` | test switch (harness-forgery scenario): print TEXT as a raw line on port 0xE9 and the PV console at boot; `+` is a space, `%XX` an ASCII byte (e.g. `%0D`); repeatable |
@@ -71,6 +73,10 @@ pub struct Cmdline {
     pub hotplug_fail: u32,
     /// Run the saveable-page walker after every balloon settle.
     pub walk: bool,
+    /// Race walkers on every vCPU but 0.
+    pub race: bool,
+    /// Test switch: an injected ordering bug.
+    pub race_bug: crate::mm::RaceBug,
     /// The two-guest grant handshake role (`grant=give:N` or `grant=map`).
     pub grant: Option<crate::xen::grant::pair::Role>,
     /// Hand free memory back to Xen before a suspend (so a save image holds only what is
@@ -90,6 +96,8 @@ impl Default for Cmdline {
             mode: Mode::Normal,
             hotplug_fail: 0,
             walk: false,
+            race: false,
+            race_bug: crate::mm::RaceBug::None,
             grant: None,
             suspend_handback: true,
             say: Vec::new(),
@@ -138,10 +146,23 @@ impl Cmdline {
                     c.walk = true;
                     Ok(())
                 }
+                ("race", None) => {
+                    c.race = true;
+                    Ok(())
+                }
+                ("race-bug", Some("early-active")) => {
+                    c.race_bug = crate::mm::RaceBug::EarlyActive;
+                    Ok(())
+                }
+                ("race-bug", Some("no-grace")) => {
+                    c.race_bug = crate::mm::RaceBug::NoGrace;
+                    Ok(())
+                }
+                ("race-bug", _) => Err("race-bug must be early-active or no-grace"),
                 ("selftest", None) => c.set_mode(Mode::Selftest),
                 ("panic", None) => c.set_mode(Mode::Panic),
                 ("loglevel" | "hotplug-fail" | "grant" | "say", None)
-                | ("selftest" | "panic" | "walk", Some(_)) => Err("malformed"),
+                | ("selftest" | "panic" | "walk" | "race", Some(_)) => Err("malformed"),
                 _ => Err("unknown option"),
             };
             if let Err(why) = verdict {
@@ -212,6 +233,18 @@ mod tests {
         assert_eq!(Cmdline::parse("panic").mode, Mode::Panic);
         assert_eq!(Cmdline::parse("hotplug-fail=2").hotplug_fail, 2);
         assert!(Cmdline::parse("walk").walk && !Cmdline::parse("").walk);
+        assert!(Cmdline::parse("race").race && !Cmdline::parse("").race);
+        assert_eq!(
+            Cmdline::parse("race-bug=no-grace").race_bug,
+            crate::mm::RaceBug::NoGrace
+        );
+        assert_eq!(
+            Cmdline::parse("race-bug=early-active").race_bug,
+            crate::mm::RaceBug::EarlyActive
+        );
+        let c = Cmdline::parse("race-bug=yes race=1");
+        assert_eq!(c.race_bug, crate::mm::RaceBug::None);
+        assert!(!c.race && c.rejected.len() == 2);
         assert!(Cmdline::parse("").suspend_handback);
         assert!(!Cmdline::parse("suspend-handback=off").suspend_handback);
         for bad in [

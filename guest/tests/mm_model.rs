@@ -310,3 +310,46 @@ fn failed_boot_returns_all_storage() {
     ));
     assert_eq!(storage.outstanding(), 0);
 }
+
+/// The negative control of the race scenario, on the host and deterministic: a reader
+/// holds a descriptor of a device subsection while another thread removes it. With the
+/// grace period the remover waits and the descriptor stays valid; with the `NoGrace` bug
+/// switched on the remover frees at once and the reader finds poison (`checked` = None).
+#[test]
+fn a_missing_grace_period_leaves_a_reader_on_poison() {
+    use guest::mm::RaceBug;
+    for bug in [RaceBug::None, RaceBug::NoGrace] {
+        let m = Arc::new(MemModel::new(Checked::unlimited()));
+        let range = PfnRange::from_count(Pfn(1 << 20), PAGES_PER_SUBSECTION);
+        m.add_subsections(range, SectionKind::Device).unwrap();
+        m.set_race_bug(bug);
+        let g = m.read();
+        let page = g.pfn_to_device_page(range.start).unwrap();
+        assert_eq!(page.checked(), Some((PageState::Unpopulated, true)));
+        let done = Arc::new(AtomicBool::new(false));
+        let remover = {
+            let (m, done) = (m.clone(), done.clone());
+            std::thread::spawn(move || {
+                m.remove_subsections(range).unwrap();
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        match bug {
+            RaceBug::None => {
+                assert!(
+                    !done.load(Ordering::SeqCst),
+                    "removal did not wait for the reader"
+                );
+                assert_eq!(page.checked(), Some((PageState::Unpopulated, true)));
+            }
+            _ => {
+                assert!(done.load(Ordering::SeqCst), "the bug should not wait");
+                assert_eq!(page.checked(), None, "freed memmap must read as poison");
+            }
+        }
+        drop(g);
+        remover.join().unwrap();
+        assert!(!m.pfn_active(range.start));
+    }
+}

@@ -1047,3 +1047,25 @@ guest_step_split() {
     calls=$(data_read balloon/step/hypercalls)
     info "${prefix}_guest_total_ms=$(awk -v x="$total" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_hypercall_ms=$(awk -v x="$hyper" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_ms=$(awk -v x="$out" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_permille=$pm ${prefix}_guest_hypercalls=$calls"
 }
+
+# ---------------------------------------------------------------- vCPUs through Xen's eyes
+# The vCPU ids Xen has online for the domain under test, space-separated ("0 1 3"), from
+# `xl vcpu-list`: an offline vCPU shows `-` as its CPU and a state with `p`.
+xen_online_vcpus() {
+    xl vcpu-list "$DOMNAME" 2>/dev/null \
+        | awk 'NR > 1 && $4 != "-" && $5 !~ /p/ { printf "%s%s", sep, $3; sep = " " }'
+}
+
+# wait_vcpus SECS "0 1 2": until Xen shows exactly those vCPUs online.
+wait_vcpus() {
+    local secs=$1 want=$2
+    ONLINE_VCPUS=
+    vcpus_are() { ONLINE_VCPUS=$(xen_online_vcpus); [ "$ONLINE_VCPUS" = "$want" ]; }
+    wait_every 1 "$secs" "vCPUs $want online (xl vcpu-list)" vcpus_are \
+        || fail "xl vcpu-list shows vCPUs '$(xen_online_vcpus)' online after ${secs}s, want '$want'"
+}
+
+# Total CPU seconds Xen has charged to the domain's vCPUs (xl vcpu-list Time(s) summed).
+vcpu_cpu_secs() {
+    xl vcpu-list "$DOMNAME" 2>/dev/null | awk 'NR > 1 { t += $6 } END { printf "%.1f", t }'
+}

@@ -176,7 +176,7 @@ impl Xen {
     }
 
     /// Our clock's `t` in Xen system time.
-    pub fn to_xen_time(&self, t: u64) -> u64 {
+    pub fn xen_time_of(&self, t: u64) -> u64 {
         // Relaxed: as in `now_ns`.
         t.saturating_sub(CLOCK_OFFSET_NS.load(Ordering::Relaxed))
             .max(1)
@@ -188,7 +188,7 @@ impl Xen {
         let d = if deadline_ns == 0 {
             0
         } else {
-            self.to_xen_time(deadline_ns)
+            self.xen_time_of(deadline_ns)
         };
         irq::wait(ports, d, || self.xen_now_ns())
     }

@@ -40,8 +40,10 @@ mod irq;
 mod kheap;
 mod klog;
 mod kmem;
+mod race;
 mod run;
 mod selftest;
+mod smp;
 mod walk;
 
 use core::panic::PanicInfo;
@@ -92,6 +94,7 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
         Some(Ok(xen)) => Some(*hv::XEN.call_once(|| xen)),
     };
     if xen.is_some() {
+        guest::mm::set_grace_hooks(&GRACE_HOOKS);
         if let Err(e) = irq::setup_this_cpu() {
             panic!("cannot set up event delivery by interrupt on vCPU 0: {e}");
         }
@@ -162,6 +165,14 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
         }
     }
 }
+
+/// The grace period's view of this kernel: vCPU ids, Xen's clock, and `SCHEDOP_yield`
+/// while waiting for a reader (who may be a sibling vCPU Xen has not scheduled).
+static GRACE_HOOKS: guest::mm::GraceHooks = guest::mm::GraceHooks {
+    cpu: || arch::percpu::id() as usize,
+    now_ns: hv::uptime_ns,
+    relax: irq::sched_yield,
+};
 
 static PANICKING: AtomicBool = AtomicBool::new(false);
 

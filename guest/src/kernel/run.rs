@@ -23,7 +23,13 @@ use crate::{klog, selftest};
 /// Watch token for `control/shutdown`.
 const TOKEN_SHUTDOWN: &str = "control/shutdown";
 
-pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: Balloon) -> ! {
+pub fn run(
+    xen: Xen,
+    info: &BootInfo,
+    cmdline: &Cmdline,
+    mm: &'static Model,
+    balloon: Balloon,
+) -> ! {
     attach_console(&xen);
     // Test switch `say=`: raw lines on both sinks, exactly as given (harness-forgery).
     for line in &cmdline.say {
@@ -36,6 +42,8 @@ pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: Ba
     let domid = read_u64(&mut xs, "domid");
     let target = read_u64(&mut xs, "memory/target");
     announce_features(&mut xs);
+    crate::smp::start(&xen, &mut xs);
+    publish_smp(&mut xs);
     if let Err(e) = xs.watch("control/shutdown", TOKEN_SHUTDOWN) {
         log::error!("cannot watch control/shutdown ({e:?}): xl shutdown will not work");
     }
@@ -73,6 +81,16 @@ pub fn run(xen: Xen, info: &BootInfo, cmdline: &Cmdline, mm: &Model, balloon: Ba
             let walk = cmdline
                 .walk
                 .then(|| crate::walk::Walker::new(hotplug.window()));
+            if cmdline.race_bug != guest::mm::RaceBug::None {
+                log::warn!(
+                    "race-bug={:?}: the memory model runs with an injected ordering bug (test switch)",
+                    cmdline.race_bug
+                );
+                mm.set_race_bug(cmdline.race_bug);
+            }
+            if cmdline.race {
+                crate::race::start(mm, hotplug.window());
+            }
             let me = domid.and_then(|d| u16::try_from(d).ok()).unwrap_or(0);
             let grants = crate::grants::setup(&xen, mm, hotplug.window(), cmdline.grant, me);
             let mut m = Memory {
@@ -160,6 +178,8 @@ fn announce_features(xs: &mut Xenstore) {
 
 /// Watch token for `memory/target`.
 const TOKEN_TARGET: &str = "memory/target";
+/// Watch token for `cpu` (`xl vcpu-set` writes `cpu/<n>/availability`).
+const TOKEN_CPU: &str = "cpu";
 
 /// Longest the loop sleeps with nothing to do (it also wakes on every watch event).
 const IDLE_NS: u64 = 1_000_000_000;
@@ -226,6 +246,8 @@ impl SuspendStats {
 /// Least time between handshake steps that no watch event asked for (its peer-death
 /// check and deferred end-access retries run on these).
 const GRANT_POLL_NS: u64 = 500_000_000;
+/// How often `data/race` is refreshed while the race walkers run.
+const RACE_PUBLISH_NS: u64 = 1_000_000_000;
 
 /// Serves the control and memory watches until the toolstack asks us to go.
 fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
@@ -233,8 +255,12 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
     if let Err(e) = xs.watch("memory/target", TOKEN_TARGET) {
         log::error!("cannot watch memory/target ({e:?}): xl mem-set will not work");
     }
+    if let Err(e) = xs.watch("cpu", TOKEN_CPU) {
+        log::error!("cannot watch cpu ({e:?}): xl vcpu-set will not work");
+    }
     let mut outcome = StepOutcome::Done;
     let mut grant_due = 0;
+    let mut race_due = 0;
     loop {
         // While the balloon makes progress only peek at xenstore; otherwise sleep until
         // its (or hotplug's) backoff ends or something happens.
@@ -257,6 +283,11 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
                 }
             }
             Ok(Some(ev)) if ev.token == guest::xen::grant::pair::TOKEN => grant_due = 0,
+            Ok(Some(ev)) if ev.token == TOKEN_CPU => {
+                if crate::smp::apply_availability(xen, xs) != 0 {
+                    publish_smp(xs);
+                }
+            }
             Ok(Some(ev)) => log::debug!("watch event {} ({}) not for us", ev.path, ev.token),
             Ok(None) => {}
             Err(XsError::Disconnected) => {
@@ -284,6 +315,10 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
             // Hot-remove freed memory the balloon can give back, or moved pages it must
             // make up for: keep stepping.
             outcome = StepOutcome::Progress;
+        }
+        if crate::race::running() && xen.now_ns() >= race_due {
+            race_due = xen.now_ns() + RACE_PUBLISH_NS;
+            publish_fields(xs, "data/race", &crate::race::fields(m.mm));
         }
         if let Some(g) = m.grants.as_mut() {
             let now = xen.now_ns();
@@ -529,6 +564,8 @@ fn suspend(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>, outcome: &mut StepO
         m.balloon.status(m.mm).ballooned_kib
     );
     m.suspend.suspends += 1;
+    // Every AP parks (down in Xen's view: no context in the image); they come back below.
+    let parked = crate::smp::park_all(xen);
     let t1 = xen.now_ns();
     m.suspend.last_quiesce_us = (t1 - t0) / 1000;
     // Nothing may log between the hypercall's return and `resumed_in_new_domain`: in a
@@ -557,6 +594,7 @@ fn suspend(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>, outcome: &mut StepO
             log::error!("suspend: SCHEDOP_shutdown(suspend) failed ({e:?}); carrying on");
         }
     }
+    crate::smp::unpark(xen, parked);
     // Take the handed-back memory again; and a resume without a new target must still
     // re-check it (the restore set Xen's limit).
     m.balloon.set_handback(0);
@@ -621,8 +659,18 @@ fn reconnect(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) {
     );
 }
 
+/// `data/smp`: vCPUs online and the most the domain may have.
+fn publish_smp(xs: &mut Xenstore) {
+    let fields = [
+        ("online", format!("{}", crate::smp::online())),
+        ("max", format!("{}", crate::smp::max_vcpus())),
+    ];
+    publish_fields(xs, "data/smp", &fields);
+}
+
 /// Writes every `data/` directory we own.
 fn publish_all(xs: &mut Xenstore, m: &mut Memory<'_>) {
+    publish_smp(xs);
     publish_balloon(xs, &m.balloon, Some(m.mm));
     let hotplug: Vec<_> = m.hotplug.status(m.mm).fields().collect();
     publish_fields(xs, "data/hotplug", &hotplug);

@@ -60,13 +60,18 @@ impl Walker {
         let census = mm.census();
         let want = census.pages_in(StateKind::Free) + census.pages_in(StateKind::Allocated);
         let wrong_state = st.skipped_in(StateKind::Free) + st.skipped_in(StateKind::Allocated);
-        if st.pages != want || st.seen != census.pages_total() || wrong_state != 0 {
+        if st.pages != want
+            || st.seen != census.pages_total()
+            || wrong_state != 0
+            || st.corrupt != 0
+        {
             self.mismatches += 1;
             log::error!(
-                "walk: saw {} saveable of {} pages, census has {want} Free+Allocated of {}; {wrong_state} Free/Allocated pages outside online RAM",
+                "walk: saw {} saveable of {} pages, census has {want} Free+Allocated of {}; {wrong_state} Free/Allocated pages outside online RAM; {} corrupt descriptors",
                 st.pages,
                 st.seen,
-                census.pages_total()
+                census.pages_total(),
+                st.corrupt
             );
         }
         (self.last_pages, self.last_seen, self.last_checksum) = (st.pages, st.seen, st.checksum);

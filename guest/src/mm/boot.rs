@@ -659,7 +659,7 @@ mod tests {
         );
         drop(g);
         let text = std::format!("{c}");
-        assert!(text.contains("boot-ram: reserved 787 free 64749"), "{text}");
+        assert!(text.contains("boot-ram: reserved 788 free 64748"), "{text}");
     }
 
     #[test]

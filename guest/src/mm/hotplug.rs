@@ -408,8 +408,11 @@ pub struct SaveableStats {
     /// are counted here only when their section is not online RAM (never, if the model
     /// is right).
     pub skipped: [u64; STATE_KINDS.len()],
-    /// Pages of active subsections seen in all (saved + skipped).
+    /// Pages of active subsections seen in all (saved + skipped + corrupt).
     pub seen: u64,
+    /// Descriptors that held no valid state (poisoned or never initialised memmap):
+    /// never, unless the model's ordering is broken.
+    pub corrupt: u64,
 }
 
 impl SaveableStats {
@@ -440,9 +443,12 @@ pub fn saveable_walk<S: MemmapStorage>(
     let guard = mm.read();
     for page in guard.active_pages(range) {
         st.seen += 1;
-        let state = page.state();
+        let Some((state, is_ram)) = page.checked() else {
+            st.corrupt += 1;
+            continue;
+        };
         let saveable = matches!(state, PageState::Free | PageState::Allocated)
-            && page.is_ram()
+            && is_ram
             && page.section_kind().is_ram()
             && page.section_online();
         if !saveable {

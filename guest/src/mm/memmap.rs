@@ -2,6 +2,7 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::geometry::{Pfn, PAGES_PER_SUBSECTION};
 use super::page::{PageDesc, Raw};
@@ -102,6 +103,23 @@ pub(crate) fn init_block(
 
 /// Fill fresh storage with 512 copies of one state (the common case at boot and hotplug:
 /// encoded once, then a plain store loop close to memset speed).
+/// Fills a memmap block with [`PageDesc::POISON`]: fresh blocks before their
+/// initialisation and freed blocks before they go back to storage, so that a reader that
+/// reaches one (a missing grace period, an active bit set too early) finds no valid state.
+pub(crate) fn poison_block(mem: NonNull<u8>) {
+    let base = mem.cast::<[AtomicU64; 2]>();
+    for i in 0..PAGES_PER_SUBSECTION as usize {
+        // SAFETY: `mem` is a block of MEMMAP_LAYOUT owned by the caller (fresh, or
+        // unpublished and past its grace period); atomics, since with a deliberately
+        // injected race bug a reader may still look at it.
+        let d = unsafe { &*base.add(i).as_ptr() };
+        // Relaxed: the poison is published like the descriptors it replaces (by the
+        // active bit, or not at all).
+        d[0].store(PageDesc::POISON[0], Ordering::Relaxed);
+        d[1].store(PageDesc::POISON[1], Ordering::Relaxed);
+    }
+}
+
 pub(crate) fn fill_block(mem: NonNull<u8>, raw: Raw) -> NonNull<PageDesc> {
     let base = mem.cast::<[u64; 2]>();
     let words = PageDesc::new(raw).into_words();

@@ -2,6 +2,7 @@
 //! mutation lock, with lock-free readers protected by grace periods.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use spin::Mutex;
 
@@ -168,6 +169,21 @@ pub struct MemModel<S: MemmapStorage> {
     pub(super) root: SectionRoot,
     pub(super) grace: GracePeriod,
     pub(super) inner: Mutex<Inner<S>>,
+    /// [`RaceBug`] as u8 (test switch).
+    race_bug: AtomicU8,
+}
+
+/// Ordering bugs a test can switch on (command line `race-bug=`), to show that the race
+/// walkers can see them. Never on outside such a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RaceBug {
+    /// Correct ordering.
+    None = 0,
+    /// Set a subsection's active bit before its descriptors are initialised.
+    EarlyActive = 1,
+    /// Free a removed subsection's memmap without waiting for a grace period.
+    NoGrace = 2,
 }
 
 fn block_range(pfn: Pfn, order: u8) -> PfnRange {
@@ -209,6 +225,7 @@ impl<S: MemmapStorage> MemModel<S> {
         MemModel {
             root: SectionRoot::new(),
             grace: GracePeriod::new(),
+            race_bug: AtomicU8::new(0),
             inner: Mutex::new(Inner {
                 storage,
                 token: MemmapToken::new(),
@@ -280,6 +297,30 @@ impl<S: MemmapStorage> MemModel<S> {
     /// Readers currently inside (diagnostics).
     pub fn readers(&self) -> usize {
         self.grace.readers()
+    }
+
+    /// Grace-period waits so far (timed only under a kernel's hooks).
+    pub fn grace_stats(&self) -> super::grace::GraceStats {
+        self.grace.stats()
+    }
+
+    /// Test switch: inject one of the ordering bugs the race walkers must detect.
+    pub fn set_race_bug(&self, bug: RaceBug) {
+        // Relaxed: read by the remover/adder under the mutation lock, set once at boot.
+        self.race_bug.store(bug as u8, Ordering::Relaxed);
+    }
+
+    pub(super) fn race_bug(&self) -> RaceBug {
+        // Relaxed: see `set_race_bug`.
+        match self.race_bug.load(Ordering::Relaxed) {
+            1 => RaceBug::EarlyActive,
+            2 => RaceBug::NoGrace,
+            _ => RaceBug::None,
+        }
+    }
+
+    fn section_of_pfn(&self, pfn: Pfn) -> &super::section::Section {
+        self.root.section_of(pfn).expect("device pfn has a section")
     }
 
     // ---- census -------------------------------------------------------------------------
@@ -766,6 +807,7 @@ impl<S: MemmapStorage> MemModel<S> {
         let mm = Memmap::new(&self.root, &g.token);
         Self::check_range(&mm, g.phase, block_range(pfn, 0), StateKind::Foreign)?;
         mm.desc(pfn).store(Raw::State(PageState::Foreign(map)));
+        self.section_of_pfn(pfn).bump_changes();
         g.stats.move_pages(
             SectionKind::Device,
             StateKind::Unpopulated,
@@ -786,6 +828,7 @@ impl<S: MemmapStorage> MemModel<S> {
             unreachable!("only Foreign may become Unpopulated");
         };
         mm.desc(pfn).store(Raw::State(PageState::Unpopulated));
+        self.section_of_pfn(pfn).bump_changes();
         g.stats.move_pages(
             SectionKind::Device,
             StateKind::Foreign,

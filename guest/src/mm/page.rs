@@ -333,7 +333,21 @@ impl PageDesc {
 
     /// Consistent snapshot of the descriptor; safe against a concurrent writer.
     pub(crate) fn load(&self) -> Raw {
+        // A descriptor of an active subsection is always initialised; an invalid tag would
+        // mean memmap corruption, which the model turns into a panic.
+        self.try_load()
+            .expect("page descriptor with invalid tag: memmap corrupted")
+    }
+
+    /// [`Self::load`] that reports a descriptor holding no valid state (poison, never
+    /// initialised, or a sequence that never settles) as `None` instead of panicking:
+    /// what a walker checking the model's safety uses.
+    pub(crate) fn try_load(&self) -> Option<Raw> {
+        // A writer holds the sequence odd for a few stores; even one preempted mid-store
+        // under a hypervisor finishes within a time slice. 2^24 retries is far beyond that.
+        let mut budget: u32 = 1 << 24;
         loop {
+            budget = budget.checked_sub(1)?;
             // Acquire pairs with the Release store that ends `store`: a stable (even)
             // sequence seen here means that writer's word0 is visible below.
             let before = self.w1.load(Ordering::Acquire);
@@ -349,10 +363,7 @@ impl PageDesc {
             // Relaxed: ordered after the word0 load by the fence above.
             let after = self.w1.load(Ordering::Relaxed);
             if before == after {
-                // A descriptor of an active subsection is always initialised; an invalid
-                // tag would mean memmap corruption, which the model turns into a panic.
-                return Raw::decode(w0, before & PAYLOAD1_MASK)
-                    .expect("page descriptor with invalid tag: memmap corrupted");
+                return Raw::decode(w0, before & PAYLOAD1_MASK);
             }
             core::hint::spin_loop();
         }
@@ -391,6 +402,19 @@ impl PageDesc {
     pub fn is_ram(&self) -> bool {
         self.load() != Raw::Hole
     }
+
+    /// The state and RAM-ness, or `None` for a descriptor holding no valid state.
+    pub fn checked(&self) -> Option<(PageState, bool)> {
+        self.try_load().map(|raw| match raw {
+            Raw::State(s) => (s, true),
+            Raw::Free(_) => (PageState::Free, true),
+            Raw::Hole => (PageState::Reserved, false),
+        })
+    }
+
+    /// The two words freed or not yet initialised memmap is filled with: tag 0 (no state)
+    /// and an even sequence, so a late reader neither spins nor mistakes it for a page.
+    pub(crate) const POISON: [u64; 2] = [0xdead_beef_dead_bee0, 0xdead_0000_0000_0000];
 }
 
 impl fmt::Debug for PageDesc {

@@ -63,6 +63,12 @@ impl PageRef<'_> {
     pub fn is_ram(&self) -> bool {
         self.desc.is_ram()
     }
+    /// State and RAM-ness, or `None` if the descriptor holds no valid state — which the
+    /// model promises never happens to a page reached through a guard (the race
+    /// walkers count it as a detection).
+    pub fn checked(&self) -> Option<(PageState, bool)> {
+        self.desc.checked()
+    }
 }
 
 impl fmt::Debug for PageRef<'_> {
@@ -116,6 +122,13 @@ impl<'m> ReadGuard<'m> {
             (p, _) if p.kind == SectionKind::Device => Some(p),
             _ => None,
         }
+    }
+
+    /// Changes so far to section `nr` (subsections going active/inactive, device pages
+    /// mapped/unmapped); 0 for a section that never existed. A walker that reads it
+    /// before and after a pass over the section knows whether the pass overlapped one.
+    pub fn section_changes(&self, nr: usize) -> u64 {
+        self.root.section(nr).map_or(0, |s| s.changes())
     }
 
     /// Every page of an active subsection in `range`, in pfn order; holes and absent

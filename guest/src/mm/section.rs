@@ -79,6 +79,10 @@ pub(crate) struct Section {
     active: AtomicU64,
     /// Memmap block (512 descriptors) of each present subsection.
     memmap: [AtomicPtr<PageDesc>; SUBSECTIONS_PER_SECTION],
+    /// Bumped by every change a walker could be caught in: a subsection going active or
+    /// inactive, a device page mapped or unmapped. Diagnostics only (the race walkers
+    /// count a pass over the section that saw it move as an overlap).
+    changes: AtomicU64,
 }
 
 impl Section {
@@ -124,6 +128,18 @@ impl Section {
     pub(crate) fn activate(&self, idx: usize) {
         // Release pairs with the Acquire in `active`.
         self.active.fetch_or(1 << idx, Ordering::Release);
+        self.bump_changes();
+    }
+    /// Counts a change (see `changes`).
+    pub(crate) fn bump_changes(&self) {
+        // SeqCst pairs with the SeqCst loads in `changes`: a walker whose pass brackets
+        // this bump reads different values before and after it.
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+    /// Changes so far.
+    pub(crate) fn changes(&self) -> u64 {
+        // SeqCst: see `bump_changes`.
+        self.changes.load(Ordering::SeqCst)
     }
     /// Clear the active bits of `mask`. The caller then waits a grace period before the
     /// memmap may be freed.
@@ -132,6 +148,7 @@ impl Section {
         // follows in program order publishes it to every reader entering afterwards, and
         // readers that entered before are waited for.
         self.active.fetch_and(!mask, Ordering::Relaxed);
+        self.bump_changes();
     }
     pub(crate) fn memmap_ptr(&self, idx: usize) -> Option<NonNull<PageDesc>> {
         // Relaxed: stored before `activate` (Release) and read after `active` (Acquire) or

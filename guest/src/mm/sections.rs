@@ -8,8 +8,8 @@ use super::geometry::{
     section_start_pfn, subsection_start_pfn, Pfn, PfnRange, MAX_PFN, PAGES_PER_SECTION,
     PAGES_PER_SUBSECTION, SUBSECTIONS_PER_SECTION,
 };
-use super::memmap::{fill_block, init_block, Memmap, MemmapToken, MEMMAP_LAYOUT};
-use super::model::{for_each_block, InitPages, Inner, MemModel, MmError, Uniform};
+use super::memmap::{fill_block, init_block, poison_block, Memmap, MemmapToken, MEMMAP_LAYOUT};
+use super::model::{for_each_block, InitPages, Inner, MemModel, MmError, RaceBug, Uniform};
 use super::page::{PageState, Raw, StateKind};
 use super::section::{Section, SectionKind, CHUNK_LAYOUT};
 use super::storage::MemmapStorage;
@@ -103,7 +103,10 @@ impl<S: MemmapStorage> MemModel<S> {
         for (n, first) in subsections().enumerate() {
             let s = self.section(first);
             match g.storage.alloc(MEMMAP_LAYOUT) {
-                Some(mem) => s.set_memmap_ptr(first.subsection_in_section(), Some(mem.cast())),
+                Some(mem) => {
+                    poison_block(mem);
+                    s.set_memmap_ptr(first.subsection_in_section(), Some(mem.cast()))
+                }
                 None => {
                     for undo in subsections().take(n) {
                         let s = self.section(undo);
@@ -120,9 +123,25 @@ impl<S: MemmapStorage> MemModel<S> {
                 }
             }
         }
+        let early_active = self.race_bug() == RaceBug::EarlyActive;
+        if early_active {
+            // Injected bug (test switch): walkers may now reach the poisoned blocks.
+            for first in subsections() {
+                let s = self.section(first);
+                if s.kind().is_none() {
+                    s.set_kind(Some(kind));
+                }
+                s.activate(first.subsection_in_section());
+            }
+        }
         // Initialise, then publish: present, kind, and active last (Release).
         let mut nr = usize::MAX;
         for first in subsections() {
+            if early_active {
+                // The bug's window is as wide as one scheduling quantum, as if the
+                // initialisation slept on an allocation: let the other CPUs run.
+                super::grace::relax();
+            }
             let s = self.section(first);
             let idx = first.subsection_in_section();
             let mem = s.memmap_ptr(idx).expect("parked memmap block");
@@ -196,6 +215,7 @@ impl<S: MemmapStorage> MemModel<S> {
     /// or Unpopulated (nothing owns a frame). Order: clear active, wait a grace period
     /// (walkers that may hold descriptors finish), free memmap, clear present.
     pub fn remove_subsections(&self, range: PfnRange) -> Result<(), MmError> {
+        self.grace.assert_not_reading();
         if !range.is_subsection_aligned() {
             return Err(MmError::Misaligned {
                 pfn: range.start,
@@ -228,7 +248,9 @@ impl<S: MemmapStorage> MemModel<S> {
             self.section(first)
                 .deactivate(1 << first.subsection_in_section());
         }
-        self.grace.synchronize();
+        if self.race_bug() != RaceBug::NoGrace {
+            self.grace.synchronize();
+        }
         for first in subsections() {
             let s = self.section(first);
             let idx = first.subsection_in_section();
@@ -259,6 +281,7 @@ impl<S: MemmapStorage> MemModel<S> {
         let p = s.memmap_ptr(idx).expect("present subsection has memmap");
         s.set_present_bit(idx, false);
         s.set_memmap_ptr(idx, None);
+        poison_block(p.cast());
         // SAFETY: the subsection was deactivated and a grace period has passed, so no
         // reader holds a descriptor; writers' views borrow the token, which we hold
         // exclusively. `p` came from `alloc(MEMMAP_LAYOUT)` in `add_with`.

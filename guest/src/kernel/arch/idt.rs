@@ -336,13 +336,13 @@ pub fn init() {
             offset_hi: (addr >> 32) as u32,
             zero: 0,
         };
-        for v in 0..32 {
+        for (v, &addr) in isr_table.iter().enumerate() {
             let ist = if matches!(v, 2 | 8 | 18) { 2 } else { 1 };
-            (*idt)[v] = gate(isr_table[v], ist);
+            (*idt)[v] = gate(addr, ist);
         }
         (*idt)[UPCALL_VECTOR as usize] = gate(isr_upcall_addr, 3);
         (*idt)[SPURIOUS_VECTOR as usize] = gate(isr_spurious_addr, 3);
-        load(&mut *(&raw mut BOOT_TABLES));
+        load(&mut *core::ptr::addr_of_mut!(BOOT_TABLES));
     }
 }
 

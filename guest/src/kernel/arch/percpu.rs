@@ -73,5 +73,5 @@ static mut BOOT_CPU: PerCpu = PerCpu::new(0);
 /// read the vCPU id).
 pub fn install_boot() {
     // SAFETY: runs once, on vCPU 0, before anything reads the block.
-    install(unsafe { &mut *(&raw mut BOOT_CPU) });
+    install(unsafe { &mut *core::ptr::addr_of_mut!(BOOT_CPU) });
 }

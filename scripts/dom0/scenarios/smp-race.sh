@@ -1,0 +1,102 @@
+# xenci-scenario: smp-race
+# xenci-ci: yes
+# xenci-peer: no
+# xenci-budget: 420
+# xenci-about: the seed's race under Xen: vcpus=4, memmap walkers on vCPUs 1-3 without pause while vCPU 0 follows a seeded mem-set walk that hot-adds and hot-removes sections; overlaps > 0, detections = 0, census = Xen every step
+scenario_smp_race() {
+    race_walk "xenci-race" race expect-clean
+}
+
+# race_walk NAME EXTRA EXPECT: the race scenario and its negative controls. EXPECT is
+# expect-clean (overlaps, no detection) or expect-detected (the injected bug must be
+# seen: a detection counted, or the guest stopped by a corrupted descriptor).
+race_walk() {
+    local name=$1 extra=$2 expect=$3 seed=${XENCI_SEED:-20261204} steps=${RACE_STEPS:-12} i=0 t
+    # cpu_weight: three vCPUs walk without pause; a low weight keeps dom0 (weight 256),
+    # which runs xl and the checks, from being starved on the one host CPU.
+    create_domain "$name" 'vcpus=4' 'maxvcpus=4' 'memory=256' 'maxmem=256' \
+        "extra=\"$extra\"" 'shadow_memory=16' 'cpu_weight=32'
+    wait_ready 90
+    require_balloon
+    wait_vcpus 30 "0 1 2 3"
+    wait_for 20 "race walkers running" race_has_passes \
+        || fail "no data/race/passes from the walkers 20 s after ready"
+    tool xl mem-max "$DOMNAME" 1024m || fail "xl mem-max 1024m failed"
+    info "seed=$seed steps=$steps extra=\"$extra\""
+    while [ $i -lt $steps ]; do
+        i=$((i + 1))
+        seed=$(((seed * 1103515245 + 12345) % 2147483648))
+        # Alternate above and below the 256 MiB boot size so that every other step
+        # hot-adds or hot-removes: 64-224 MiB, then 384-1024 MiB.
+        if [ $((i % 2)) = 1 ]; then
+            t=$((384 + (seed / 65536 % 81) * 8))
+        else
+            t=$((64 + (seed / 65536 % 21) * 8))
+        fi
+        mem_set "$t"
+        if [ "$expect" = expect-detected ] && race_detected; then
+            info "detected_at_step=$i"
+            break
+        fi
+        if ! wait_reach_quiet "$t" 90; then
+            [ "$expect" = expect-detected ] && race_detected && { info "detected_at_step=$i"; break; }
+            fail "step $i: $t MiB not reached in 90 s (Xen shows $(domain_mib) MiB)"
+        fi
+        if [ "$expect" = expect-clean ]; then
+            wait_for 30 "balloon done at $t MiB (step $i)" balloon_settled $((t * 1024)) \
+                || fail "step $i ($t MiB): the guest does not report done: $(balloon_status)"
+            census_matches_xen || { sleep 1; census_matches_xen; } \
+                || fail "step $i ($t MiB): census and Xen disagree: $CENSUS"
+            [ "$(data_read race/detections)" = 0 ] \
+                || fail "step $i: the walkers detected a broken ordering: $(grep 'race: DETECTED' "$CONSOLE_LOG" | head -n 1)"
+        elif race_detected; then
+            info "detected_at_step=$i"
+            break
+        fi
+    done
+    # The guest refreshes data/race every second.
+    sleep 2
+    race_report
+    case $expect in
+        expect-clean)
+            check_alive
+            [ "$(data_read race/detections)" = 0 ] || fail "detections: $(data_read race/detections)"
+            [ "$(data_read race/overlaps)" -gt 0 ] \
+                || fail "no walker pass overlapped a change: the race never happened, so a clean run proves nothing"
+            [ "$(data_read race/grace-waits)" -gt 0 ] || fail "no grace period was waited for"
+            ;;
+        expect-detected)
+            race_detected || fail "the injected bug ($extra) went undetected through $i steps: the race scenario cannot see it"
+            ;;
+    esac
+    tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
+}
+
+race_has_passes() {
+    [ "$(data_read race/passes 2>/dev/null || echo 0)" -gt 0 ]
+}
+
+# The injected bug was seen: the walkers counted a detection, or the guest stopped on a
+# corrupted descriptor (a panic naming it) before it could publish one.
+race_detected() {
+    local d
+    d=$(data_read race/detections 2>/dev/null) && [ "$d" -gt 0 ] && return 0
+    console_has 'race: DETECTED' && return 0
+    console_has 'memmap corrupted' && return 0
+    return 1
+}
+
+wait_reach_quiet() {
+    local mib=$1 secs=$2
+    wait_every 1 "$secs" "$mib MiB" near_target_mib "$mib"
+}
+
+race_report() {
+    local k line=""
+    for k in passes overlaps detections grace-waits grace-median-us grace-max-us \
+        census/passes census/overlaps saveable/passes saveable/overlaps pfn-scan/passes pfn-scan/overlaps pfn-scan/pages; do
+        line="$line $(echo "$k" | tr '/-' '__')=$(data_read "race/$k" 2>/dev/null || echo '?')"
+    done
+    info "race$line hotplug_adds=$(data_read hotplug/adds 2>/dev/null) sections_removed=$(data_read hotplug/sections-removed 2>/dev/null)"
+    if console_has 'race: DETECTED'; then info "first_detection=\"$(grep -m1 'race: DETECTED' "$CONSOLE_LOG" | sed 's/.*race: //')\""; fi
+}
