@@ -132,6 +132,13 @@ create_domain() {
     XL_LOG=$WORK/xl-create-$DOMNAME.log
     rm -f "$CONSOLE_LOG"
     echo "$DOMNAME" >>"$WORK/domains"
+    # A +vcpusN variant (run-scenarios): N vCPUs unless the scenario chose its own.
+    if [ -n "${XENCI_VCPUS:-}" ]; then
+        case " $* " in
+            *" vcpus="*) ;;
+            *) set -- "vcpus=$XENCI_VCPUS" "$@" ;;
+        esac
+    fi
     CREATE_CS=$(now_cs)
     say "xl create -F $(subject_cfg) name=\"$DOMNAME\" $*"
     (cd "$REPO" && exec xl create -F "$(subject_cfg)" "name=\"$DOMNAME\"" "$@") \

@@ -1,5 +1,6 @@
 # xenci-scenario: balloon-down-up
 # xenci-ci: yes
+# xenci-ci-vcpus: 2
 # xenci-peer: yes
 # xenci-budget: 240
 # xenci-about: memory=maxmem=1024: xl mem-set 256 then 1024; each step within 1 MiB of target in 60 s; census == Xen

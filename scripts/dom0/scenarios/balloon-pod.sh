@@ -1,5 +1,6 @@
 # xenci-scenario: balloon-pod
 # xenci-ci: yes
+# xenci-ci-vcpus: 2
 # xenci-peer: yes
 # xenci-budget: 300
 # xenci-about: memory=64,maxmem=1024 (populate-on-demand): boots, balloons the excess out unkilled; mem-set 1024, back to 64

@@ -1,5 +1,6 @@
 # xenci-scenario: grant-balloon
 # xenci-ci: yes
+# xenci-ci-vcpus: 2
 # xenci-peer: no
 # xenci-budget: 180
 # xenci-about: the mapper holds 64 foreign pages while xl mem-set takes it 128 -> 48 -> 128 MiB: foreign pages never ballooned nor counted as RAM, contents intact, census == Xen at each step

@@ -1,5 +1,6 @@
 # xenci-scenario: grant-map
 # xenci-ci: yes
+# xenci-ci-vcpus: 2
 # xenci-peer: no
 # xenci-budget: 120
 # xenci-about: two guests of ours: granter grants 64 pages (pattern salted with a dom0 nonce only it can read), mapper maps them (batches of 64), verifies the pattern, checksum back (verified=ok, nonce read from the frames), Xen's `g` dump shows 64 read-only pins by the mapper, unmaps (Xen: none); Foreign pages only while mapped, none Reserved; census == Xen on both

@@ -1,5 +1,6 @@
 # xenci-scenario: hotplug-add
 # xenci-ci: yes
+# xenci-ci-vcpus: 2
 # xenci-peer: yes
 # xenci-budget: 240
 # xenci-about: memory=maxmem=256; xl mem-max 1024; xl mem-set 768 -> hot-add, target reached, new sections active+online, census == Xen

@@ -1,5 +1,6 @@
 # xenci-scenario: hotplug-remove
 # xenci-ci: yes
+# xenci-ci-vcpus: 2
 # xenci-peer: no
 # xenci-budget: 300
 # xenci-about: hot-add to 768, down to 128 -> hot-added sections removed and their memmap freed, up to 512 -> re-added; after each, Xen's p2m (dom0 foreign-maps the gfns of the hot-add window, above 4 GiB) holds exactly 512 / 0 / 256 MiB of RAM there

@@ -1,5 +1,6 @@
 # xenci-scenario: migrate-ballooned
 # xenci-ci: yes
+# xenci-ci-vcpus: 2
 # xenci-peer: no
 # xenci-budget: 300
 # xenci-about: memory=maxmem=256 ballooned to 64 and migrated (Xen's tot_pages identical once settled, holes still holes); then hot-added to 384 and migrated (tot_pages identical, the section still there)

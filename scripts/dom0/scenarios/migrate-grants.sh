@@ -1,5 +1,6 @@
 # xenci-scenario: migrate-grants
 # xenci-ci: yes
+# xenci-ci-vcpus: 2
 # xenci-peer: no
 # xenci-budget: 360
 # xenci-about: a mapper holding 64 foreign pages is migrated (its slots back to Unpopulated, the granter ends its grants); then a granter whose 64 pages a peer maps is migrated (its frames reclaimed, the mapper reclaims); the migrated granter pairs again; census == Xen throughout

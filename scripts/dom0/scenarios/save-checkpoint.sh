@@ -1,5 +1,6 @@
 # xenci-scenario: save-checkpoint
 # xenci-ci: yes
+# xenci-ci-vcpus: 2
 # xenci-peer: no
 # xenci-budget: 300
 # xenci-about: xl save -c: the guest carries on in the same domain (cancelled suspend), mem-set still followed; the image restored alongside under another name: both run, census == Xen on both

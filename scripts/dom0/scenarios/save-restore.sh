@@ -1,5 +1,6 @@
 # xenci-scenario: save-restore
 # xenci-ci: yes
+# xenci-ci-vcpus: 2
 # xenci-peer: yes
 # xenci-budget: 300
 # xenci-about: memory=maxmem=256: xl save (domain gone), xl restore (new domid, running, census == Xen), mem-set 160 and 256 followed, then hot-add beyond boot size
