@@ -210,13 +210,9 @@ impl EventChannels for Xen {
     }
 
     fn take_pending(&self, port: Port) -> bool {
-        if port >= xen_bindings::abi::shared_info::NR_EVENT_CHANNELS_2L {
-            return false;
-        }
-        let bit = 1u64 << (port % 64);
-        // AcqRel: acquire pairs with Xen's locked set of the bit after it wrote the data the
-        // event announces (ring indices); release orders our earlier ring reads before it.
-        irq::pending_word(port).fetch_and(!bit, Ordering::AcqRel) & bit != 0
+        // The bit's AcqRel clear: acquire pairs with Xen's locked set after it wrote the
+        // data the event announces (ring indices).
+        guest::xen::evtchn::take(irq::words(), port)
     }
 
     fn alloc_unbound(&self, remote: DomId) -> Result<Port, Errno> {

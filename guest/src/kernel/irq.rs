@@ -20,9 +20,10 @@
 
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
 
+use guest::xen::evtchn;
 use xen_bindings::abi::event_channel as ev;
 use xen_bindings::abi::hvm::{XenHvmEvtchnUpcallVector, HVMOP_SET_EVTCHN_UPCALL_VECTOR};
-use xen_bindings::abi::shared_info::{SharedInfo, LEGACY_MAX_VCPUS, NR_EVENT_CHANNELS_2L};
+use xen_bindings::abi::shared_info::{SharedInfo, LEGACY_MAX_VCPUS};
 use xen_bindings::abi::vcpu::{
     VcpuSetSingleshotTimer, VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER,
 };
@@ -52,25 +53,18 @@ fn shared() -> *mut SharedInfo {
     SHARED.load(Ordering::Acquire)
 }
 
-fn word(base: *mut u64, port: Port) -> &'static AtomicU64 {
-    // SAFETY: `base` is an array of 64 u64 in the mapped shared_info that Xen updates with
-    // atomic operations; `port < NR_EVENT_CHANNELS_2L` is checked by callers.
-    unsafe { AtomicU64::from_ptr(base.add((port / 64) as usize)) }
-}
-
-/// The pending word of `port`.
-pub fn pending_word(port: Port) -> &'static AtomicU64 {
-    // SAFETY: address of the array in the mapped shared_info (no reference is created).
-    word(
-        unsafe { (&raw mut (*shared()).evtchn_pending).cast() },
-        port,
-    )
-}
-
-/// The mask word of `port`.
-fn mask_word(port: Port) -> &'static AtomicU64 {
-    // SAFETY: as in `pending_word`.
-    word(unsafe { (&raw mut (*shared()).evtchn_mask).cast() }, port)
+/// shared_info's pending and mask arrays as atomic words.
+pub fn words() -> evtchn::Words<'static> {
+    let si = shared();
+    // SAFETY: both arrays live in the mapped shared_info page (mapped for the kernel's
+    // lifetime, the same page after a resume) and Xen updates them with atomic
+    // operations, so shared atomic views are sound; `AtomicU64` has u64's layout.
+    unsafe {
+        evtchn::Words {
+            pending: &*(core::ptr::addr_of_mut!((*si).evtchn_pending) as *const [AtomicU64; 64]),
+            mask: &*(core::ptr::addr_of_mut!((*si).evtchn_mask) as *const [AtomicU64; 64]),
+        }
+    }
 }
 
 /// The upcall (IDT vector [`idt::UPCALL_VECTOR`], IF=0, IST 3). No locks, no logging.
@@ -83,33 +77,20 @@ fn upcall() {
     let si = shared();
     // SAFETY: vcpu_info[id] lives in the mapped shared_info; Xen writes these fields with
     // atomic operations, so atomic views of them are sound.
-    let (upcall_pending, sel) = unsafe {
+    let vcpu = unsafe {
         let vi = &raw mut (*si).vcpu_info[id];
-        (
-            AtomicU8::from_ptr(&raw mut (*vi).evtchn_upcall_pending),
-            AtomicU64::from_ptr((&raw mut (*vi).evtchn_pending_sel).cast()),
-        )
+        evtchn::VcpuWords {
+            upcall_pending: AtomicU8::from_ptr(&raw mut (*vi).evtchn_upcall_pending),
+            pending_sel: AtomicU64::from_ptr((&raw mut (*vi).evtchn_pending_sel).cast()),
+        }
     };
-    // Xen raises the vector only on upcall_pending's 0→1 edge: clear it first, then take
-    // the selector (a port set after this raises a new upcall). SeqCst: orders the clear
-    // before the selector swap, as Xen's own `xen_evtchn_upcall` does with xchg.
-    upcall_pending.store(0, Ordering::SeqCst);
-    let words = sel.swap(0, Ordering::SeqCst);
-    let mut woken = 0;
-    for (port, bit) in [
+    // Relaxed: the ports are stored by this vCPU's own setup, before its upcall vector
+    // was registered.
+    let own = [
         (me.timer_port.load(Ordering::Relaxed), WOKEN_TIMER),
         (me.ipi_port.load(Ordering::Relaxed), WOKEN_IPI),
-    ] {
-        if port == 0 || words & (1 << (port / 64)) == 0 {
-            continue;
-        }
-        let b = 1u64 << (port % 64);
-        // AcqRel: pairs with Xen's locked set of the bit; clearing it lets Xen raise the
-        // next one.
-        if pending_word(port).fetch_and(!b, Ordering::AcqRel) & b != 0 {
-            woken |= bit;
-        }
-    }
+    ];
+    let woken = evtchn::upcall(vcpu, words(), &own);
     if woken != 0 {
         // Release: pairs with the Acquire swap in `take_woken`.
         me.woken.fetch_or(woken, Ordering::Release);
@@ -120,20 +101,6 @@ fn upcall() {
 pub fn take_woken() -> usize {
     // Acquire: pairs with the upcall's Release `fetch_or`.
     percpu::this().woken.swap(0, Ordering::Acquire)
-}
-
-/// Whether any of `ports` is pending (unmasking each first, so that an event on it also
-/// raises an upcall). Leaves the pending bits for their consumer.
-fn any_pending(ports: &[Port]) -> bool {
-    let mut any = false;
-    for &p in ports.iter().filter(|&&p| p < NR_EVENT_CHANNELS_2L) {
-        let b = 1u64 << (p % 64);
-        // SeqCst (both): the unmask must be ordered before the pending check, or an event
-        // landing in between (masked: no upcall) would be missed until the deadline.
-        mask_word(p).fetch_and(!b, Ordering::SeqCst);
-        any |= pending_word(p).load(Ordering::SeqCst) & b != 0;
-    }
-    any
 }
 
 /// Blocks the calling vCPU until one of `ports` is pending, an IPI or wake reason in
@@ -151,7 +118,7 @@ pub fn wait(ports: &[Port], deadline_xen_ns: u64, now_xen_ns: impl Fn() -> u64) 
             armed = false;
         }
         reasons |= new;
-        if any_pending(ports) || reasons & WOKEN_IPI != 0 {
+        if evtchn::unmask_and_check(words(), ports) || reasons & WOKEN_IPI != 0 {
             break;
         }
         if deadline_xen_ns != 0 && now_xen_ns() >= deadline_xen_ns {

@@ -4,21 +4,30 @@
 //!
 //! ```text
 //!  main.rs ── boot.rs      copy hvm_start_info (cmdline, memmap) out of low RAM
-//!     │    ── arch/        entry stub, GDT/IDT, CPU ops, mem functions, page tables
+//!     │    ── arch/        entry stub, per-vCPU GDT/TSS/IST, IDT, LAPIC, GS per-CPU
+//!     │                    block, CPU ops, mem functions, page tables
 //!     │    ── hv.rs        the real Xen behind xen_bindings::traits (hypercall page,
-//!     │                    shared_info, event channels, poll, clock)
+//!     │                    shared_info, event channels, waiting, clock)
+//!     │    ── irq.rs       upcall vector, VIRQ_TIMER, IPIs; smp.rs (APs, vcpu-set)
 //!     │    ── kmem.rs      the memory model from start_info; kheap.rs (heap in 2 MiB
 //!     │                    frames from it); klog.rs (log → port 0xE9 + PV console)
 //!     └─▶ run.rs           console, xenstore, ready, then the event loop:
 //!           ├─ balloon + hotplug steps   (guest::xen::{balloon, hotplug})
 //!           ├─ grants.rs                 grant table + the two-guest handshake
 //!           ├─ walk.rs                   the saveable-page walker (`walk`)
+//!           ├─ race.rs                   memmap walkers on the APs (`race`)
 //!           └─ selftest.rs               the in-guest self-tests (`selftest`)
 //! ```
 //!
-//! Context: one vCPU (vCPU 0), interrupts never enabled. Everything runs in thread
-//! context from the event loop; waiting is `SCHEDOP_poll` on event-channel ports with a
-//! deadline, so nothing spins. Walkers therefore run only between mutations today.
+//! Contexts (see `smp.rs`, `irq.rs`): vCPU 0 runs every driver — control, xenstore,
+//! console, balloon, hotplug, grants, suspend — in thread context from the event loop.
+//! APs (`vcpus=` > 1) run only their work item (the race walkers, `race.rs`) and park
+//! when asked. Interrupts are enabled only inside the idle halt (`Xen::wait`: `sti; hlt`
+//! until an event channel, the vCPU's VIRQ_TIMER single-shot or an IPI fires); the upcall
+//! handler only clears pending bits and records what woke us, so no walker, lock or
+//! allocation ever runs in interrupt context and the grace period has no interrupt
+//! readers to cover. Locks: the model's own (see `guest::mm`), the heap's, the log's —
+//! all taken in thread context only.
 //! Dependencies point down the picture: `arch` names nothing else of the kernel.
 //!
 //! Boot order: entry stub (long mode, SSE, low 4 GiB identity-mapped) → log on port 0xE9,

@@ -23,6 +23,7 @@ pub mod balloon;
 pub mod clock;
 pub mod console;
 pub mod control;
+pub mod evtchn;
 pub mod grant;
 pub mod hotplug;
 pub mod xenstore;

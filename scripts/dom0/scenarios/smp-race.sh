@@ -2,9 +2,9 @@
 # xenci-ci: yes
 # xenci-peer: no
 # xenci-budget: 420
-# xenci-about: the seed's race under Xen: vcpus=4, memmap walkers on vCPUs 1-3 without pause while vCPU 0 follows a seeded mem-set walk that hot-adds and hot-removes sections; overlaps > 0, detections = 0, census = Xen every step
+# xenci-about: the seed's race under Xen: vcpus=4, memmap walkers on vCPUs 1-3 without pause while vCPU 0 follows a seeded mem-set walk that hot-adds and hot-removes sections and, after each step, maps and unmaps a grant peer's 64 pages in the device window; overlaps > 0, detections = 0, census = Xen every step
 scenario_smp_race() {
-    race_walk "xenci-race" race expect-clean
+    RACE_GRANTS=yes race_walk "xenci-race" race expect-clean
 }
 
 # race_walk NAME EXTRA EXPECT: the race scenario and its negative controls. EXPECT is
@@ -14,11 +14,31 @@ race_walk() {
     local name=$1 extra=$2 expect=$3 seed=${XENCI_SEED:-20261204} steps=${RACE_STEPS:-12} i=0 t
     # cpu_weight: three vCPUs walk without pause; a low weight keeps dom0 (weight 256),
     # which runs xl and the checks, from being starved on the one host CPU.
+    local grants=${RACE_GRANTS:-no} runs=0
+    if [ "$grants" = yes ]; then
+        # A granter of ours (64 pages) for the race guest, which maps them (grant=map)
+        # and, after every step, maps and unmaps them again and again (command=bench):
+        # device-window descriptors change under the pfn_to_device_page scan.
+        create_domain "$name-g" 'memory=128' 'maxmem=128' 'extra="loglevel=info grant=give:64"'
+        remember_domain G
+        wait_ready 90
+        GRANT_NONCE=$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
+        tool xenstore-write "/local/domain/$G_ID/data/grant-nonce" "$GRANT_NONCE" \
+            || fail "cannot write d$G_ID's data/grant-nonce"
+        extra="$extra grant=map"
+    fi
     create_domain "$name" 'vcpus=4' 'maxvcpus=4' 'memory=256' 'maxmem=256' \
         "extra=\"$extra\"" 'shadow_memory=16' 'cpu_weight=32'
+    remember_domain M
     wait_ready 90
     require_balloon
     wait_vcpus 30 "0 1 2 3"
+    if [ "$grants" = yes ]; then
+        introduce G M
+        introduce M G
+        wait_pair M 60 mapped
+        use_domain M
+    fi
     wait_for 20 "race walkers running" race_has_passes \
         || fail "no data/race/passes from the walkers 20 s after ready"
     tool xl mem-max "$DOMNAME" 1024m || fail "xl mem-max 1024m failed"
@@ -49,6 +69,10 @@ race_walk() {
                 || fail "step $i ($t MiB): census and Xen disagree: $CENSUS"
             [ "$(data_read race/detections)" = 0 ] \
                 || fail "step $i: the walkers detected a broken ordering: $(grep 'race: DETECTED' "$CONSOLE_LOG" | head -n 1)"
+            if [ "$grants" = yes ]; then
+                runs=$((runs + 1))
+                grant_churn "$runs" "$i"
+            fi
         elif race_detected; then
             info "detected_at_step=$i"
             break
@@ -60,6 +84,20 @@ race_walk() {
     case $expect in
         expect-clean)
             check_alive
+            if [ "$grants" = yes ]; then
+                # The last change in the device window: unmap, and the wholly free device
+                # subsections go (inactive, grace period, memmap freed) under the scan.
+                tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" unmap \
+                    || fail "cannot command the unmap"
+                wait_pair M 30 unmapped
+                wait_pair G 30 ended
+                sleep 2
+                use_domain G
+                census_matches_xen || fail "granter: census and Xen disagree: $CENSUS"
+                use_domain M
+                census_matches_xen || fail "after the unmap: census and Xen disagree: $CENSUS"
+                info "grant_churn_runs=$runs device_overlaps_included=yes"
+            fi
             [ "$(data_read race/detections)" = 0 ] || fail "detections: $(data_read race/detections)"
             [ "$(data_read race/overlaps)" -gt 0 ] \
                 || fail "no walker pass overlapped a change: the race never happened, so a clean run proves nothing"
@@ -99,4 +137,22 @@ race_report() {
     done
     info "race$line hotplug_adds=$(data_read hotplug/adds 2>/dev/null) sections_removed=$(data_read hotplug/sections-removed 2>/dev/null)"
     if console_has 'race: DETECTED'; then info "first_detection=\"$(grep -m1 'race: DETECTED' "$CONSOLE_LOG" | sed 's/.*race: //')\""; fi
+}
+
+# grant_churn N STEP: the race guest maps and unmaps the granter's 64 pages (20 rounds
+# of one 64-page batch and of 64 single pages: the mapper's `bench`), its N-th time;
+# the pattern must still hold afterwards.
+grant_churn() {
+    local n=$1 step=$2 err
+    tool xenstore-write "/local/domain/$M_ID/data/grant-test/command" bench \
+        || fail "step $step: cannot command the grant churn"
+    wait_for 90 "grant churn $n" bench_runs_are "$n" \
+        || fail "step $step: the mapper did not finish grant churn $n in 90 s"
+    err=$(gt_read M grant-test/bench/error) && fail "step $step: grant churn: $err"
+    expect_gt M grant-test/pattern-errors 0 "pattern errors after grant churn $n"
+    expect_gt M grant-test/mapped 64 "pages mapped after grant churn $n"
+}
+
+bench_runs_are() {
+    [ "$(gt_read M grant-test/bench-runs)" = "$1" ]
 }

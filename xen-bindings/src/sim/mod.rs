@@ -16,6 +16,7 @@
 //! [`evtchn::Service`] and run them from [`SimState::run_backends`].
 
 pub mod evtchn;
+pub mod evtchn_2l;
 pub mod grant;
 pub mod memory;
 pub mod xenstored;
