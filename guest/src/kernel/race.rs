@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | 1, 4, … | census | every active page's state, counted by kind |
 //! | 2, 5, … | saveable | [`saveable_walk`], the hibernation writer's view (no frame read) |
-//! | 3, 6, … | pfn scan | `pfn_to_online_page` over the hot-add window, `pfn_to_device_page` over the device window, every pfn of every active subsection |
+//! | 3, 6, … | pfn scan | `pfn_to_online_page` over boot RAM and the hot-add window, `pfn_to_device_page` over the device window (swept again after every present RAM section), every pfn of every active subsection |
 //!
 //! A walker enters the read side once per section. It counts an **overlap** when the
 //! section changed (a subsection went active or inactive, a device page was mapped or
@@ -32,6 +32,8 @@ const SUB_PAGES: u64 = guest::mm::geometry::PAGES_PER_SUBSECTION;
 
 /// The three walkers.
 const WALKERS: [&str; 3] = ["census", "saveable", "pfn-scan"];
+// `visit` and `work` index walkers by position.
+const _: () = assert!(PFN_SCAN == 2 && WALKERS.len() == 3);
 
 /// One walker kind's counters (summed over the vCPUs running it). Relaxed throughout:
 /// statistics, read by vCPU 0 for `data/race`.
@@ -84,29 +86,48 @@ fn work(id: u32) -> bool {
     let w = (id as usize - 1) % WALKERS.len();
     let first = ctx.all.start.0 / SECTION_PAGES;
     let end = ctx.all.end.0.div_ceil(SECTION_PAGES);
+    let device = ctx.window.device_sections();
     for nr in first..end {
         if crate::smp::stop_requested(id) {
             return true;
         }
-        let range = PfnRange::from_count(Pfn(nr * SECTION_PAGES), SECTION_PAGES);
-        let g = ctx.mm.read();
-        let before = g.section_changes(nr as usize);
-        let (pages, bad) = match w {
-            0 => census_walk(&g, range),
-            1 => {
-                drop(g);
-                let (st, before2, after2) = saveable_section(ctx.mm, nr as usize, range);
-                note(w, id, nr, st.seen, st.corrupt, before2 != after2);
-                continue;
+        let pages = visit(ctx, w, id, nr);
+        if w == PFN_SCAN && pages > 0 && !device.contains(&(nr as usize)) {
+            // Device subsections change at grant speed (every map and unmap), RAM
+            // sections only when hotplug adds or removes them: sweep the device window
+            // between every two present sections, so the scan is often inside a device
+            // subsection while a grant peer maps and unmaps.
+            for d in device.clone() {
+                visit(ctx, w, id, d as u64);
             }
-            _ => pfn_scan(&g, range, &ctx.window),
-        };
-        let after = g.section_changes(nr as usize);
-        drop(g);
-        note(w, id, nr, pages, bad, before != after);
+        }
     }
     COUNTERS[w].passes.fetch_add(1, Ordering::Relaxed);
     true
+}
+
+/// Index of the pfn-scan walker in [`WALKERS`].
+const PFN_SCAN: usize = 2;
+
+/// Walker `w`'s visit of section `nr`, counted; returns the pages it saw.
+fn visit(ctx: &Ctx, w: usize, id: u32, nr: u64) -> u64 {
+    let range = PfnRange::from_count(Pfn(nr * SECTION_PAGES), SECTION_PAGES);
+    if w == 1 {
+        let (st, before, after) = saveable_section(ctx.mm, nr as usize, range);
+        note(w, id, nr, st.seen, st.corrupt, before != after);
+        return st.seen;
+    }
+    let g = ctx.mm.read();
+    let before = g.section_changes(nr as usize);
+    let (pages, bad) = if w == 0 {
+        census_walk(&g, range)
+    } else {
+        pfn_scan(&g, range, &ctx.window)
+    };
+    let after = g.section_changes(nr as usize);
+    drop(g);
+    note(w, id, nr, pages, bad, before != after);
+    pages
 }
 
 /// Counts one section visit; logs the first detection of each walker.

@@ -42,6 +42,8 @@ race_walk() {
     wait_for 20 "race walkers running" race_has_passes \
         || fail "no data/race/passes from the walkers 20 s after ready"
     tool xl mem-max "$DOMNAME" 1024m || fail "xl mem-max 1024m failed"
+    RACE_T0=$(now_cs)
+    RACE_P0=$(walker_pages)
     info "seed=$seed steps=$steps extra=\"$extra\""
     while [ $i -lt $steps ]; do
         i=$((i + 1))
@@ -55,11 +57,11 @@ race_walk() {
         fi
         mem_set "$t"
         if [ "$expect" = expect-detected ] && race_detected; then
-            info "detected_at_step=$i"
+            info "detected_at_step=$i detect_secs=$(fmt_cs $(($(now_cs) - RACE_T0)))"
             break
         fi
         if ! wait_reach_quiet "$t" 90; then
-            [ "$expect" = expect-detected ] && race_detected && { info "detected_at_step=$i"; break; }
+            [ "$expect" = expect-detected ] && race_detected && { info "detected_at_step=$i detect_secs=$(fmt_cs $(($(now_cs) - RACE_T0)))"; break; }
             fail "step $i: $t MiB not reached in 90 s (Xen shows $(domain_mib) MiB)"
         fi
         if [ "$expect" = expect-clean ]; then
@@ -74,7 +76,7 @@ race_walk() {
                 grant_churn "$runs" "$i"
             fi
         elif race_detected; then
-            info "detected_at_step=$i"
+            info "detected_at_step=$i detect_secs=$(fmt_cs $(($(now_cs) - RACE_T0)))"
             break
         fi
     done
@@ -110,6 +112,14 @@ race_walk() {
     tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
 }
 
+# Pages visited so far by each walker: "census saveable pfn-scan".
+walker_pages() {
+    local w
+    for w in census saveable pfn-scan; do
+        printf '%s ' "$(data_read "race/$w/pages" 2>/dev/null || echo 0)"
+    done
+}
+
 race_has_passes() {
     [ "$(data_read race/passes 2>/dev/null || echo 0)" -gt 0 ]
 }
@@ -135,6 +145,12 @@ race_report() {
         census/passes census/overlaps saveable/passes saveable/overlaps pfn-scan/passes pfn-scan/overlaps pfn-scan/pages; do
         line="$line $(echo "$k" | tr '/-' '__')=$(data_read "race/$k" 2>/dev/null || echo '?')"
     done
+    # Pages per second per walker (one walker per vCPU: census on 1, saveable on 2,
+    # the pfn scan on 3), over the walk, from data/race (refreshed every second).
+    local secs p1
+    secs=$(fmt_cs $(($(now_cs) - RACE_T0)))
+    p1=$(walker_pages)
+    info "walk_secs=$secs $(echo "$RACE_P0 $p1" | awk -v s="$secs" '{ printf "census_pages_per_sec=%d saveable_pages_per_sec=%d pfn_scan_pages_per_sec=%d", ($4 - $1) / s, ($5 - $2) / s, ($6 - $3) / s }')"
     info "race$line hotplug_adds=$(data_read hotplug/adds 2>/dev/null) sections_removed=$(data_read hotplug/sections-removed 2>/dev/null)"
     if console_has 'race: DETECTED'; then info "first_detection=\"$(grep -m1 'race: DETECTED' "$CONSOLE_LOG" | sed 's/.*race: //')\""; fi
 }
