@@ -139,6 +139,8 @@ create_domain() {
             *) set -- "vcpus=$XENCI_VCPUS" "$@" ;;
         esac
     fi
+    # The lines beyond the config file, for a copy restored under another name.
+    printf '%s\n' "$@" >"$WORK/extra-$DOMNAME.cfg"
     CREATE_CS=$(now_cs)
     say "xl create -F $(subject_cfg) name=\"$DOMNAME\" $*"
     (cd "$REPO" && exec xl create -F "$(subject_cfg)" "name=\"$DOMNAME\"" "$@") \
@@ -961,6 +963,9 @@ migrate_here() {
 renamed_cfg() {
     local out=$WORK/$1.cfg
     sed "s/^name *=.*/name = \"$1\"/" "$REPO/$(subject_cfg)" >"$out"
+    # The domain under test's own extra lines (memory, vcpus, ...): Xen refuses to load
+    # an image's vCPU or LAPIC record into a domain with fewer vCPUs.
+    [ ! -f "$WORK/extra-$DOMNAME.cfg" ] || cat "$WORK/extra-$DOMNAME.cfg" >>"$out"
     echo "$out"
 }
 

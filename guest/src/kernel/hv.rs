@@ -20,7 +20,7 @@ use xen_bindings::traits::{
 };
 use xen_bindings::Errno;
 
-use crate::arch::{cpu, entry, percpu};
+use crate::arch::{cpu, entry};
 use crate::irq;
 
 /// RAM pages whose frames Xen took back by mapping something over them (shared_info).
@@ -119,12 +119,13 @@ impl Xen {
     }
 
     fn time_info(&self) -> TimeInfo {
-        // Each vCPU reads its own time record (Xen keeps it for the pCPU it runs on).
-        let id = (percpu::id() as usize).min(xen_bindings::abi::shared_info::LEGACY_MAX_VCPUS - 1);
-        // SAFETY: vcpu_info[id] lives in the mapped shared_info page; Xen writes it under
-        // the version seqlock that `read_consistent` implements, so volatile reads suffice.
+        // Each vCPU reads its own time record (Xen keeps it for the pCPU it runs on), in
+        // its registered vcpu_info or its shared_info slot.
+        let vi = irq::this_vcpu_info();
+        // SAFETY: `vi` is this vCPU's vcpu_info; Xen writes it under the version seqlock
+        // that `read_consistent` implements, so volatile reads suffice.
         unsafe {
-            let t = &raw const (*self.shared).vcpu_info[id].time;
+            let t = &raw const (*vi).time;
             read_consistent(
                 || (&raw const (*t).version).read_volatile(),
                 || TimeInfo {

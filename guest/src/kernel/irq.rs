@@ -23,9 +23,10 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use guest::xen::evtchn;
 use xen_bindings::abi::event_channel as ev;
 use xen_bindings::abi::hvm::{XenHvmEvtchnUpcallVector, HVMOP_SET_EVTCHN_UPCALL_VECTOR};
-use xen_bindings::abi::shared_info::{SharedInfo, LEGACY_MAX_VCPUS};
+use xen_bindings::abi::shared_info::{SharedInfo, VcpuInfo, LEGACY_MAX_VCPUS};
 use xen_bindings::abi::vcpu::{
-    VcpuSetSingleshotTimer, VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER,
+    VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer, VCPUOP_REGISTER_VCPU_INFO,
+    VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER,
 };
 use xen_bindings::hypercall as hc;
 use xen_bindings::traits::Port;
@@ -67,18 +68,46 @@ pub fn words() -> evtchn::Words<'static> {
     }
 }
 
+/// The calling vCPU's `vcpu_info`: its registered area, else its slot in shared_info
+/// (ids below 32 have one; `setup_this_cpu` refuses others).
+pub fn this_vcpu_info() -> *mut VcpuInfo {
+    let me = percpu::this();
+    // Relaxed: only this vCPU stores the pointer (in `setup_this_cpu`).
+    let p = me.vcpu_info.load(Ordering::Relaxed);
+    if !p.is_null() {
+        return p;
+    }
+    let id = (me.id as usize).min(LEGACY_MAX_VCPUS - 1);
+    // SAFETY: address of slot `id` of the mapped shared_info (no reference created).
+    unsafe { &raw mut (*shared()).vcpu_info[id] }
+}
+
+/// `VCPUOP_register_vcpu_info` for the calling vCPU: Xen copies the shared_info slot into
+/// our area, keeps the area from now on and raises one spurious upcall (every selector
+/// bit set), which the handler absorbs. Once per vCPU per domain.
+fn register_vcpu_info(me: &'static percpu::PerCpu) -> Result<(), Errno> {
+    let area = me.vcpu_info_area.0.get();
+    let addr = area as u64;
+    let mut r = VcpuRegisterVcpuInfo {
+        mfn: addr >> 12,
+        offset: (addr & 0xfff) as u32,
+        rsvd: 0,
+    };
+    // SAFETY: r names 64 bytes of ours (identity-mapped, 64-byte aligned, inside one
+    // frame) that live as long as the kernel (the per-CPU block is never freed).
+    unsafe { hc::vcpu_op(VCPUOP_REGISTER_VCPU_INFO, me.id, (&raw mut r).cast())? };
+    // Relaxed: read only by this vCPU (`this_vcpu_info`), after this store.
+    me.vcpu_info.store(area, Ordering::Relaxed);
+    Ok(())
+}
+
 /// The upcall (IDT vector [`idt::UPCALL_VECTOR`], IF=0, IST 3). No locks, no logging.
 fn upcall() {
     let me = percpu::this();
-    let id = me.id as usize;
-    if id >= LEGACY_MAX_VCPUS {
-        return;
-    }
-    let si = shared();
-    // SAFETY: vcpu_info[id] lives in the mapped shared_info; Xen writes these fields with
-    // atomic operations, so atomic views of them are sound.
+    let vi = this_vcpu_info();
+    // SAFETY: `vi` is this vCPU's vcpu_info (registered area or shared_info slot); Xen
+    // writes these fields with atomic operations, so atomic views of them are sound.
     let vcpu = unsafe {
-        let vi = &raw mut (*si).vcpu_info[id];
         evtchn::VcpuWords {
             upcall_pending: AtomicU8::from_ptr(&raw mut (*vi).evtchn_upcall_pending),
             pending_sel: AtomicU64::from_ptr((&raw mut (*vi).evtchn_pending_sel).cast()),
@@ -186,6 +215,13 @@ pub fn sched_yield() {
 /// and an IPI port bound to it. Idempotent for the LAPIC and vector.
 pub fn setup_this_cpu() -> Result<(), Errno> {
     let me = percpu::this();
+    // A fresh start or a new domain: nothing is registered yet, so the shared_info slot
+    // is where Xen writes until the registration below. Relaxed: this vCPU only.
+    me.vcpu_info.store(core::ptr::null_mut(), Ordering::Relaxed);
+    if me.id as usize >= LEGACY_MAX_VCPUS {
+        // Without a slot it could not take the upcall that registration raises.
+        return Err(Errno::ENOSYS);
+    }
     lapic::enable(idt::SPURIOUS_VECTOR);
     let mut v = XenHvmEvtchnUpcallVector {
         vcpu: me.id,
@@ -215,7 +251,9 @@ pub fn setup_this_cpu() -> Result<(), Errno> {
     // and by senders of IPIs after they saw this vCPU online (a Release elsewhere).
     me.timer_port.store(b.port, Ordering::Relaxed);
     me.ipi_port.store(i.port, Ordering::Relaxed);
-    Ok(())
+    // Last: the vector is set, so the spurious upcall Xen raises is delivered (at the
+    // next `sti`) and absorbed instead of leaving upcall_pending stuck at 1.
+    register_vcpu_info(me)
 }
 
 /// Sends an IPI to the vCPU whose IPI port is `port`.

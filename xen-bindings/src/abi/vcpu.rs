@@ -16,6 +16,10 @@ pub const VCPUOP_SET_SINGLESHOT_TIMER: u32 = 8;
 /// `VCPUOP_stop_singleshot_timer` (calling vCPU only).
 pub const VCPUOP_STOP_SINGLESHOT_TIMER: u32 = 9;
 
+/// `VCPUOP_register_vcpu_info`: move a vCPU's `vcpu_info` out of shared_info into a
+/// guest frame (once per vCPU per domain; by the vCPU itself or while it is down).
+pub const VCPUOP_REGISTER_VCPU_INFO: u32 = 10;
+
 /// `VCPU_HVM_MODE_64B`: start in long mode with the registers of [`VcpuHvmX86_64`].
 pub const VCPU_HVM_MODE_64B: u32 = 1;
 
@@ -74,4 +78,21 @@ assert_layout!(
     size = 16,
     timeout_abs_ns = 0,
     flags = 8
+);
+
+/// `struct vcpu_register_vcpu_info`: the `vcpu_info` at `offset` in guest frame `mfn`
+/// (a gfn for HVM/PVH); it must not cross the frame's end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuRegisterVcpuInfo {
+    pub mfn: u64,
+    pub offset: u32,
+    pub rsvd: u32,
+}
+assert_layout!(
+    VcpuRegisterVcpuInfo,
+    size = 16,
+    mfn = 0,
+    offset = 8,
+    rsvd = 12
 );

@@ -1,7 +1,10 @@
 //! Which vCPU am I: a per-vCPU block whose address is in `IA32_GS_BASE`. Nothing else in
 //! the kernel uses GS, so `gs:[0]` is always this block's first word.
 
-use core::sync::atomic::{AtomicU32, AtomicUsize};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize};
+
+use xen_bindings::abi::shared_info::VcpuInfo;
 
 use super::cpu;
 
@@ -21,8 +24,24 @@ pub struct PerCpu {
     /// Events the upcall saw for this vCPU's own ports (bit 0: timer, bit 1: IPI); the
     /// waiting code takes them.
     pub woken: AtomicUsize,
+    /// This vCPU's registered `vcpu_info` (`VCPUOP_register_vcpu_info`: `vcpu_info_area`),
+    /// or null while it still uses its slot in shared_info (before registration, after a
+    /// resume in a new domain until registered again). Only this vCPU reads and writes it.
+    pub vcpu_info: AtomicPtr<VcpuInfo>,
+    /// Where Xen keeps this vCPU's `vcpu_info` once registered: 64-byte aligned, so it
+    /// never crosses a frame's end; virtual == guest-physical (identity map).
+    pub vcpu_info_area: VcpuInfoArea,
 }
 const _: () = assert!(core::mem::offset_of!(PerCpu, id) == 0);
+const _: () = assert!(core::mem::offset_of!(PerCpu, vcpu_info_area) % 64 == 0);
+
+/// A `vcpu_info` Xen writes (registered with `VCPUOP_register_vcpu_info`).
+#[repr(C, align(64))]
+pub struct VcpuInfoArea(pub UnsafeCell<VcpuInfo>);
+const _: () = assert!(core::mem::size_of::<VcpuInfoArea>() == 64);
+
+// SAFETY: Xen and this vCPU access the area with atomic or volatile operations only.
+unsafe impl Sync for VcpuInfoArea {}
 const _: () = assert!(core::mem::offset_of!(PerCpu, this) == 8);
 
 impl PerCpu {
@@ -33,6 +52,10 @@ impl PerCpu {
             timer_port: AtomicU32::new(0),
             ipi_port: AtomicU32::new(0),
             woken: AtomicUsize::new(0),
+            vcpu_info: AtomicPtr::new(core::ptr::null_mut()),
+            // SAFETY: vcpu_info is plain integers; all-zero is its state before Xen
+            // copies the shared_info slot in at registration.
+            vcpu_info_area: VcpuInfoArea(UnsafeCell::new(unsafe { core::mem::zeroed() })),
         }
     }
 }
