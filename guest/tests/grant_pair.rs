@@ -1373,6 +1373,79 @@ fn mapper_bench_that_cannot_remap_keeps_its_accounting() {
 }
 
 #[test]
+fn mapper_churn_remaps_round_after_round_until_still() {
+    const N: usize = 70;
+    let mut r = MapperRig::new();
+    let refs = r.map_granter(N);
+    let removed = r.fm.counters().subsections_removed;
+    r.command("churn");
+    assert!(r.m.busy());
+    assert_eq!(r.w.ours("churning").as_deref(), Some("1"));
+    assert_eq!(r.w.ours("command").as_deref(), Some(""));
+    let calls = r.w.gnt.stats().calls;
+    // A round is three ticks: unmap, shrink, map.
+    for _ in 0..5 * 3 {
+        r.tick();
+    }
+    // Per round: 2 unmap and 2 map batches of <= 64.
+    assert_eq!(r.w.gnt.stats().calls - calls, 5 * 4, "hypercalls");
+    // Every round empties the foreign pages' subsections (the table frames have their
+    // own), removes them and maps into fresh ones.
+    assert!(
+        r.fm.counters().subsections_removed >= removed + 5,
+        "subsections removed per round"
+    );
+    assert_eq!(r.w.foreign(), N as u64);
+    // `still` is seen at the next xenstore look (every CHURN_CHECK_ROUNDS rounds).
+    r.w.command("still");
+    let mut ticks = 0;
+    while r.m.busy() {
+        r.tick();
+        ticks += 1;
+        assert!(ticks <= 16 * 3, "still not seen within 16 rounds");
+    }
+    assert_eq!(r.m.state(), PairState::Mapped);
+    assert_eq!(r.w.ours("churn-rounds").as_deref(), Some("16"));
+    assert_eq!(r.w.ours("churning").as_deref(), Some("0"));
+    assert_eq!(r.w.ours("pattern-errors").as_deref(), Some("0"));
+    assert_eq!(r.w.ours("mapped"), Some(N.to_string()));
+    assert_eq!(r.w.ours("churn/error"), None);
+    for (i, &pfn) in r.m.slots().iter().enumerate() {
+        assert_eq!(r.w.gnt.mapping_at(pfn.0).unwrap().1, refs[i], "slot {i}");
+    }
+    let calls = r.w.gnt.stats().calls;
+    r.tick();
+    assert_eq!(r.w.gnt.stats().calls, calls, "still: no more rounds");
+    r.command("unmap");
+    assert_eq!(r.m.state(), PairState::Unmapped);
+    assert_eq!(r.w.foreign(), 0);
+}
+
+#[test]
+fn mapper_churn_that_cannot_remap_stops_and_fails_without_leaking() {
+    let mut r = MapperRig::new();
+    r.map_granter(10);
+    r.command("churn");
+    for _ in 0..3 {
+        r.tick();
+    }
+    // The granter died (Xen side), its tree still there: unmaps work, maps are refused.
+    r.w.gnt.destroy_peer(PEER);
+    for _ in 0..3 {
+        r.tick();
+    }
+    assert!(r.w.ours("churn/error").is_some());
+    assert_eq!(r.w.ours("churning").as_deref(), Some("0"));
+    assert!(!r.m.busy());
+    assert_eq!(r.m.state(), PairState::Failed);
+    assert!(r.m.slots().is_empty());
+    assert_eq!(r.w.foreign(), 0);
+    let calls = r.w.gnt.stats().calls;
+    r.tick();
+    assert_eq!(r.w.gnt.stats().calls, calls, "no churn after the failure");
+}
+
+#[test]
 fn granter_rw_grants_writable_access_and_finds_the_mapper_s_stamps() {
     const N: usize = 4;
     let mut r = GranterRig::new(N).writable();

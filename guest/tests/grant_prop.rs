@@ -364,7 +364,7 @@ fn check(
     prop_assert_eq!(c.pages_of(SectionKind::Device, StateKind::Reserved), 0);
     prop_assert_eq!(
         c.pages_of(SectionKind::Device, StateKind::Unpopulated) + foreign + tables,
-        s.slots_total
+        s.slots_total + s.table_spare
     );
     prop_assert_eq!(c.ram_pages(), ram);
     Ok(())

@@ -196,6 +196,12 @@ impl Grants {
         self.published.clear();
     }
 
+    /// Whether the role wants to tick again at once (a churning mapper): the event loop
+    /// then does not sleep.
+    pub fn busy(&self) -> bool {
+        self.pair.as_ref().is_some_and(Pair::busy)
+    }
+
     /// One step of the handshake, if this guest has a role.
     pub fn tick(&mut self, xen: &Xen, xs: &mut Xenstore, mm: &Model) {
         let Some(pair) = self.pair.as_mut() else {

@@ -4,9 +4,9 @@
 //!
 //! | vCPU | walker | what it reads |
 //! |---|---|---|
-//! | 1, 4, … | census | every active page's state, counted by kind |
+//! | 1, 4, … | census | every active page's state, counted by kind (the device window swept again after every present RAM section, for twice that section's time) |
 //! | 2, 5, … | saveable | [`saveable_walk`], the hibernation writer's view (no frame read) |
-//! | 3, 6, … | pfn scan | `pfn_to_online_page` over boot RAM and the hot-add window, `pfn_to_device_page` over the device window (swept again after every present RAM section), every pfn of every active subsection |
+//! | 3, 6, … | pfn scan | `pfn_to_online_page` over boot RAM and the hot-add window, `pfn_to_device_page` over the device window (swept again after every present RAM section, for twice that section's time), every pfn of every active subsection |
 //!
 //! A walker enters the read side once per section. It counts an **overlap** when the
 //! section changed (a subsection went active or inactive, a device page was mapped or
@@ -15,6 +15,10 @@
 //! and fresh memmap is poisoned until initialised, so a walker that outlives a grace
 //! period or sees an active bit too early reads poison. A correct model gives overlaps
 //! and no detections; the `race-bug=` switches must give detections.
+//!
+//! Every census and pfn-scan visit yields the host CPU once, guard held, between finding a
+//! descriptor and reading it ([`reader_delay`]): on one host CPU that is what lets a
+//! change land inside a pass.
 //!
 //! Context: the walkers run in thread context on APs ([`crate::smp::set_work`]), never in
 //! interrupt context, and stop between sections when vCPU 0 asks an AP to park.
@@ -33,7 +37,7 @@ const SUB_PAGES: u64 = guest::mm::geometry::PAGES_PER_SUBSECTION;
 /// The three walkers.
 const WALKERS: [&str; 3] = ["census", "saveable", "pfn-scan"];
 // `visit` and `work` index walkers by position.
-const _: () = assert!(PFN_SCAN == 2 && WALKERS.len() == 3);
+const _: () = assert!(SAVEABLE == 1 && PFN_SCAN == 2 && WALKERS.len() == 3);
 
 /// One walker kind's counters (summed over the vCPUs running it). Relaxed throughout:
 /// statistics, read by vCPU 0 for `data/race`.
@@ -91,14 +95,24 @@ fn work(id: u32) -> bool {
         if crate::smp::stop_requested(id) {
             return true;
         }
+        let t0 = tsc();
         let pages = visit(ctx, w, id, nr);
-        if w == PFN_SCAN && pages > 0 && !device.contains(&(nr as usize)) {
+        if w != SAVEABLE && pages > 0 && !device.contains(&(nr as usize)) {
             // Device subsections change at grant speed (every map and unmap), RAM
-            // sections only when hotplug adds or removes them: sweep the device window
-            // between every two present sections, so the scan is often inside a device
-            // subsection while a grant peer maps and unmaps.
-            for d in device.clone() {
-                visit(ctx, w, id, d as u64);
+            // sections only when hotplug adds or removes them. On one host CPU a walker
+            // sees a change only if it is preempted inside the section that changes:
+            // after every present RAM section, the walkers that read device descriptors
+            // sweep the device window for twice as long as that section took, so that
+            // most of their preemptions fall inside a device subsection while a grant
+            // peer maps and unmaps. (The saveable walk skips device pages.)
+            let budget = 2 * (tsc() - t0);
+            let t1 = tsc();
+            loop {
+                let seen: u64 = device.clone().map(|d| visit(ctx, w, id, d as u64)).sum();
+                // An empty window has nothing to change under us: on to RAM.
+                if seen == 0 || tsc() - t1 >= budget || crate::smp::stop_requested(id) {
+                    break;
+                }
             }
         }
     }
@@ -106,13 +120,33 @@ fn work(id: u32) -> bool {
     true
 }
 
-/// Index of the pfn-scan walker in [`WALKERS`].
+/// The TSC (invariant under Xen: a clock for durations on this vCPU).
+fn tsc() -> u64 {
+    // SAFETY: rdtsc has no side effects and is allowed at CPL 0.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The reader delay comes at this page of a visit: the middle of its first active
+/// subsection, between finding a descriptor and reading it.
+const DELAY_AT: u64 = SUB_PAGES / 2;
+
+/// The reader delay (as rcutorture's): give up the host CPU inside the read-side section,
+/// holding a descriptor found through the guard. On one host CPU a change of vCPU 0's —
+/// a removal, a grant map or unmap — can land inside a walker's pass only while the
+/// walker is off the CPU; this puts it off the CPU at the worst moment, so a removal that
+/// frees the memmap without a grace period is read right after.
+fn reader_delay() {
+    crate::irq::sched_yield();
+}
+
+/// Indexes of the saveable and pfn-scan walkers in [`WALKERS`].
+const SAVEABLE: usize = 1;
 const PFN_SCAN: usize = 2;
 
 /// Walker `w`'s visit of section `nr`, counted; returns the pages it saw.
 fn visit(ctx: &Ctx, w: usize, id: u32, nr: u64) -> u64 {
     let range = PfnRange::from_count(Pfn(nr * SECTION_PAGES), SECTION_PAGES);
-    if w == 1 {
+    if w == SAVEABLE {
         let (st, before, after) = saveable_section(ctx.mm, nr as usize, range);
         note(w, id, nr, st.seen, st.corrupt, before != after);
         return st.seen;
@@ -155,6 +189,9 @@ fn census_walk(g: &ReadGuard<'_>, range: PfnRange) -> (u64, u64) {
     let (mut pages, mut bad) = (0, 0);
     for p in g.active_pages(range) {
         pages += 1;
+        if pages == DELAY_AT {
+            reader_delay();
+        }
         match p.checked() {
             Some((s, _)) => by_kind[s.kind().index()] += 1,
             None => bad += 1,
@@ -204,6 +241,9 @@ fn pfn_scan(g: &ReadGuard<'_>, range: PfnRange, w: &HotplugWindow) -> (u64, u64)
                 };
                 if let Some(p) = p {
                     pages += 1;
+                    if pages == DELAY_AT {
+                        reader_delay();
+                    }
                     if p.checked().is_none() {
                         bad += 1;
                     }
@@ -213,6 +253,14 @@ fn pfn_scan(g: &ReadGuard<'_>, range: PfnRange, w: &HotplugWindow) -> (u64, u64)
         sub += SUB_PAGES;
     }
     (pages, bad)
+}
+
+/// Time vCPU 0 spent writing `data/race` (ns). Relaxed: a statistic of vCPU 0's own.
+static PUBLISH_NS: AtomicU64 = AtomicU64::new(0);
+
+/// vCPU 0 wrote `data/race`, which took `ns`.
+pub fn published(ns: u64) {
+    PUBLISH_NS.fetch_add(ns, Ordering::Relaxed);
 }
 
 /// `data/race` fields: per walker passes/sections/pages/overlaps/detections, the totals,
@@ -244,6 +292,7 @@ pub fn fields(mm: &Model) -> alloc::vec::Vec<(alloc::string::String, alloc::stri
         ("grace-waits", g.waits),
         ("grace-median-us", g.median_us as u64),
         ("grace-max-us", g.max_us),
+        ("publish-ms", PUBLISH_NS.load(Ordering::Relaxed) / 1_000_000),
     ] {
         f.push((k.into(), format!("{v}")));
     }

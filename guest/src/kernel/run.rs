@@ -247,7 +247,7 @@ impl SuspendStats {
 /// check and deferred end-access retries run on these).
 const GRANT_POLL_NS: u64 = 500_000_000;
 /// How often `data/race` is refreshed while the race walkers run.
-const RACE_PUBLISH_NS: u64 = 1_000_000_000;
+const RACE_PUBLISH_NS: u64 = 2_000_000_000;
 
 /// Serves the control and memory watches until the toolstack asks us to go.
 fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
@@ -265,7 +265,9 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
         // While the balloon makes progress only peek at xenstore; otherwise sleep until
         // its (or hotplug's) backoff ends or something happens.
         let now = xen.now_ns();
+        let grants_busy = m.grants.as_ref().is_some_and(|g| g.busy());
         let timeout = match outcome {
+            _ if grants_busy => 0,
             StepOutcome::Progress => 0,
             StepOutcome::BackingOff { until_ns } => until_ns.saturating_sub(now).min(IDLE_NS),
             _ => IDLE_NS,
@@ -317,17 +319,31 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
             outcome = StepOutcome::Progress;
         }
         if crate::race::running() && xen.now_ns() >= race_due {
-            race_due = xen.now_ns() + RACE_PUBLISH_NS;
+            let t0 = xen.now_ns();
+            race_due = t0 + RACE_PUBLISH_NS;
             publish_fields(xs, "data/race", &crate::race::fields(m.mm));
+            crate::race::published(xen.now_ns() - t0);
         }
         if let Some(g) = m.grants.as_mut() {
             let now = xen.now_ns();
-            if now >= grant_due {
-                grant_due = now + GRANT_POLL_NS;
+            let due = now >= grant_due;
+            if due || g.busy() {
+                if due {
+                    grant_due = now + GRANT_POLL_NS;
+                }
                 g.tick(xen, xs, m.mm);
-                if let Some(f) = g.changed_fields() {
-                    publish_fields(xs, "data/grant", &f);
-                    publish_census(xs, m.mm, m.xen_extra);
+                if g.busy() {
+                    // Between churn phases the walkers on other vCPUs get the host CPU,
+                    // so the next phase changes the device window under them.
+                    crate::irq::sched_yield();
+                }
+                // A churning mapper changes its fields every round: publish them at the
+                // poll interval only (each write is a round trip to dom0).
+                if due || !g.busy() {
+                    if let Some(f) = g.changed_fields() {
+                        publish_fields(xs, "data/grant", &f);
+                        publish_census(xs, m.mm, m.xen_extra);
+                    }
                 }
             }
         }

@@ -162,11 +162,15 @@ pub struct MapperStatus {
     pub foreign_mapped: u64,
     /// Free slots.
     pub slots_free: u64,
-    /// Slots in all (pages of the device subsections added):
+    /// Slots in all: the pages of the device subsections added for foreign pages, and
+    /// the table frames (their subsections hold nothing else):
     /// `foreign_mapped + slots_free + table_frames`.
     pub slots_total: u64,
     /// Our grant-table frames held in slots.
     pub table_frames: u64,
+    /// Pages of the table frames' subsections that hold no frame (Unpopulated, never
+    /// a slot): the model's device census is `slots_total + table_spare`.
+    pub table_spare: u64,
 }
 
 impl MapperStatus {
@@ -189,6 +193,8 @@ pub struct ForeignMapper {
     free: Vec<Pfn>,
     foreign: u64,
     table_frames: u64,
+    /// Subsections given to table frames (in `added`; never a foreign page's slot).
+    table_subsections: u64,
     counters: MapCounters,
 }
 
@@ -202,6 +208,7 @@ impl ForeignMapper {
             free: Vec::new(),
             foreign: 0,
             table_frames: 0,
+            table_subsections: 0,
             counters: MapCounters::default(),
         }
     }
@@ -226,8 +233,10 @@ impl ForeignMapper {
         MapperStatus {
             foreign_mapped: self.foreign,
             slots_free: self.free.len() as u64,
-            slots_total: self.added.len() as u64 * PAGES_PER_SUBSECTION,
+            slots_total: (self.added.len() as u64 - self.table_subsections) * PAGES_PER_SUBSECTION
+                + self.table_frames,
             table_frames: self.table_frames,
+            table_spare: self.table_subsections * PAGES_PER_SUBSECTION - self.table_frames,
         }
     }
 
@@ -563,7 +572,7 @@ impl ForeignMapper {
         if removed != 0 {
             self.counters.subsections_removed += removed as u64;
             let frames = mm.trim_storage();
-            log::info!(
+            log::debug!(
                 "grant: removed {removed} free device subsection(s), {} KiB of memmap back ({frames} storage frame(s) to the allocator)",
                 removed * MEMMAP_BYTES_PER_SUBSECTION / 1024
             );
@@ -588,15 +597,21 @@ impl ForeignMapper {
         }
         let fresh = self.grow(mm)?;
         let range = PfnRange::from_count(fresh.start, n as u64);
-        self.free.retain(|p| !range.contains(*p));
+        // The table frames keep their subsection to themselves: foreign pages go to
+        // others, which empty (and are removed, `shrink`) when every mapping is undone.
+        self.free.retain(|p| !fresh.contains(*p));
         for (i, pfn) in range.iter().enumerate() {
             let idx = first + i as u32;
             if let Err(e) = xen.add_table_frame(idx, pfn.0) {
                 // Frames already added stay where Xen put them (there is no call to take
-                // a grant frame back out of the physmap) and stay recorded; the rest of
-                // the range was never touched and goes back to the free slots.
-                self.free.extend(range.iter().skip(i));
-                self.free.sort_unstable_by(|a, b| b.cmp(a));
+                // a grant frame back out of the physmap) and stay recorded, their
+                // subsection a table one; with none added it is an ordinary one.
+                if i == 0 {
+                    self.free.extend(fresh.iter());
+                    self.free.sort_unstable_by(|a, b| b.cmp(a));
+                } else {
+                    self.table_subsections += 1;
+                }
                 return Err(MapError::Hypercall(e));
             }
             let map = ForeignMap {
@@ -609,6 +624,7 @@ impl ForeignMapper {
                 .expect("fresh device slot takes a table frame");
             self.table_frames += 1;
         }
+        self.table_subsections += 1;
         Ok(range)
     }
 }

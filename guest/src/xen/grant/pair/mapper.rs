@@ -1,7 +1,7 @@
 //! The mapping side: wait for the granter's refs, map them into the device range in
 //! batches, verify the pattern, bind and notify the event channel, publish the checksum;
-//! then serve the toolstack's commands (`unmap`, `verify`, `write`, `bench`) and unmap
-//! everything when the granter dies.
+//! then serve the toolstack's commands (`unmap`, `verify`, `write`, `bench`, `churn`,
+//! `still`) and unmap everything when the granter dies.
 
 use alloc::format;
 use alloc::string::String;
@@ -21,8 +21,8 @@ use crate::xen::xenstore::XsOps;
 
 mod bench;
 
-use bench::bench_key;
 pub use bench::BENCH_ROUNDS;
+use bench::{bench_key, ChurnPhase, CHURN_CHECK_ROUNDS};
 
 /// The mapping side.
 pub struct Mapper {
@@ -43,6 +43,14 @@ pub struct Mapper {
     verify_ns: u64,
     verify_runs: u64,
     bench_runs: u64,
+    /// `churn` is on: every tick unmaps, shrinks and maps again (until `still`).
+    churning: bool,
+    churn_rounds: u64,
+    churn_phase: ChurnPhase,
+    /// Time spent in churn rounds (ns).
+    churn_ns: u64,
+    /// When `churn-rounds` was last published (ns).
+    churn_published_ns: u64,
     unmap_ns: u64,
     error: Option<String>,
 }
@@ -65,9 +73,19 @@ impl Mapper {
             verify_ns: 0,
             verify_runs: 0,
             bench_runs: 0,
+            churning: false,
+            churn_rounds: 0,
+            churn_phase: ChurnPhase::Unmap,
+            churn_ns: 0,
+            churn_published_ns: 0,
             unmap_ns: 0,
             error: None,
         }
+    }
+
+    /// Whether the mapper wants to run again at once (`churn` is on).
+    pub fn busy(&self) -> bool {
+        self.churning && self.state == PairState::Mapped
     }
 
     /// Where it is.
@@ -235,6 +253,14 @@ impl Mapper {
 
     fn mapped<K: Kit>(&mut self, mapper: &mut ForeignMapper, env: &mut Env<'_, K>) {
         let peer = self.peer.expect("a peer");
+        if self.churning {
+            // xenstore (the peer's state, a command) only between rounds, every few: a
+            // round trip to dom0 costs more than a round.
+            let ended = self.churn_step(mapper, env);
+            if self.churning && !(ended && self.churn_rounds.is_multiple_of(CHURN_CHECK_ROUNDS)) {
+                return;
+            }
+        }
         match read_peer(env.xs, peer, "state") {
             Ok(None) => {
                 log::warn!(
@@ -265,6 +291,7 @@ impl Mapper {
         };
         match &cmd[..] {
             b"unmap" => {
+                self.churning = false;
                 let t0 = env.ev.now_ns();
                 let left = self.unmap_all(mapper, env, MAX_BATCH);
                 self.unmap_ns = env.ev.now_ns().saturating_sub(t0);
@@ -316,6 +343,15 @@ impl Mapper {
                     .collect();
                 let _ = publish(env.xs, &refs);
             }
+            b"churn" => {
+                self.churning = true;
+                log::info!("grant-test: churn: unmapping, shrinking and mapping d{peer}'s pages without pause");
+                let _ = publish(
+                    env.xs,
+                    &[("churning", "1".into()), ("command", String::new())],
+                );
+            }
+            b"still" => self.still(env),
             b"write" if self.writable => {
                 for (i, &pfn) in self.slots.iter().enumerate() {
                     env.frames.write_u64(pfn, 0, stamp(i as u32));

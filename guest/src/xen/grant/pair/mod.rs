@@ -224,6 +224,11 @@ impl Pair {
         }
     }
 
+    /// Whether it wants to tick again at once (a churning mapper).
+    pub fn busy(&self) -> bool {
+        matches!(self, Pair::Mapper(m) if m.busy())
+    }
+
     /// After resuming in a new domain (see `Granter::resumed` / `Mapper::resumed`):
     /// frames freed by a granter, as a count.
     pub fn resumed<S: MemmapStorage>(&mut self, mm: &MemModel<S>) -> usize {

@@ -1,6 +1,8 @@
 //! The mapper's `bench` command: unmap and map every page again, [`BENCH_ROUNDS`] times,
 //! with hypercalls of [`MAX_BATCH`] pages and of one page, and report the mean time per
-//! hypercall (`bench/batch-<n>/{map,unmap}-us`).
+//! hypercall (`bench/batch-<n>/{map,unmap}-us`). And `churn`: the same without end (one
+//! round per tick, the emptied device subsections removed each time) until `still`, so
+//! the device window's memmap changes under whoever walks it.
 
 use alloc::format;
 use alloc::string::String;
@@ -8,12 +10,27 @@ use alloc::vec::Vec;
 
 use xen_bindings::traits::Clock;
 
-use super::super::{Env, Kit};
+use super::super::protocol::publish;
+use super::super::{Env, Kit, PairState};
 use super::Mapper;
 use crate::xen::grant::{ForeignMapper, MAX_BATCH};
 
 /// Rounds of the mapper's `bench` command.
 pub const BENCH_ROUNDS: u32 = 20;
+
+/// Where a churn round is (see [`Mapper::churn_step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ChurnPhase {
+    Unmap,
+    Shrink,
+    Map,
+}
+
+/// A churning mapper looks at xenstore (its peer, a command) every this many rounds.
+pub(super) const CHURN_CHECK_ROUNDS: u64 = 16;
+
+/// How often a churning mapper publishes `churn-rounds`.
+const CHURN_PUBLISH_NS: u64 = 1_000_000_000;
 
 pub(super) fn bench_key(batch: usize, what: &str) -> String {
     format!("bench/batch-{batch}/{what}")
@@ -47,5 +64,93 @@ impl Mapper {
             out.push((batch, map_ns / calls / 1000, unmap_ns / calls / 1000));
         }
         Ok(out)
+    }
+
+    /// One phase of a `churn` round, a tick each (the kernel lets the walkers run
+    /// between ticks): unmap every page; remove the device subsections that emptied
+    /// (inactive, grace period, memmap freed); map every page again into fresh ones.
+    /// True when a round ended. A failure ends the churn with `churn/error`, and the
+    /// pair `Failed` if pages are lost.
+    pub(super) fn churn_step<K: Kit>(
+        &mut self,
+        mapper: &mut ForeignMapper,
+        env: &mut Env<'_, K>,
+    ) -> bool {
+        let t0 = env.ev.now_ns();
+        let phase = self.churn_phase;
+        let r = match phase {
+            ChurnPhase::Unmap => match self.unmap_all(mapper, env, MAX_BATCH) {
+                0 => Ok(ChurnPhase::Shrink),
+                left => Err(format!("churn: {left} pages stayed mapped")),
+            },
+            ChurnPhase::Shrink => {
+                mapper.shrink(env.mm);
+                Ok(ChurnPhase::Map)
+            }
+            ChurnPhase::Map => self
+                .map_all(mapper, env, MAX_BATCH)
+                .map(|()| ChurnPhase::Unmap),
+        };
+        let now = env.ev.now_ns();
+        self.churn_ns += now.saturating_sub(t0);
+        match r {
+            Ok(next) => self.churn_phase = next,
+            Err(e) => {
+                log::error!("grant-test: {e}");
+                self.churning = false;
+                self.churn_phase = ChurnPhase::Unmap;
+                let _ = publish(
+                    env.xs,
+                    &[
+                        ("churn/error", e.clone()),
+                        ("churning", "0".into()),
+                        ("mapped", format!("{}", self.slots.len())),
+                    ],
+                );
+                if self.slots.len() != self.refs.len() {
+                    self.fail(env.xs, e);
+                }
+                return false;
+            }
+        }
+        if phase != ChurnPhase::Map {
+            return false;
+        }
+        self.churn_rounds += 1;
+        if now.saturating_sub(self.churn_published_ns) >= CHURN_PUBLISH_NS {
+            self.churn_published_ns = now;
+            let _ = publish(
+                env.xs,
+                &[("churn-rounds", format!("{}", self.churn_rounds))],
+            );
+        }
+        true
+    }
+
+    /// `still`: churn off; the pages are verified and the round count published.
+    pub(super) fn still<K: Kit>(&mut self, env: &mut Env<'_, K>) {
+        self.churning = false;
+        let (wrong, _) = self.verify(env);
+        log::info!(
+            "grant-test: still after {} churn rounds ({} us each); {} pages mapped, {wrong} wrong",
+            self.churn_rounds,
+            self.churn_ns / self.churn_rounds.max(1) / 1000,
+            self.slots.len()
+        );
+        debug_assert_eq!(self.state, PairState::Mapped);
+        let _ = publish(
+            env.xs,
+            &[
+                ("churn-rounds", format!("{}", self.churn_rounds)),
+                (
+                    "churn-us-per-round",
+                    format!("{}", self.churn_ns / self.churn_rounds.max(1) / 1000),
+                ),
+                ("churning", "0".into()),
+                ("pattern-errors", format!("{wrong}")),
+                ("mapped", format!("{}", self.slots.len())),
+                ("command", String::new()),
+            ],
+        );
     }
 }
