@@ -63,7 +63,7 @@ show_guest_log() {
         elif [ -n "${DOMID:-}" ]; then
             xl dmesg 2>/dev/null | grep "(d$DOMID)" | tail -n "$n" | sed "s/^/XENCI $XENCI_NONCE LOG $SCENARIO | /"
         fi
-        if [ -s "$XL_LOG" ]; then
+        if [ -n "${XL_LOG:-}" ] && [ -s "$XL_LOG" ]; then
             tail -n 5 "$XL_LOG" | sed "s/^/XENCI $XENCI_NONCE LOG $SCENARIO | xl: /"
         fi
     } >&3
@@ -156,6 +156,7 @@ create_domain() {
     say "domain $DOMNAME has domid $DOMID"
     # For run-scenarios' watchdog, which cannot see this subshell's variables.
     echo "$CONSOLE_LOG" >"$WORK/console-log"
+    echo "$XL_LOG" >"$WORK/xl-log"
     echo "$DOMID" >"$WORK/domid"
 }
 
