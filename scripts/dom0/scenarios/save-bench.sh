@@ -37,7 +37,8 @@ save_floor() {
             || fail "no 'nothing: up' from the do-nothing kernel (d$DOMID) within 30s"
         img=$WORK/nothing-$mib.img
         t0=$(now_cs)
-        tool xl save "$DOMNAME" "$img" || fail "floor: xl save of the do-nothing kernel failed: $(tail -n 2 "$WORK/tools.log" | tr '\n' ' ')"
+        tool xl -vvv save "$DOMNAME" "$img" \
+            || fail "floor: xl save of the do-nothing kernel failed: $(grep -E 'libxl|xc:' "$WORK/tools.log" | tail -n 8 | tr '\n' ' ')"
         info "floor_${mib}_save_secs=$(fmt_cs $(($(now_cs) - t0))) floor_${mib}_image_bytes=$(file_bytes "$img")"
         domain_gone "$DOMNAME" || fail "floor: xl save returned but $DOMNAME still exists"
         t0=$(now_cs)
