@@ -522,13 +522,13 @@ pub fn text(b: &Bench) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<8} {:<42} {:>5} {:>9} {:>9} {:>9} {:>10} {:>11}",
+        "{:<8} {:<50} {:>5} {:>9} {:>9} {:>9} {:>10} {:>11}",
         "", "measure", "unit", "ours", "linux", "floor", "linux/ours", "ours/floor"
     );
     for r in &b.rows {
         let _ = writeln!(
             s,
-            "{:<8} {:<42} {:>5} {:>9} {:>9} {:>9} {:>10} {:>11}",
+            "{:<8} {:<50} {:>5} {:>9} {:>9} {:>9} {:>10} {:>11}",
             r.section,
             r.measure,
             r.unit,
