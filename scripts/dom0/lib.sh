@@ -778,19 +778,25 @@ grant_pair_create() {
     create_domain "$prefix-g" 'memory=128' 'maxmem=128' "extra=\"loglevel=info grant=give:$give\"" "$@"
     remember_domain G
     wait_ready 90
-    # A fresh nonce in the granter's pattern, where only the granter can read it
-    # (data/grant-nonce: owner G, nobody else): the mapper can know it only from G's frames.
-    GRANT_NONCE=$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
-    tool xenstore-write "/local/domain/$G_ID/data/grant-nonce" "$GRANT_NONCE" \
-        || fail "cannot write d$G_ID's data/grant-nonce"
-    perms=$(xenstore-ls -p "/local/domain/$G_ID/data" 2>/dev/null | sed -n 's/^grant-nonce = .*(\([^)]*\))$/\1/p')
-    [ "$perms" = "n$G_ID" ] || fail "d$G_ID's data/grant-nonce has permissions '$perms', want n$G_ID (the granter only)"
+    give_grant_nonce
     create_domain "$prefix-m" 'memory=128' 'maxmem=128' "extra=\"loglevel=info grant=map${MAPPER_EXTRA:+ $MAPPER_EXTRA}\"" "$@"
     remember_domain M
     wait_ready 90
     wait_for 15 "grant table on d$G_ID" gt_read G grant/refs || fail "granter d$G_ID publishes no data/grant (grant table setup failed?)"
     wait_for 15 "grant table on d$M_ID" gt_read M grant/refs || fail "mapper d$M_ID publishes no data/grant (grant table setup failed?)"
     info "table_frames=$(gt_read M grant/table-frames) max_table_frames=$(gt_read M grant/max-table-frames) refs=$(gt_read M grant/refs)"
+}
+
+# A fresh nonce in granter G's pattern (GRANT_NONCE), where only G can read it
+# (data/grant-nonce: owner G, nobody else): a mapper can know it only from G's frames, so
+# a checksum G verifies proves the mapper read them.
+give_grant_nonce() {
+    local perms
+    GRANT_NONCE=$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
+    tool xenstore-write "/local/domain/$G_ID/data/grant-nonce" "$GRANT_NONCE" \
+        || fail "cannot write d$G_ID's data/grant-nonce"
+    perms=$(xenstore-ls -p "/local/domain/$G_ID/data" 2>/dev/null | sed -n 's/^grant-nonce = .*(\([^)]*\))$/\1/p')
+    [ "$perms" = "n$G_ID" ] || fail "d$G_ID's data/grant-nonce has permissions '$perms', want n$G_ID (the granter only)"
 }
 
 # The mapper read the granter's frames: its pattern nonce (learnt from G's page 0) is the

@@ -1,6 +1,7 @@
-//! `gntdev-bench DOMID "REF REF ..." ROUNDS` — Linux's grant mapping, measured from dom0
-//! through `/dev/xen/gntdev`, as the baseline for our mapper's `bench` command (the
-//! `grant-bench` scenario). Maps the refs in one batch and one page at a time, ROUNDS
+//! `gntdev-bench DOMID "REF REF ..." ROUNDS` — Linux's grant mapping through
+//! `/dev/xen/gntdev`, the baseline for our mapper's `bench` command (the `grant-bench`
+//! scenario), run in dom0 and in the Linux peer (a PVH domU; `scripts/xen-ci` builds a
+//! statically linked copy for its busybox initramfs). Maps the refs in one batch and one page at a time, ROUNDS
 //! times each; prints the mean microseconds per map and per unmap call, and the
 //! handshake checksum of the pages (so the granter can verify what was read).
 //!
