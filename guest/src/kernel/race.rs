@@ -16,9 +16,10 @@
 //! period or sees an active bit too early reads poison. A correct model gives overlaps
 //! and no detections; the `race-bug=` switches must give detections.
 //!
-//! Every census and pfn-scan visit yields the host CPU once, guard held, between finding a
-//! descriptor and reading it ([`reader_delay`]): on one host CPU that is what lets a
-//! change land inside a pass.
+//! Census and pfn-scan visits yield the host CPU, guard held, between finding a descriptor
+//! and reading it ([`reader_delay`]; in the first active subsection of a section, and in
+//! every subsection of a device section): on one host CPU that is what lets a change land
+//! inside a pass.
 //!
 //! Context: the walkers run in thread context on APs ([`crate::smp::set_work`]), never in
 //! interrupt context, and stop between sections when vCPU 0 asks an AP to park.
@@ -126,9 +127,12 @@ fn tsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// The reader delay comes at this page of a visit: the middle of its first active
-/// subsection, between finding a descriptor and reading it.
-const DELAY_AT: u64 = SUB_PAGES / 2;
+/// Whether the reader delay comes before reading the `pages`-th page of a visit: in the
+/// middle of its first active subsection, and in a device section (where subsections
+/// come and go one at a time, a grant round each) in the middle of every one.
+fn delay_due(pages: u64, device: bool) -> bool {
+    pages % SUB_PAGES == SUB_PAGES / 2 && (device || pages < SUB_PAGES)
+}
 
 /// The reader delay (as rcutorture's): give up the host CPU inside the read-side section,
 /// holding a descriptor found through the guard. On one host CPU a change of vCPU 0's —
@@ -154,7 +158,7 @@ fn visit(ctx: &Ctx, w: usize, id: u32, nr: u64) -> u64 {
     let g = ctx.mm.read();
     let before = g.section_changes(nr as usize);
     let (pages, bad) = if w == 0 {
-        census_walk(&g, range)
+        census_walk(&g, range, ctx.window.device.contains(range.start))
     } else {
         pfn_scan(&g, range, &ctx.window)
     };
@@ -184,12 +188,12 @@ fn note(w: usize, id: u32, nr: u64, pages: u64, bad: u64, changed: bool) {
 }
 
 /// The census walker over one section: every active page's state. Returns (pages, bad).
-fn census_walk(g: &ReadGuard<'_>, range: PfnRange) -> (u64, u64) {
+fn census_walk(g: &ReadGuard<'_>, range: PfnRange, device: bool) -> (u64, u64) {
     let mut by_kind = [0u64; 6];
     let (mut pages, mut bad) = (0, 0);
     for p in g.active_pages(range) {
         pages += 1;
-        if pages == DELAY_AT {
+        if delay_due(pages, device) {
             reader_delay();
         }
         match p.checked() {
@@ -241,7 +245,7 @@ fn pfn_scan(g: &ReadGuard<'_>, range: PfnRange, w: &HotplugWindow) -> (u64, u64)
                 };
                 if let Some(p) = p {
                     pages += 1;
-                    if pages == DELAY_AT {
+                    if delay_due(pages, device) {
                         reader_delay();
                     }
                     if p.checked().is_none() {
