@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use guest::xen::xenstore::{XenstoreClient, XsError, XsOps, XsPerm, XsPermKind};
 use proptest::prelude::*;
+use xen_bindings::abi::xs_wire::XsdSockmsgType;
 use xen_bindings::sim::{SimConfig, SimXen};
 use xen_bindings::Errno;
 
@@ -402,4 +403,79 @@ fn a_directory_changing_between_parts_is_listed_again() {
     let got = c.directory("data/big").unwrap();
     assert_eq!(got.len(), 300);
     assert!(!got.contains(&"phantom".to_string()));
+}
+
+#[test]
+fn read_many_answers_in_order_in_one_round_trip() {
+    let (sim, mut c) = setup();
+    sim.xs_write("data/p/b", "2").unwrap();
+    let before = sim.stats().notifies;
+    let r = c.read_many(&["domid", "data/p/missing", "data/p/b", "bad\0path"]);
+    assert_eq!(r[0].as_deref(), Ok(&b"5"[..]));
+    assert_eq!(
+        r[1],
+        Err(XsError::Xs(Errno::ENOENT)),
+        "an error stays in its slot"
+    );
+    assert_eq!(r[2].as_deref(), Ok(&b"2"[..]));
+    assert!(r[3].is_err(), "a bad argument fails alone");
+    assert_eq!(sim.xs_requests().len(), 3, "the bad path was never sent");
+    // One kick to send all three, at most one after taking the replies: a round trip
+    // each would need six.
+    assert!(sim.stats().notifies - before <= 2, "{:?}", sim.stats());
+}
+
+#[test]
+fn batch_writes_and_watches_in_order() {
+    use guest::xen::xenstore::XsReq;
+    let (sim, mut c) = setup();
+    let before = sim.stats().notifies;
+    let r = c.batch(&[
+        XsReq::Write("data/q/a", b"1"),
+        XsReq::Watch("control/shutdown", "tok"),
+        XsReq::Write("/local/domain/0/forbidden", b"x"),
+        XsReq::Write("data/q/ready", b"1"),
+    ]);
+    assert_eq!(r[0], Ok(()));
+    assert_eq!(r[1], Ok(()));
+    assert_eq!(
+        r[2],
+        Err(XsError::Xs(Errno::EACCES)),
+        "a refused write fails alone"
+    );
+    assert_eq!(r[3], Ok(()));
+    assert!(sim.stats().notifies - before <= 2, "{:?}", sim.stats());
+    assert_eq!(sim.xs_read("data/q/a").unwrap(), b"1");
+    assert_eq!(sim.xs_read("data/q/ready").unwrap(), b"1");
+    let types: Vec<u32> = sim.xs_requests().iter().map(|q| q.type_).collect();
+    assert_eq!(
+        types,
+        [
+            XsdSockmsgType::Write.as_u32(),
+            XsdSockmsgType::Watch.as_u32(),
+            XsdSockmsgType::Write.as_u32(),
+            XsdSockmsgType::Write.as_u32()
+        ],
+        "sent in the order given"
+    );
+    // The watch is registered (kept for a resume) and fires once at once.
+    assert_eq!(c.watches(), [("control/shutdown".into(), "tok".into())]);
+    let ev = c
+        .wait_watch_event(1_000_000)
+        .unwrap()
+        .expect("the initial event");
+    assert_eq!(ev.token, "tok");
+}
+
+#[test]
+fn a_pipeline_to_a_silent_daemon_times_out_whole_and_late_replies_are_dropped() {
+    let (sim, mut c) = setup();
+    c.set_timeout_ns(20_000_000);
+    sim.xs_faults(|f| f.stalled = true);
+    let r = c.read_many(&["domid", "name", "memory/target"]);
+    assert!(r.iter().all(|x| *x == Err(XsError::Timeout)), "{r:?}");
+    sim.xs_faults(|f| f.stalled = false);
+    // All three late replies come ahead of this one's, and none is taken for it.
+    assert_eq!(c.read("name").unwrap(), b"guest");
+    assert_eq!(c.stats().stale_replies, 3);
 }

@@ -12,6 +12,7 @@ use xen_bindings::abi::hvm::{param, XenHvmParam, HVMOP_GET_PARAM, HVMOP_SET_PARA
 use xen_bindings::abi::memory::{self as mem, mapspace, XenAddToPhysmap, XenMemoryReservation};
 use xen_bindings::abi::sched::{SCHEDOP_shutdown, SchedShutdown};
 use xen_bindings::abi::shared_info::SharedInfo;
+use xen_bindings::abi::vcpu::{VcpuRunstateInfo, VCPUOP_GET_RUNSTATE_INFO};
 use xen_bindings::abi::DOMID_SELF;
 use xen_bindings::hypercall::{self as hc, XenCpuid};
 use xen_bindings::traits::{
@@ -174,6 +175,20 @@ impl Xen {
     /// Xen's system time (without our migration offset): what timers take.
     pub fn xen_now_ns(&self) -> u64 {
         self.time_info().ns_at(cpu::rdtsc())
+    }
+
+    /// Nanoseconds vCPU `id` has spent running, runnable (waiting for a physical CPU),
+    /// blocked and offline, indexed by `RUNSTATE_*` (`VCPUOP_get_runstate_info`).
+    pub fn runstate(&self, id: u32) -> Result<[u64; 4], Errno> {
+        let mut r = VcpuRunstateInfo::default();
+        // SAFETY: r is a valid vcpu_runstate_info that Xen fills in.
+        unsafe { hc::vcpu_op(VCPUOP_GET_RUNSTATE_INFO, id, (&raw mut r).cast())? };
+        Ok(r.time)
+    }
+
+    /// Nanoseconds for `ticks` of this vCPU's TSC (boot phase timing, [`crate::boottime`]).
+    pub fn tsc_delta_ns(&self, ticks: u64) -> u64 {
+        self.time_info().delta_ns(ticks)
     }
 
     /// Our clock's `t` in Xen system time.
@@ -349,6 +364,15 @@ impl GrantOps for Xen {
         }
         .map(drop)
     }
+}
+
+/// Nanoseconds this vCPU has spent on a physical CPU (Xen's runstate account; 0 before
+/// Xen is set up or if Xen refuses): the balloon's step split.
+pub fn running_ns() -> u64 {
+    let id = crate::arch::percpu::id();
+    XEN.get()
+        .and_then(|x| x.runstate(id).ok())
+        .map_or(0, |t| t[xen_bindings::abi::vcpu::RUNSTATE_RUNNING])
 }
 
 /// Xen system time for log timestamps (0 before Xen is set up).

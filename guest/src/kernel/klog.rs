@@ -2,7 +2,7 @@
 //! `(dN) ...`), and the PV console ring once it is up (`xl console`, xenconsoled's log).
 
 use core::fmt::{self, Write};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use guest::xen::console::ConsoleRing;
 use xen_bindings::abi::console::XenconsInterface;
@@ -16,6 +16,22 @@ struct Console {
 }
 
 static CONSOLE: spin::Mutex<Option<Console>> = spin::Mutex::new(None);
+
+/// Until ready, console output goes into the ring without notifying xenconsoled (each
+/// notification wakes it in dom0, which takes the one CPU from a booting guest): one
+/// notification at ready, or whenever the ring is full. A panic releases it.
+static HOLD_NOTIFY: AtomicBool = AtomicBool::new(true);
+
+/// Notify xenconsoled from now on, and once now for what the ring holds.
+pub fn release_console_notifications() {
+    // Relaxed: only vCPU 0 writes the console before ready; a later writer on another
+    // vCPU that still sees `true` only skips a notification that this one makes anyway.
+    HOLD_NOTIFY.store(false, Ordering::Relaxed);
+    if let (Some(c), Some(xen)) = (CONSOLE.lock().as_ref(), XEN.get()) {
+        // A failed notify only delays output until the next one; nothing to recover.
+        let _ = xen.notify(c.port);
+    }
+}
 
 /// Lines logged before the console ring is up, replayed into it when it attaches so that
 /// `xl console` and xenconsoled's log show the whole boot. Older bytes beyond the buffer
@@ -108,6 +124,10 @@ fn console_write(c: &mut Console, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         let n = c.ring.write(bytes);
         bytes = &bytes[n..];
+        // Relaxed: see `HOLD_NOTIFY`.
+        if bytes.is_empty() && HOLD_NOTIFY.load(Ordering::Relaxed) {
+            break;
+        }
         // A failed notify only delays output until the next one; nothing to recover.
         let _ = xen.notify(c.port);
         if bytes.is_empty() {
@@ -169,4 +189,11 @@ impl log::Log for KernelLog {
     }
 
     fn flush(&self) {}
+}
+
+/// A panic's lines must reach the console at once: stop holding notifications back (the
+/// panic's own writes notify; no lock is taken here).
+pub fn release_notifications_on_panic() {
+    // Relaxed: see `HOLD_NOTIFY`.
+    HOLD_NOTIFY.store(false, Ordering::Relaxed);
 }

@@ -43,6 +43,7 @@ extern crate alloc;
 
 mod arch;
 mod boot;
+mod boottime;
 mod grants;
 mod hv;
 mod irq;
@@ -75,6 +76,7 @@ const QEMU_EXIT_PANIC: u8 = 0x11;
 
 #[no_mangle]
 extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
+    boottime::start();
     arch::percpu::install_boot();
     klog::init(log::LevelFilter::Info);
     HEAP.init_early();
@@ -97,6 +99,7 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     }
     arch::idt::init();
     info.log_memmap();
+    boottime::mark("early");
     let xen = match hv::Xen::init() {
         None => None,
         Some(Err(e)) => panic!("Xen found but shared_info could not be mapped: {e}"),
@@ -108,6 +111,7 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
             panic!("cannot set up event delivery by interrupt on vCPU 0: {e}");
         }
     }
+    boottime::mark("xen");
     // Under populate-on-demand only Xen's tot_pages may be touched: the memory model
     // must know before it builds anything.
     let touchable = xen.and_then(|x| match x.current_reservation() {
@@ -122,6 +126,7 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
         );
     }
     let mm = kmem::init(&info, touchable);
+    boottime::mark("memmap");
     // The populate-on-demand excess goes back to Xen before anything else happens: it is
     // Offline in the model, so nothing touches it, and releasing it now keeps Xen's PoD
     // entries within the cache that backs them.
@@ -135,7 +140,8 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
         ceiling_kib: Some(ceiling_kib),
         ..BalloonConfig::default()
     })
-    .with_clock(hv::uptime_ns);
+    .with_clock(hv::uptime_ns)
+    .with_cpu_clock(hv::running_ns);
     if let Some(mut x) = xen {
         let now = x.now_ns();
         match balloon.adopt_boot_offline(mm, &mut x, now) {
@@ -149,8 +155,10 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
             ),
         }
     }
+    boottime::mark("balloon");
     kmem::map_ram_above_4g(&info);
     kmem::log_census(mm);
+    boottime::mark("paging");
 
     match xen {
         None => {
@@ -189,6 +197,8 @@ static PANICKING: AtomicBool = AtomicBool::new(false);
 fn panic(info: &PanicInfo) -> ! {
     use core::fmt::Write;
     // A panic while panicking (e.g. in the console path): go straight to the shutdown.
+    // The console says everything from here on at once (see klog's `HOLD_NOTIFY`).
+    klog::release_notifications_on_panic();
     if !PANICKING.swap(true, Ordering::Relaxed) {
         struct Raw;
         impl Write for Raw {

@@ -11,8 +11,9 @@ use guest::mm::PfnRange;
 use guest::xen::balloon::driver::{Balloon, StepOutcome};
 use guest::xen::control::{parse_shutdown, ShutdownRequest};
 use guest::xen::hotplug::{Hotplug, HotplugOutcome};
-use guest::xen::xenstore::{XenstoreClient, XsError, XsOps};
+use guest::xen::xenstore::{XenstoreClient, XsError, XsOps, XsReq};
 use xen_bindings::abi::hvm::param;
+use xen_bindings::abi::vcpu::{RUNSTATE_BLOCKED, RUNSTATE_RUNNABLE, RUNSTATE_RUNNING};
 use xen_bindings::traits::{Clock, MemoryReservation, Sched, ShutdownReason, SuspendOutcome};
 
 use crate::boot::BootInfo;
@@ -31,30 +32,59 @@ pub fn run(
     balloon: Balloon,
 ) -> ! {
     attach_console(&xen);
+    crate::boottime::mark("console");
     // Test switch `say=`: raw lines on both sinks, exactly as given (harness-forgery).
     for line in &cmdline.say {
         klog::write_raw(format!("{line}\n").as_bytes());
     }
+    // Every xenstore round trip wakes xenstored in dom0, which on a busy host means
+    // waiting for it: the boot makes three (what the ready line reports; the vCPUs'
+    // availability; everything written before ready, in one batch).
     let mut xs = match connect_xenstore(&xen) {
         Ok(xs) => xs,
         Err(e) => panic!("cannot connect to xenstore: {e:?}"),
     };
-    let domid = read_u64(&mut xs, "domid");
-    let target = read_u64(&mut xs, "memory/target");
-    announce_features(&mut xs);
+    let mut r = xs.read_many(&["domid", "memory/target"]).into_iter();
+    let domid = parse_u64("domid", r.next().expect("one result per read"));
+    let target = parse_u64("memory/target", r.next().expect("one result per read"));
+    crate::boottime::mark("xenstore");
     crate::smp::start(&xen, &mut xs);
-    publish_smp(&mut xs);
-    if let Err(e) = xs.watch("control/shutdown", TOKEN_SHUTDOWN) {
-        log::error!("cannot watch control/shutdown ({e:?}): xl shutdown will not work");
+    crate::boottime::mark("smp");
+    let online = format!("{}", crate::smp::online());
+    let max = format!("{}", crate::smp::max_vcpus());
+    let mut reqs = FEATURES.map(|k| XsReq::Write(k, b"1")).to_vec();
+    reqs.extend([
+        XsReq::Write("data/smp/online", online.as_bytes()),
+        XsReq::Write("data/smp/max", max.as_bytes()),
+        XsReq::Watch("control/shutdown", TOKEN_SHUTDOWN),
+        // Last: the toolstack may act on it, and everything above is in place by then.
+        XsReq::Write("data/ready", b"1"),
+    ]);
+    let results = xs.batch(&reqs);
+    for (req, r) in reqs.iter().zip(results) {
+        report_boot_request(req, r);
     }
-    if let Err(e) = xs.write("data/ready", b"1") {
-        log::warn!("cannot write data/ready: {e:?}");
-    }
+    crate::boottime::mark("ready");
     log::info!(
         "ready domid={} target_kib={}",
         domid.map_or("?".into(), |d| format!("{d}")),
         target.map_or("?".into(), |t| format!("{t}"))
     );
+    klog::release_console_notifications();
+    if let Some((_, line)) = crate::boottime::summary(|t| xen.tsc_delta_ns(t)) {
+        // Xen's account of vCPU 0 since it was created: the wall time above includes
+        // waiting for the one physical CPU (dom0's xl and daemons) and for xenstored.
+        let rs = xen.runstate(0).map_or(String::new(), |t| {
+            let ms = |ns: u64| ns as f64 / 1e6;
+            format!(
+                "; vCPU 0 by Xen's account: running {:.1} ms, waiting for a CPU {:.1} ms, blocked {:.1} ms",
+                ms(t[RUNSTATE_RUNNING]),
+                ms(t[RUNSTATE_RUNNABLE]),
+                ms(t[RUNSTATE_BLOCKED])
+            )
+        });
+        log::info!("boot: {line}{rs}");
+    }
     let extra = crate::kmem::xen_extra_pages(info);
     log::info!(
         "mm: Xen should account {extra} pages beyond our RAM (special pages + ACPI - shared_info)"
@@ -144,9 +174,17 @@ fn connect_xenstore(xen: &Xen) -> Result<Xenstore, &'static str> {
 }
 
 fn read_u64(xs: &mut Xenstore, path: &str) -> Option<u64> {
-    match xs.read_string(path).map(|s| s.parse::<u64>()) {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(_)) => {
+    parse_u64(path, xs.read(path))
+}
+
+fn parse_u64(path: &str, r: Result<Vec<u8>, XsError>) -> Option<u64> {
+    match r.map(|v| {
+        core::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+    }) {
+        Ok(Some(v)) => Some(v),
+        Ok(None) => {
             log::warn!("xenstore {path}: not a number");
             None
         }
@@ -157,22 +195,40 @@ fn read_u64(xs: &mut Xenstore, path: &str) -> Option<u64> {
     }
 }
 
-/// Tells the toolstack which `control/shutdown` requests we honour, and that we follow
-/// `memory/target`.
-fn announce_features(xs: &mut Xenstore) {
-    for key in ["control/feature-poweroff", "control/feature-reboot"] {
-        if let Err(e) = xs.write(key, b"1") {
-            log::warn!("cannot write {key}: {e:?}");
-        }
-    }
-    // libxl 4.17 pre-creates feature-poweroff/-reboot/-suspend writable for the guest,
-    // but not feature-balloon (measured: EACCES); data/balloon/ tells the same story.
-    match xs.write("control/feature-balloon", b"1") {
-        Ok(()) => {}
-        Err(e) if e.errno() == Some(xen_bindings::Errno::EACCES) => {
+/// What we tell the toolstack: the `control/shutdown` requests we honour, and that we
+/// follow `memory/target`.
+const FEATURES: [&str; 3] = [
+    "control/feature-poweroff",
+    "control/feature-reboot",
+    "control/feature-balloon",
+];
+
+/// Logs how one request written before ready went.
+fn report_boot_request(req: &XsReq<'_>, r: Result<(), XsError>) {
+    let e = match r {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    match *req {
+        // libxl 4.17 pre-creates feature-poweroff/-reboot/-suspend writable for the
+        // guest, but not feature-balloon (measured: EACCES); data/balloon/ tells the same.
+        XsReq::Write("control/feature-balloon", _)
+            if e.errno() == Some(xen_bindings::Errno::EACCES) =>
+        {
             log::info!("control/feature-balloon is not writable for us (libxl does not create it)")
         }
-        Err(e) => log::warn!("cannot write control/feature-balloon: {e:?}"),
+        XsReq::Watch(path, _) => {
+            log::error!("cannot watch {path} ({e:?}): xl shutdown will not work")
+        }
+        XsReq::Write(path, _) => log::warn!("cannot write {path}: {e:?}"),
+    }
+}
+
+/// [`FEATURES`] again (after a resume: the new domain's xenstore has none of it).
+fn announce_features(xs: &mut Xenstore) {
+    let reqs = FEATURES.map(|k| XsReq::Write(k, b"1"));
+    for (req, r) in reqs.iter().zip(xs.batch(&reqs)) {
+        report_boot_request(req, r);
     }
 }
 
@@ -471,12 +527,14 @@ fn settled(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>, outcome: StepOutcom
 /// Writes `(key, value)` pairs under `dir` in one transaction, so a reader never sees
 /// numbers from two different moments.
 fn publish_fields<K: core::fmt::Display>(xs: &mut Xenstore, dir: &str, fields: &[(K, String)]) {
-    let r = xs.transaction(|tx| {
-        for (key, value) in fields {
-            tx.write(&format!("{dir}/{key}"), value.as_bytes())?;
-        }
-        Ok(())
-    });
+    let paths: Vec<String> = fields.iter().map(|(k, _)| format!("{dir}/{k}")).collect();
+    let nodes: Vec<(&str, &[u8])> = paths
+        .iter()
+        .zip(fields)
+        .map(|(p, (_, v))| (p.as_str(), v.as_bytes()))
+        .collect();
+    // Three round trips (start, every write at once, commit), not one per field.
+    let r: Result<(), XsError> = xs.transaction(|tx| tx.write_many(&nodes).into_iter().collect());
     if let Err(e) = r {
         log::warn!("cannot publish {dir}: {e:?}");
     }

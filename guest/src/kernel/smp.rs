@@ -180,8 +180,16 @@ pub fn start(xen: &Xen, xs: &mut Xenstore) {
 /// `xl vcpu-set` fires). Returns how many vCPUs changed.
 pub fn apply_availability(xen: &Xen, xs: &mut Xenstore) -> u32 {
     let mut changed = 0;
-    for id in 0..max_vcpus().min(MAX_CPUS as u32) {
-        let want = match xs.read(&alloc::format!("cpu/{id}/availability")) {
+    let ids = 0..max_vcpus().min(MAX_CPUS as u32);
+    let owned: alloc::vec::Vec<_> = ids
+        .clone()
+        .map(|id| alloc::format!("cpu/{id}/availability"))
+        .collect();
+    let paths: alloc::vec::Vec<&str> = owned.iter().map(|p| p.as_str()).collect();
+    // One round trip for all of them.
+    let values = xs.read_many(&paths);
+    for (id, value) in ids.zip(values) {
+        let want = match value {
             Ok(v) if v == b"online" => true,
             Ok(v) if v == b"offline" => false,
             Ok(v) => {

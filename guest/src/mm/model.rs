@@ -15,7 +15,8 @@ use super::geometry::{
 use super::grace::GracePeriod;
 use super::memmap::{Memmap, MemmapToken, MEMMAP_LAYOUT};
 use super::page::{
-    check_transition, ForeignMap, IllegalTransition, PageState, Phase, Raw, StateKind, STATE_KINDS,
+    check_transition, ForeignMap, IllegalTransition, PageDesc, PageState, Phase, Raw, StateKind,
+    STATE_KINDS,
 };
 use super::read::ReadGuard;
 use super::section::{SectionKind, SectionRoot, CHUNK_LAYOUT, SECTION_KINDS};
@@ -479,8 +480,15 @@ impl<S: MemmapStorage> MemModel<S> {
         let descs = mm
             .run(pfn, 1 << order)
             .expect("a free block lies in one present subsection");
-        for d in descs {
-            d.store(Raw::State(to));
+        // Unlinking made the head a tail like the rest: every page is a plain Free page
+        // now, and `to` (Allocated, Offline) is plain too: one word each.
+        let free_w0 = PageDesc::plain_word0(Raw::Free(None)).expect("a free tail is plain");
+        match PageDesc::plain_word0(Raw::State(to)) {
+            Some(w0) => descs.iter().for_each(|d| {
+                debug_assert!(d.holds_plain(free_w0), "a taken free block holds a head");
+                d.store_plain(w0)
+            }),
+            None => descs.iter().for_each(|d| d.store(Raw::State(to))),
         }
         let kind = self
             .placement(pfn)
@@ -596,12 +604,17 @@ impl<S: MemmapStorage> MemModel<S> {
         // Fast path (the balloon's populate of whole subsections): every page in state
         // `from` and `from -> Free` legal, checked in one pass over the block's
         // descriptors. Anything else takes the page-by-page path below for its error.
+        // `from` is a plain state (word 1 empty), so one word per descriptor is checked
+        // and one stored ([`PageDesc::store_plain`]).
+        let plain_from = match from {
+            StateKind::Allocated => PageDesc::plain_word0(Raw::State(PageState::Allocated)),
+            StateKind::Offline => PageDesc::plain_word0(Raw::State(PageState::Offline)),
+            _ => None,
+        };
+        let free_w0 = PageDesc::plain_word0(Raw::Free(None)).expect("a free tail is plain");
         let block = mm.run(pfn, 1 << order).filter(|descs| {
             check_transition(from, StateKind::Free, g.phase).is_ok()
-                && descs.iter().all(|d| {
-                    let raw = d.load();
-                    raw != Raw::Hole && raw.kind() == from
-                })
+                && plain_from.is_some_and(|w0| descs.iter().all(|d| d.holds_plain(w0)))
         });
         if block.is_none() {
             Self::check_range(&mm, g.phase, range, StateKind::Free)?;
@@ -618,7 +631,7 @@ impl<S: MemmapStorage> MemModel<S> {
             }
         }
         match block {
-            Some(descs) => descs.iter().for_each(|d| d.store(Raw::Free(None))),
+            Some(descs) => descs.iter().for_each(|d| d.store_plain(free_w0)),
             None => range.iter().for_each(|p| mm.desc(p).store(Raw::Free(None))),
         }
         g.free.insert(&mm, pfn, order);

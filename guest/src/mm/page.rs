@@ -389,6 +389,45 @@ impl PageDesc {
             .store(((seq + 2) & SEQ_MASK) << SEQ_SHIFT | p1, Ordering::Release);
     }
 
+    /// Word 0 of a descriptor holding `raw` when `raw` keeps nothing in word 1: a plain
+    /// state (Reserved non-hole, Allocated, Offline, Unpopulated) or a Free page that is
+    /// not a block head. None for a free block's head and for Foreign, which keep links
+    /// or a map handle in word 1.
+    pub(crate) const fn plain_word0(raw: Raw) -> Option<u64> {
+        match raw {
+            Raw::Free(Some(_)) | Raw::State(PageState::Foreign(_)) => None,
+            _ => {
+                let (w0, p1) = raw.encode();
+                if p1 == 0 {
+                    Some(w0)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Whether the descriptor holds exactly the plain state whose word 0 is `w0` (see
+    /// [`Self::plain_word0`]). For the writer holding the mutation lock only: no other
+    /// writer can change word 0 under it, so one load is a consistent read.
+    pub(crate) fn holds_plain(&self, w0: u64) -> bool {
+        // Relaxed: the lock-holding writer reads its own (or an earlier lock holder's,
+        // ordered by the lock) store.
+        self.w0.load(Ordering::Relaxed) == w0
+    }
+
+    /// Move a descriptor between two plain states with one store of word 0 (the bulk
+    /// balloon and hot-add paths: a 768 MiB populate rewrites 196,608 descriptors). Word 1
+    /// is all zero payload before and after (a plain state keeps nothing there; callers
+    /// check the old state with [`Self::holds_plain`]), so its sequence needs no odd
+    /// phase: a reader's snapshot sees the old word 0 or the new, each complete with the
+    /// unchanged word 1. Callers hold the model's mutation lock.
+    pub(crate) fn store_plain(&self, w0: u64) {
+        // Release pairs with the Acquire fence in `try_load` (after its word-0 load): as
+        // for `store`, nothing else is published through a descriptor.
+        self.w0.store(w0, Ordering::Release);
+    }
+
     /// The page's state (what walkers see).
     pub fn state(&self) -> PageState {
         match self.load() {

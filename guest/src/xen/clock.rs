@@ -16,18 +16,23 @@ pub struct TimeInfo {
 impl TimeInfo {
     /// Xen system time (ns) at `tsc`.
     pub fn ns_at(&self, tsc: u64) -> u64 {
-        let mut delta = tsc.wrapping_sub(self.tsc_timestamp);
+        let delta = tsc.wrapping_sub(self.tsc_timestamp);
         // A TSC read before the snapshot (another pCPU's TSC lagging): clamp, stay monotonic.
         if delta as i64 <= 0 {
             return self.system_time;
         }
+        self.system_time.wrapping_add(self.delta_ns(delta))
+    }
+
+    /// Nanoseconds for `delta` TSC ticks at this record's rate (boot phase timing, where
+    /// the ticks were read before the clock was set up).
+    pub fn delta_ns(&self, mut delta: u64) -> u64 {
         if self.tsc_shift >= 0 {
             delta <<= self.tsc_shift as u32;
         } else {
             delta >>= (-(self.tsc_shift as i32)) as u32;
         }
-        let scaled = ((delta as u128 * self.tsc_to_system_mul as u128) >> 32) as u64;
-        self.system_time.wrapping_add(scaled)
+        ((delta as u128 * self.tsc_to_system_mul as u128) >> 32) as u64
     }
 }
 
@@ -77,6 +82,22 @@ mod tests {
         assert_eq!(t3.ns_at(3000), 7_000);
         // A TSC behind the snapshot never goes back in time.
         assert_eq!(t.ns_at(10), 5_000);
+    }
+
+    #[test]
+    fn delta_ns_is_the_difference_of_two_readings() {
+        let t = TimeInfo {
+            tsc_timestamp: 7,
+            system_time: 123,
+            tsc_to_system_mul: 0x9000_0000,
+            tsc_shift: -2,
+        };
+        for (a, b) in [(100u64, 9_000u64), (7, 1 << 40)] {
+            let d = t.ns_at(b) - t.ns_at(a);
+            // A shifted-out tick and a truncation on each side: within 2 ns.
+            assert!(t.delta_ns(b - a).abs_diff(d) <= 2, "{a} {b}");
+        }
+        assert_eq!(t.delta_ns(0), 0);
     }
 
     #[test]

@@ -34,7 +34,7 @@ bench_boot_nothing() {
 # Ours or Linux: xl create -> first console byte and -> ready (dom0 polls the console log);
 # ours also on Xen's stamps of its port-0xE9 lines.
 bench_boot_subject() {
-    local a f r first own
+    local a f r first own tsc rs
     bench_create "xenci-bb-$SUBJECT-$1"
     if [ "$SUBJECT" = linux ]; then
         # Linux prints nothing on port 0xE9: its first output is the console log's first
@@ -53,7 +53,16 @@ bench_boot_subject() {
         # first stamped line -> its ready line.
         first=$(sed -n 's/^\[ *\([0-9]*\.[0-9]*\)\].*/\1/p' "$CONSOLE_LOG" | awk '$1 + 0 > 0 { print; exit }')
         own=$(grep -m1 "ready domid=$DOMID" "$CONSOLE_LOG" | sed -n 's/^\[ *\([0-9]*\.[0-9]*\)\].*/\1/p')
-        info "first_output_secs=$(secs_between "$a" "$f") ready_xen_secs=$(secs_between "$a" "$r") first_to_ready_secs=$(secs_between "$f" "$r") guest_clock_boot_secs=$(secs_between "$first" "$own") run=$1"
+        # Its own TSC from the first instruction of kernel_main to ready, with the phases
+        # (kernel/boottime.rs): "boot: first instruction -> ready 41.3 ms (early 2.1, ...)".
+        wait_for 10 "the guest's boot phases line" grep -q 'boot: first instruction -> ready' "$CONSOLE_LOG" \
+            || fail "no 'boot: first instruction -> ready' line from the guest within 10s of ready"
+        tsc=$(grep -m1 'boot: first instruction -> ready' "$CONSOLE_LOG" | sed -n 's/.*-> ready \([0-9.]*\) ms (\([^)]*\)).*/\1 \2/p')
+        [ -n "$tsc" ] || fail "no 'boot: first instruction -> ready' line from the guest"
+        info "first_output_secs=$(secs_between "$a" "$f") ready_xen_secs=$(secs_between "$a" "$r") first_to_ready_secs=$(secs_between "$f" "$r") guest_clock_boot_secs=$(secs_between "$first" "$own") guest_tsc_boot_ms=${tsc%% *} run=$1"
+        # Xen's account of vCPU 0 at ready: running / runnable (waiting for the CPU) / blocked.
+        rs=$(grep -m1 'boot: first instruction -> ready' "$CONSOLE_LOG" | sed -n 's/.*running \([0-9.]*\) ms, waiting for a CPU \([0-9.]*\) ms, blocked \([0-9.]*\) ms.*/guest_running_ms=\1 guest_runnable_ms=\2 guest_blocked_ms=\3/p')
+        info "boot_phases_ms=$(echo "${tsc#* }" | tr -d ' ') $rs run=$1"
     fi
     bench_destroy
 }

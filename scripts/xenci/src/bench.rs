@@ -178,12 +178,21 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
     ));
     rows.push(row(
         "boot",
-        "guest clock: first stamped line -> ready",
-        "s",
-        median(&v("bench-boot", "guest_clock_boot_secs")),
+        "guest's own clock: first instruction -> ready",
+        "ms",
+        median(&v("bench-boot", "guest_tsc_boot_ms")),
         None,
         None,
-        "the guest's own log stamps (its clock is Xen system time from its Xen setup on)",
+        "its TSC from kernel_main's first instruction to ready (kernel/boottime.rs); median of the runs",
+    ));
+    rows.push(row(
+        "boot",
+        "  of which vCPU 0 on a CPU / waiting for it",
+        "ms",
+        median(&v("bench-boot", "guest_running_ms")),
+        None,
+        median(&v("bench-boot", "guest_runnable_ms")),
+        "Xen's runstate account of vCPU 0 at ready (VCPUOP_get_runstate_info); floor column: time it waited for the one CPU (dom0's xl and daemons)",
     ));
     rows.push(row(
         "boot",
@@ -252,6 +261,7 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
         let total = mean(&v(b, &format!("{dir}_guest_total_ms")));
         let hyper = mean(&v(b, &format!("{dir}_guest_hypercall_ms")));
         let outside = mean(&v(b, &format!("{dir}_guest_outside_ms")));
+        let outside_cpu = mean(&v(b, &format!("{dir}_guest_outside_cpu_ms")));
         rows.push(row(
             "balloon",
             &format!("guest step {dir}: total / in hypercalls"),
@@ -268,7 +278,16 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
             outside,
             None,
             None,
-            "ours: memmap updates, batch building, the event loop",
+            "ours: memmap updates, batch building, the event loop; wall time, so also while dom0 had the CPU",
+        ));
+        rows.push(row(
+            "balloon",
+            &format!("guest step {dir}: outside hypercalls, on the CPU"),
+            "ms",
+            outside_cpu,
+            None,
+            None,
+            "the same on Xen's runstate account of the vCPU: its own work, waiting for the CPU excluded",
         ));
     }
     let calls = v(b, "hypercalls").first().copied();
@@ -436,26 +455,48 @@ fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
         unit: "calls",
         met: per_step.map(|x| x <= 1.0),
     });
-    // Worst step: the largest outside share of any timed step (balloon and hotplug).
-    let mut worst: Vec<f64> = Vec::new();
-    for s in ["balloon-bench", "hotplug-bench"] {
-        for k in [
-            "down_guest_outside_permille",
-            "up_guest_outside_permille",
-            "add_guest_outside_permille",
-            "readd_guest_outside_permille",
-        ] {
-            worst.extend(values(verdicts, s, k).iter().map(|p| p / 10.0));
+    // Worst step: the largest outside share of any timed step, per thousand of the step's
+    // wall time. On the CPU (Xen's runstate account): the guest's own work. On the wall
+    // clock: also the time it waited while dom0 (the bench's own `xl list` polls) ran.
+    let worst = |scenario: &str, steps: &[&str], key: &str| {
+        let mut all: Vec<f64> = Vec::new();
+        for step in steps {
+            let k = format!("{step}_guest_{key}");
+            all.extend(values(verdicts, scenario, &k).iter().map(|p| p / 10.0));
         }
+        max(&all)
+    };
+    let balloon_steps = ["down", "up"];
+    let hotplug_steps = ["add", "down", "readd"];
+    for (goal, scenario, steps, key) in [
+        (
+            "balloon: guest CPU time outside hypercalls, worst balloon step",
+            "balloon-bench",
+            &balloon_steps[..],
+            "outside_cpu_permille",
+        ),
+        (
+            "balloon: the same on the wall clock (with waiting for the CPU)",
+            "balloon-bench",
+            &balloon_steps[..],
+            "outside_permille",
+        ),
+        (
+            "hotplug: guest CPU time outside hypercalls, worst step (hot-add included)",
+            "hotplug-bench",
+            &hotplug_steps[..],
+            "outside_cpu_permille",
+        ),
+    ] {
+        let w = worst(scenario, steps, key);
+        g.push(Goal {
+            goal,
+            target: "<= 5 %".into(),
+            measured: w,
+            unit: "%",
+            met: w.map(|x| x <= 5.0),
+        });
     }
-    let worst = max(&worst);
-    g.push(Goal {
-        goal: "balloon: guest time outside hypercalls, worst step",
-        target: "<= 5 %".into(),
-        measured: worst,
-        unit: "%",
-        met: worst.map(|x| x <= 5.0),
-    });
     let swing = find(rows, "swing 1024 -> 256 -> 1024 MiB").and_then(|r| r.linux_over_ours());
     g.push(Goal {
         goal: "balloon: swing, Linux / ours",
@@ -466,13 +507,21 @@ fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
     });
     // The first 0xE9 line comes from the first Rust code after the entry stub: Xen's
     // stamps of it and of the ready line are the guest's own boot time.
-    let boot = find(rows, "first output -> ready (0xE9)").and_then(|r| r.ours);
+    let boot = find(rows, "guest's own clock: first instruction -> ready").and_then(|r| r.ours);
     g.push(Goal {
-        goal: "boot: guest's first output -> ready (Xen's stamps)",
-        target: "<= 0.050 s".into(),
+        goal: "boot: first instruction -> ready, guest's own clock",
+        target: "<= 50 ms".into(),
         measured: boot,
+        unit: "ms",
+        met: boot.map(|x| x <= 50.0),
+    });
+    let xen_boot = find(rows, "first output -> ready (0xE9)").and_then(|r| r.ours);
+    g.push(Goal {
+        goal: "boot: the same on Xen's stamps (first output -> ready)",
+        target: "<= 0.050 s".into(),
+        measured: xen_boot,
         unit: "s",
-        met: boot.map(|x| x <= 0.050),
+        met: xen_boot.map(|x| x <= 0.050),
     });
     let ready = find(rows, "xl create -> ready (0xE9)").and_then(|r| r.ours_over_floor());
     g.push(Goal {
@@ -758,7 +807,9 @@ mod tests {
                     "nothing_first_output_secs=0.40 first_output_secs=0.50 ready_xen_secs=0.60",
                     "nothing_first_output_secs=0.44 first_output_secs=0.52 ready_xen_secs=0.70",
                     "nothing_first_output_secs=0.42 first_output_secs=0.51 ready_xen_secs=0.65",
-                    "first_to_ready_secs=0.030 ready_secs=0.80 console_first_secs=0.6",
+                    "first_to_ready_secs=0.030 ready_secs=0.80 console_first_secs=0.6 guest_tsc_boot_ms=61.0",
+                    "guest_tsc_boot_ms=40.0 guest_running_ms=30 guest_runnable_ms=5",
+                    "guest_tsc_boot_ms=45.0 guest_running_ms=32 guest_runnable_ms=9",
                 ],
             ),
             verdict("bench-boot@linux", &["ready_secs=8.0 console_first_secs=5.0"]),
@@ -768,8 +819,8 @@ mod tests {
                     "memset_floor_secs=0.30",
                     "memset_floor_secs=0.32",
                     "poll_floor_secs=0.06",
-                    "down_guest_total_ms=1000 down_guest_hypercall_ms=960 down_guest_outside_ms=40 down_guest_outside_permille=40",
-                    "up_guest_total_ms=200 up_guest_hypercall_ms=180 up_guest_outside_ms=20 up_guest_outside_permille=100",
+                    "down_guest_total_ms=1000 down_guest_hypercall_ms=960 down_guest_outside_ms=40 down_guest_outside_permille=40 down_guest_outside_cpu_ms=10 down_guest_outside_cpu_permille=10",
+                    "up_guest_total_ms=200 up_guest_hypercall_ms=180 up_guest_outside_ms=20 up_guest_outside_permille=100 up_guest_outside_cpu_ms=12 up_guest_outside_cpu_permille=60",
                     "mean_down_secs=1.50 mean_up_secs=0.50 mean_swing_secs=2.00 swings=3",
                     "hypercalls_per_gib=1 hypercalls=6 extents=x down_guest_hypercalls=1 up_guest_hypercalls=2",
                 ],
@@ -810,9 +861,22 @@ mod tests {
         let goal = |name: &str| b.goals.iter().find(|g| g.goal.starts_with(name)).unwrap();
         assert_eq!(goal("balloon: reservation").measured, Some(2.0));
         assert_eq!(goal("balloon: reservation").met, Some(false));
-        assert_eq!(goal("balloon: guest time outside").measured, Some(10.0));
+        assert_eq!(goal("balloon: guest CPU time outside").measured, Some(6.0));
+        assert_eq!(goal("balloon: guest CPU time outside").met, Some(false));
+        assert_eq!(goal("balloon: the same on the wall").measured, Some(10.0));
+        assert_eq!(
+            goal("hotplug: guest CPU time").measured,
+            None,
+            "no hotplug run"
+        );
         assert_eq!(goal("balloon: swing").met, Some(true));
-        assert_eq!(goal("boot: guest's first output").met, Some(true));
+        assert_eq!(
+            goal("boot: first instruction").measured,
+            Some(45.0),
+            "the median"
+        );
+        assert_eq!(goal("boot: first instruction").met, Some(true));
+        assert_eq!(goal("boot: the same on Xen's stamps").met, Some(true));
         assert_eq!(goal("grants: 1-page").met, Some(false));
         assert_eq!(goal("grants: 64-page").measured, Some(1.0 / 3.0));
         // A scenario that did not run leaves its rows empty, never invented.

@@ -11,6 +11,8 @@ pub const VCPUOP_UP: u32 = 1;
 pub const VCPUOP_DOWN: u32 = 2;
 /// `VCPUOP_is_up`: 1 if running, 0 if down, `-ENOENT` past `max_vcpus`.
 pub const VCPUOP_IS_UP: u32 = 3;
+/// `VCPUOP_get_runstate_info`: a [`VcpuRunstateInfo`] of any vCPU of the domain.
+pub const VCPUOP_GET_RUNSTATE_INFO: u32 = 4;
 /// `VCPUOP_set_singleshot_timer` (calling vCPU only): `VIRQ_TIMER` at an absolute time.
 pub const VCPUOP_SET_SINGLESHOT_TIMER: u32 = 8;
 /// `VCPUOP_stop_singleshot_timer` (calling vCPU only).
@@ -95,4 +97,30 @@ assert_layout!(
     mfn = 0,
     offset = 8,
     rsvd = 12
+);
+
+/// `RUNSTATE_running`: index into [`VcpuRunstateInfo::time`]: on a physical CPU.
+pub const RUNSTATE_RUNNING: usize = 0;
+/// `RUNSTATE_runnable`: wants a physical CPU, waiting for one (steal time).
+pub const RUNSTATE_RUNNABLE: usize = 1;
+/// `RUNSTATE_blocked`: waiting for an event (halted, or in `SCHEDOP_block`/`poll`).
+pub const RUNSTATE_BLOCKED: usize = 2;
+/// `RUNSTATE_offline`: down, or paused by the toolstack.
+pub const RUNSTATE_OFFLINE: usize = 3;
+
+/// `struct vcpu_runstate_info`: nanoseconds of Xen system time the vCPU has spent in
+/// each runstate since it was created, and the current one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuRunstateInfo {
+    pub state: i32,
+    pub state_entry_time: u64,
+    pub time: [u64; 4],
+}
+assert_layout!(
+    VcpuRunstateInfo,
+    size = 48,
+    state = 0,
+    state_entry_time = 8,
+    time = 16
 );

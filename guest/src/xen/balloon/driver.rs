@@ -49,7 +49,9 @@ use xen_bindings::Errno;
 use super::backoff::Backoff;
 use super::target::{self, Target, TargetError};
 use crate::mm::geometry::{MAX_PFN, PAGES_PER_SUBSECTION, SUBSECTION_SHIFT};
-use crate::mm::{MemModel, MemmapStorage, MmError, PageState, Pfn, PfnRange, SectionKind};
+use crate::mm::{
+    MemModel, MemmapStorage, MmError, PageState, Pfn, PfnRange, SectionKind, StateKind,
+};
 
 /// Order of a whole-subsection extent (2 MiB).
 pub const ORDER_SUBSECTION: u32 = SUBSECTION_SHIFT;
@@ -168,8 +170,17 @@ pub struct StepTiming {
     pub hypercall_ns: u64,
     /// Those hypercalls.
     pub hypercalls: u64,
+    /// Outside them, in the memory model: taking free blocks out before a release,
+    /// handing populated blocks to the allocator after a populate (memmap updates).
+    pub model_ns: u64,
     /// Pages moved (populated + released).
     pub pages: u64,
+    /// The balloon vCPU's time on a physical CPU over the step, by Xen's runstate
+    /// account (0 without a CPU clock): the wall time above also holds the time it
+    /// waited for the CPU while dom0 or another guest ran (steal).
+    pub cpu_ns: u64,
+    /// Of which inside the reservation hypercalls.
+    pub hypercall_cpu_ns: u64,
 }
 
 impl StepTiming {
@@ -181,6 +192,19 @@ impl StepTiming {
     /// Time outside the hypercalls per thousand of the step (0 for an empty step).
     pub fn outside_permille(&self) -> u64 {
         (self.outside_ns() * 1000)
+            .checked_div(self.total_ns)
+            .unwrap_or(0)
+    }
+
+    /// CPU time outside the hypercalls: our own work, without the time we waited for
+    /// the CPU.
+    pub fn outside_cpu_ns(&self) -> u64 {
+        self.cpu_ns.saturating_sub(self.hypercall_cpu_ns)
+    }
+
+    /// [`Self::outside_cpu_ns`] per thousand of the step's wall time.
+    pub fn outside_cpu_permille(&self) -> u64 {
+        (self.outside_cpu_ns() * 1000)
             .checked_div(self.total_ns)
             .unwrap_or(0)
     }
@@ -288,6 +312,8 @@ pub struct Balloon {
     /// The last measured `tot_pages - ram_pages`.
     last_delta: Option<i64>,
     target_set_ns: u64,
+    /// The CPU clock's reading when the last target was set.
+    target_set_cpu_ns: u64,
     /// Nanoseconds from the last target to reaching it.
     reached_after_ns: Option<u64>,
     need_hotplug_pages: u64,
@@ -302,6 +328,8 @@ pub struct Balloon {
     handback_pages: u64,
     /// The clock for [`StepTiming`] (Xen system time, ns); `None`: no step timing.
     clock: Option<fn() -> u64>,
+    /// This vCPU's time on a CPU ([`Balloon::with_cpu_clock`]).
+    cpu_clock: Option<fn() -> u64>,
     /// The step in progress (since the last new target).
     step_timing: StepTiming,
     /// The last finished step.
@@ -333,12 +361,14 @@ impl Balloon {
             offset: None,
             last_delta: None,
             target_set_ns: 0,
+            target_set_cpu_ns: 0,
             reached_after_ns: None,
             need_hotplug_pages: 0,
             hotplugged: Vec::new(),
             batch: Vec::new(),
             handback_pages: 0,
             clock: None,
+            cpu_clock: None,
             step_timing: StepTiming::default(),
             last_step: None,
             steps_done: 0,
@@ -352,6 +382,19 @@ impl Balloon {
         self
     }
 
+    /// Also split each step's time by this vCPU's time on a CPU (`clock`: nanoseconds it
+    /// has run, Xen's runstate account), so that time spent waiting for the CPU is not
+    /// taken for ours.
+    pub fn with_cpu_clock(mut self, clock: fn() -> u64) -> Balloon {
+        self.cpu_clock = Some(clock);
+        self
+    }
+
+    /// The CPU clock's reading, if there is one.
+    fn cpu_now(&self) -> Option<u64> {
+        self.cpu_clock.map(|c| c())
+    }
+
     /// The last finished step's timing (needs [`Balloon::with_clock`]).
     pub fn last_step(&self) -> Option<StepTiming> {
         self.last_step
@@ -362,13 +405,23 @@ impl Balloon {
         self.clock.map(|c| c())
     }
 
+    /// Charge the memory model's bookkeeping that started at `t0` to the step in progress.
+    fn charge_model(&mut self, t0: Option<u64>) {
+        if let (Some(t0), Some(t1)) = (t0, self.clock_now()) {
+            self.step_timing.model_ns += t1.saturating_sub(t0);
+        }
+    }
+
     /// Charge one reservation hypercall that started at `t0` and moved `pages` to the
     /// step in progress.
-    fn charge(&mut self, t0: Option<u64>, pages: u64) {
+    fn charge(&mut self, t0: Option<u64>, c0: Option<u64>, pages: u64) {
         self.step_timing.hypercalls += 1;
         self.step_timing.pages += pages;
         if let (Some(t0), Some(t1)) = (t0, self.clock_now()) {
             self.step_timing.hypercall_ns += t1.saturating_sub(t0);
+        }
+        if let (Some(c0), Some(c1)) = (c0, self.cpu_now()) {
+            self.step_timing.hypercall_cpu_ns += c1.saturating_sub(c0);
         }
     }
 
@@ -451,6 +504,7 @@ impl Balloon {
                 // `xl mem-max`) still retries at once, but keeps the time-to-target clock.
                 if self.target != Some(t) {
                     self.target_set_ns = now_ns;
+                    self.target_set_cpu_ns = self.cpu_now().unwrap_or(0);
                     self.reached_after_ns = None;
                     self.step_timing = StepTiming {
                         target_kib: t.effective_kib,
@@ -650,10 +704,10 @@ impl Balloon {
                     break;
                 }
                 self.counters.hypercalls += 1;
-                let t0 = self.clock_now();
+                let (t0, c0) = (self.clock_now(), self.cpu_now());
                 let r = xen.decrease_reservation(&self.batch, order);
                 let k = r.map_or(0, |k| k.min(self.batch.len()));
-                self.charge(t0, (k as u64) << order);
+                self.charge(t0, c0, (k as u64) << order);
                 self.counters.released[idx(order)] += k as u64;
                 let taken: Vec<Gfn> = self.batch[..k].to_vec();
                 self.ballooned[idx(order)].splice(0..0, taken);
@@ -720,6 +774,16 @@ impl Balloon {
             return;
         }
         self.adopted = true;
+        // The census counts Offline boot RAM already: without populate-on-demand there is
+        // none, and the walk below (every page's descriptor) is skipped.
+        if mm
+            .census()
+            .pages_of(SectionKind::BootRam, StateKind::Offline)
+            == 0
+        {
+            self.pod = false;
+            return;
+        }
         let guard = mm.read();
         let mut sub = u64::MAX;
         let mut offline: Vec<Gfn> = Vec::new();
@@ -765,10 +829,10 @@ impl Balloon {
         self.batch.clear();
         self.batch.extend(list.drain(list.len() - n..).rev());
         self.counters.hypercalls += 1;
-        let t0 = self.clock_now();
+        let (t0, c0) = (self.clock_now(), self.cpu_now());
         let r = xen.decrease_reservation(&self.batch, order);
         let k = r.map_or(0, |k| k.min(self.batch.len()));
-        self.charge(t0, (k as u64) << order);
+        self.charge(t0, c0, (k as u64) << order);
         self.ballooned[idx(order)].extend_from_slice(&self.batch[..k]);
         self.counters.released[idx(order)] += k as u64;
         self.counters.boot_excess_pages += (k as u64) << order;
@@ -909,20 +973,29 @@ impl Balloon {
                 );
                 if self.clock.is_some() && self.step_timing.hypercalls != 0 {
                     self.steps_done += 1;
+                    let cpu_ns = self
+                        .cpu_now()
+                        .map_or(0, |c| c.saturating_sub(self.target_set_cpu_ns));
                     let s = StepTiming {
                         seq: self.steps_done,
                         total_ns: took,
+                        cpu_ns,
                         ..self.step_timing
                     };
                     log::info!(
-                        "balloon: step to {} KiB: {} us, {} us in {} hypercall(s), {} us outside ({}.{} %)",
+                        "balloon: step to {} KiB: {} us, {} us in {} hypercall(s), {} us outside ({}.{} %; {} us of it in the memory model); on the CPU {} us, {} us of it outside the hypercalls ({}.{} % of the step)",
                         s.target_kib,
                         s.total_ns / 1000,
                         s.hypercall_ns / 1000,
                         s.hypercalls,
                         s.outside_ns() / 1000,
                         s.outside_permille() / 10,
-                        s.outside_permille() % 10
+                        s.outside_permille() % 10,
+                        s.model_ns / 1000,
+                        s.cpu_ns / 1000,
+                        s.outside_cpu_ns() / 1000,
+                        s.outside_cpu_permille() / 10,
+                        s.outside_cpu_permille() % 10
                     );
                     self.last_step = Some(s);
                 }
@@ -959,7 +1032,9 @@ impl Balloon {
             if hot_only && self.hotplugged.is_empty() {
                 continue;
             }
+            let t0 = self.clock_now();
             self.take_free(mm, order, n, hot_only)?;
+            self.charge_model(t0);
             if self.batch.is_empty() {
                 continue;
             }
@@ -1036,10 +1111,10 @@ impl Balloon {
         order: u32,
     ) -> Result<Result<usize, Errno>, Failure> {
         self.counters.hypercalls += 1;
-        let t0 = self.clock_now();
+        let (t0, c0) = (self.clock_now(), self.cpu_now());
         let r = xen.decrease_reservation(&self.batch, order);
         let k = r.map_or(0, |k| k.min(self.batch.len()));
-        self.charge(t0, (k as u64) << order);
+        self.charge(t0, c0, (k as u64) << order);
         self.ballooned[idx(order)].extend_from_slice(&self.batch[..k]);
         self.counters.released[idx(order)] += k as u64;
         for &g in &self.batch[k..] {
@@ -1113,17 +1188,19 @@ impl Balloon {
         order: u32,
     ) -> Result<Result<usize, Errno>, Failure> {
         self.counters.hypercalls += 1;
-        let t0 = self.clock_now();
+        let (t0, c0) = (self.clock_now(), self.cpu_now());
         let r = xen.populate_physmap(&self.batch, order);
         let k = r.map_or(0, |k| k.min(self.batch.len()));
-        self.charge(t0, (k as u64) << order);
+        self.charge(t0, c0, (k as u64) << order);
         self.counters.populated[idx(order)] += k as u64;
         // Back on the list first so the bookkeeping is whole even if the model refuses.
         self.ballooned[idx(order)].extend(self.batch[k..].iter().rev());
+        let t1 = self.clock_now();
         for &g in &self.batch[..k] {
             mm.populate(Pfn(g), order as u8)
                 .map_err(|e| Failure::Model("populate", e))?;
         }
+        self.charge_model(t1);
         Ok(r.map(|_| k))
     }
 
@@ -1267,7 +1344,11 @@ impl BalloonStatus {
     /// | `step/total-us` | new target → reached, guest clock |
     /// | `step/hypercall-us` | of which inside `populate_physmap` / `decrease_reservation` |
     /// | `step/outside-us` | the rest: ours |
+    /// | `step/model-us` | of the rest, in the memory model (memmap updates, free lists) |
     /// | `step/outside-permille` | outside / total × 1000 |
+    /// | `step/cpu-us` | the balloon vCPU's time on a CPU over the step (Xen's runstate; the rest of `total-us` it waited for the CPU or blocked) |
+    /// | `step/outside-cpu-us` | of `cpu-us`, outside the hypercalls: our own work |
+    /// | `step/outside-cpu-permille` | outside-cpu / total × 1000 |
     /// | `step/hypercalls` | reservation hypercalls in the step |
     /// | `step/pages` | pages moved in the step |
     pub fn fields(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
@@ -1310,6 +1391,16 @@ impl BalloonStatus {
                 ("step/total-us", format!("{}", s.total_ns / 1000)),
                 ("step/hypercall-us", format!("{}", s.hypercall_ns / 1000)),
                 ("step/outside-us", format!("{}", s.outside_ns() / 1000)),
+                ("step/model-us", format!("{}", s.model_ns / 1000)),
+                ("step/cpu-us", format!("{}", s.cpu_ns / 1000)),
+                (
+                    "step/outside-cpu-us",
+                    format!("{}", s.outside_cpu_ns() / 1000),
+                ),
+                (
+                    "step/outside-cpu-permille",
+                    format!("{}", s.outside_cpu_permille()),
+                ),
                 ("step/outside-permille", format!("{}", s.outside_permille())),
                 ("step/hypercalls", format!("{}", s.hypercalls)),
                 ("step/pages", format!("{}", s.pages)),

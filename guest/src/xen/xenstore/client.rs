@@ -43,6 +43,15 @@ pub struct XsStats {
     pub unknown_messages: u64,
 }
 
+/// One request of [`XenstoreClient::batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XsReq<'a> {
+    /// Set a node's value (as [`XsOps::write`]).
+    Write(&'a str, &'a [u8]),
+    /// Register a watch `(path, token)` (as [`XenstoreClient::watch`]).
+    Watch(&'a str, &'a str),
+}
+
 /// A xenstore connection over the shared ring page.
 ///
 /// `H` provides the event channel (notify / take_pending), `SCHEDOP_poll` and the clock:
@@ -301,37 +310,79 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
         tx: u32,
         payload: &[u8],
     ) -> Result<Vec<u8>, XsError> {
+        self.pipeline(tx, &[(type_, payload)])
+            .pop()
+            .expect("one result per request")
+    }
+
+    /// Sends every request at once and then collects the replies, in order: one round
+    /// trip to xenstored for all of them instead of one each (it answers a connection's
+    /// requests in order). Each result is what [`Self::request`] would have returned; an
+    /// `XS_ERROR` reply fails only its own request. A transport failure (timeout, ring)
+    /// fails the request it happened on and every later one, whose replies are then
+    /// recognised and dropped if they still come.
+    fn pipeline(
+        &mut self,
+        tx: u32,
+        reqs: &[(XsdSockmsgType, &[u8])],
+    ) -> Vec<Result<Vec<u8>, XsError>> {
         if self.broken.is_some() {
-            return Err(XsError::Disconnected);
+            return reqs.iter().map(|_| Err(XsError::Disconnected)).collect();
         }
-        let id = self.next_req_id;
-        // Skip 0: watch events carry req_id 0.
-        self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
-        let bytes = codec::encode(type_, id, tx, payload)?;
-        self.out.extend_from_slice(&bytes);
+        let mut sent: Vec<Result<u32, XsError>> = Vec::with_capacity(reqs.len());
+        for &(type_, payload) in reqs {
+            let id = self.next_req_id;
+            // Skip 0: watch events carry req_id 0.
+            self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
+            sent.push(codec::encode(type_, id, tx, payload).map(|bytes| {
+                self.out.extend_from_slice(&bytes);
+                id
+            }));
+        }
         let deadline = self.hv.now_ns().saturating_add(self.timeout_ns);
-        let reply = match self.wait_until(deadline, |c| c.drain(Some(id))) {
-            Ok(Some(m)) => m,
-            Ok(None) => {
+        let mut transport: Option<XsError> = None;
+        let mut results = Vec::with_capacity(reqs.len());
+        for (&(type_, _), id) in reqs.iter().zip(sent) {
+            let id = match id {
+                Ok(id) => id,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            if let Some(e) = &transport {
                 self.abandon(id);
-                return Err(XsError::Timeout);
+                results.push(Err(e.clone()));
+                continue;
             }
-            Err(e) => {
-                // The reply may still come; recognise and drop it then.
-                self.abandon(id);
-                return Err(e);
-            }
-        };
-        if reply.type_ == XsdSockmsgType::Error {
-            return Err(codec::parse_error(&reply.payload));
-        }
-        if reply.type_ != type_ {
-            return Err(XsError::UnexpectedType {
-                expected: type_.as_u32(),
-                got: reply.type_.as_u32(),
+            let reply = match self.wait_until(deadline, |c| c.drain(Some(id))) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    self.abandon(id);
+                    transport = Some(XsError::Timeout);
+                    results.push(Err(XsError::Timeout));
+                    continue;
+                }
+                Err(e) => {
+                    // The reply may still come; recognise and drop it then.
+                    self.abandon(id);
+                    transport = Some(e.clone());
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            results.push(if reply.type_ == XsdSockmsgType::Error {
+                Err(codec::parse_error(&reply.payload))
+            } else if reply.type_ != type_ {
+                Err(XsError::UnexpectedType {
+                    expected: type_.as_u32(),
+                    got: reply.type_.as_u32(),
+                })
+            } else {
+                Ok(reply.payload)
             });
         }
-        Ok(reply.payload)
+        results
     }
 
     // ----- watches -----
@@ -339,18 +390,57 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
     /// Registers a watch on `path` (and everything below it). xenstored fires one event
     /// at once, then one per change. Use a token unique to this watch.
     pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        codec::check_arg(path, "path")?;
-        codec::check_arg(token, "token")?;
-        let r = self.request(
-            XsdSockmsgType::Watch,
-            0,
-            &codec::strings_payload(&[path, token]),
-        )?;
-        codec::parse_ok(&r)?;
-        if !self.watches.iter().any(|(p, t)| p == path && t == token) {
-            self.watches.push((path.into(), token.into()));
+        self.batch(&[XsReq::Watch(path, token)])
+            .pop()
+            .expect("one result per request")
+    }
+
+    /// Writes and watch registrations sent together, in one round trip, applied by
+    /// xenstored in the order given (so a write listed after a watch happens after the
+    /// watch is registered). One result each; a failed one does not stop the rest.
+    pub fn batch(&mut self, reqs: &[XsReq<'_>]) -> Vec<Result<(), XsError>> {
+        let payloads: Vec<Result<(XsdSockmsgType, Vec<u8>), XsError>> = reqs
+            .iter()
+            .map(|r| match *r {
+                XsReq::Write(path, value) => codec::check_arg(path, "path").map(|()| {
+                    let mut p = Vec::with_capacity(path.len() + 1 + value.len());
+                    p.extend_from_slice(path.as_bytes());
+                    p.push(0);
+                    p.extend_from_slice(value);
+                    (XsdSockmsgType::Write, p)
+                }),
+                XsReq::Watch(path, token) => codec::check_arg(path, "path")
+                    .and_then(|()| codec::check_arg(token, "token"))
+                    .map(|()| {
+                        (
+                            XsdSockmsgType::Watch,
+                            codec::strings_payload(&[path, token]),
+                        )
+                    }),
+            })
+            .collect();
+        let sendable: Vec<(XsdSockmsgType, &[u8])> = payloads
+            .iter()
+            .filter_map(|p| p.as_ref().ok().map(|(t, p)| (*t, p.as_slice())))
+            .collect();
+        let mut replies = self.pipeline(0, &sendable).into_iter();
+        let mut out = Vec::with_capacity(reqs.len());
+        for (req, p) in reqs.iter().zip(&payloads) {
+            let r = match p {
+                Err(e) => Err(e.clone()),
+                Ok(_) => replies
+                    .next()
+                    .expect("one reply per request sent")
+                    .and_then(|reply| codec::parse_ok(&reply)),
+            };
+            if let (Ok(()), XsReq::Watch(path, token)) = (&r, req) {
+                if !self.watches.iter().any(|(p, t)| p == path && t == token) {
+                    self.watches.push(((*path).into(), (*token).into()));
+                }
+            }
+            out.push(r);
         }
-        Ok(())
+        out
     }
 
     /// Removes a watch and drops its queued events (matched by token).
@@ -471,6 +561,40 @@ pub trait XsOps {
     /// Sends a node request (in this context's transaction) and returns the reply payload.
     fn node_request(&mut self, type_: XsdSockmsgType, payload: &[u8]) -> Result<Vec<u8>, XsError>;
 
+    /// Sends several node requests in one round trip (see `XenstoreClient::pipeline`);
+    /// one result each, in order.
+    fn node_requests(&mut self, reqs: &[(XsdSockmsgType, &[u8])]) -> Vec<Result<Vec<u8>, XsError>>;
+
+    /// The values of several nodes, read in one round trip; one result each.
+    fn read_many(&mut self, paths: &[&str]) -> Vec<Result<Vec<u8>, XsError>> {
+        let payloads: Vec<Result<Vec<u8>, XsError>> = paths
+            .iter()
+            .map(|p| codec::check_arg(p, "path").map(|()| codec::strings_payload(&[p])))
+            .collect();
+        run_checked(self, XsdSockmsgType::Read, payloads)
+    }
+
+    /// Sets several nodes in one round trip (xenstored applies them in order); one result
+    /// each. Outside a transaction a reader may see some of them set before the rest.
+    fn write_many(&mut self, nodes: &[(&str, &[u8])]) -> Vec<Result<(), XsError>> {
+        let payloads: Vec<Result<Vec<u8>, XsError>> = nodes
+            .iter()
+            .map(|(path, value)| {
+                codec::check_arg(path, "path").map(|()| {
+                    let mut p = Vec::with_capacity(path.len() + 1 + value.len());
+                    p.extend_from_slice(path.as_bytes());
+                    p.push(0);
+                    p.extend_from_slice(value);
+                    p
+                })
+            })
+            .collect();
+        run_checked(self, XsdSockmsgType::Write, payloads)
+            .into_iter()
+            .map(|r| r.and_then(|reply| codec::parse_ok(&reply)))
+            .collect()
+    }
+
     /// The value of a node.
     fn read(&mut self, path: &str) -> Result<Vec<u8>, XsError> {
         codec::check_arg(path, "path")?;
@@ -541,6 +665,27 @@ pub trait XsOps {
     }
 }
 
+/// Sends the payloads that passed their argument checks in one round trip; the others
+/// keep their check error. One result per payload, in order.
+fn run_checked<O: XsOps + ?Sized>(
+    o: &mut O,
+    type_: XsdSockmsgType,
+    payloads: Vec<Result<Vec<u8>, XsError>>,
+) -> Vec<Result<Vec<u8>, XsError>> {
+    let reqs: Vec<(XsdSockmsgType, &[u8])> = payloads
+        .iter()
+        .filter_map(|p| p.as_ref().ok().map(|p| (type_, p.as_slice())))
+        .collect();
+    let mut replies = o.node_requests(&reqs).into_iter();
+    payloads
+        .iter()
+        .map(|p| match p {
+            Ok(_) => replies.next().expect("one reply per request sent"),
+            Err(e) => Err(e.clone()),
+        })
+        .collect()
+}
+
 /// Times a part-wise listing starts over because the directory changed meanwhile.
 pub const DIRECTORY_PART_RESTARTS: u32 = 8;
 /// Largest listing accepted in parts (a hostile daemon could otherwise stream forever).
@@ -586,6 +731,10 @@ impl<H: EventChannels + Sched + Clock> XsOps for XenstoreClient<H> {
     fn node_request(&mut self, type_: XsdSockmsgType, payload: &[u8]) -> Result<Vec<u8>, XsError> {
         self.request(type_, 0, payload)
     }
+
+    fn node_requests(&mut self, reqs: &[(XsdSockmsgType, &[u8])]) -> Vec<Result<Vec<u8>, XsError>> {
+        self.pipeline(0, reqs)
+    }
 }
 
 /// Node operations inside a transaction: they see the transaction's view and take effect
@@ -604,5 +753,9 @@ impl<H> Transaction<'_, H> {
 impl<H: EventChannels + Sched + Clock> XsOps for Transaction<'_, H> {
     fn node_request(&mut self, type_: XsdSockmsgType, payload: &[u8]) -> Result<Vec<u8>, XsError> {
         self.client.request(type_, self.tx.0, payload)
+    }
+
+    fn node_requests(&mut self, reqs: &[(XsdSockmsgType, &[u8])]) -> Vec<Result<Vec<u8>, XsError>> {
+        self.client.pipeline(self.tx.0, reqs)
     }
 }

@@ -43,8 +43,8 @@ mod error;
 pub mod ring;
 
 pub use client::{
-    Transaction, TxId, XenstoreClient, XsOps, XsStats, DEFAULT_TIMEOUT_NS, DEFAULT_TX_ATTEMPTS,
-    MAX_QUEUED_EVENTS,
+    Transaction, TxId, XenstoreClient, XsOps, XsReq, XsStats, DEFAULT_TIMEOUT_NS,
+    DEFAULT_TX_ATTEMPTS, MAX_QUEUED_EVENTS,
 };
 pub use codec::WatchEvent;
 pub use error::XsError;
