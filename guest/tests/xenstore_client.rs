@@ -434,16 +434,18 @@ fn batch_writes_and_watches_in_order() {
         XsReq::Write("data/q/a", b"1"),
         XsReq::Watch("control/shutdown", "tok"),
         XsReq::Write("/local/domain/0/forbidden", b"x"),
+        XsReq::Read("data/q/a"),
         XsReq::Write("data/q/ready", b"1"),
     ]);
-    assert_eq!(r[0], Ok(()));
-    assert_eq!(r[1], Ok(()));
+    assert_eq!(r[0], Ok(vec![]));
+    assert_eq!(r[1], Ok(vec![]));
     assert_eq!(
         r[2],
         Err(XsError::Xs(Errno::EACCES)),
         "a refused write fails alone"
     );
-    assert_eq!(r[3], Ok(()));
+    assert_eq!(r[3], Ok(b"1".to_vec()), "a read sees the write before it");
+    assert_eq!(r[4], Ok(vec![]));
     assert!(sim.stats().notifies - before <= 2, "{:?}", sim.stats());
     assert_eq!(sim.xs_read("data/q/a").unwrap(), b"1");
     assert_eq!(sim.xs_read("data/q/ready").unwrap(), b"1");
@@ -454,6 +456,7 @@ fn batch_writes_and_watches_in_order() {
             XsdSockmsgType::Write.as_u32(),
             XsdSockmsgType::Watch.as_u32(),
             XsdSockmsgType::Write.as_u32(),
+            XsdSockmsgType::Read.as_u32(),
             XsdSockmsgType::Write.as_u32()
         ],
         "sent in the order given"

@@ -1,6 +1,7 @@
 //! What the PVH start_info tells us, copied out of low memory before anything reuses it.
 
 use core::fmt;
+use core::fmt::Write;
 
 use xen_bindings::abi::start_info::{memmap_type, HvmMemmapEntry, HvmStartInfo, HVM_START_MAGIC};
 
@@ -121,7 +122,9 @@ impl BootInfo {
     }
 
     pub fn log_memmap(&self) {
-        for e in self.memmap() {
+        // One line (each costs an exit and a line of Xen's serial console at boot).
+        let mut line = alloc::string::String::from("memmap:");
+        for (i, e) in self.memmap().iter().enumerate() {
             let kind = match e.type_ {
                 memmap_type::RAM => "RAM",
                 memmap_type::RESERVED => "reserved",
@@ -132,16 +135,12 @@ impl BootInfo {
                 memmap_type::PMEM => "pmem",
                 _ => "unknown",
             };
-            log::info!(
-                "memmap: [{:#014x}-{:#014x}) {}",
-                e.addr,
-                e.addr + e.size,
-                kind
-            );
+            let sep = if i == 0 { " " } else { ", " };
+            let _ = write!(line, "{sep}[{:#x}-{:#x}) {kind}", e.addr, e.addr + e.size);
         }
         let (ks, ke) = crate::arch::entry::kernel_extent();
         log::info!(
-            "kernel image [{ks:#x}-{ke:#x}), {} KiB RAM in the memmap",
+            "{line}; kernel image [{ks:#x}-{ke:#x}), {} KiB RAM",
             self.ram_bytes() >> 10
         );
         log::debug!(

@@ -108,6 +108,7 @@ pub fn init(info: &BootInfo, touchable: Option<u64>) -> &'static Model {
             plan.storage_bytes >> 10
         )
     };
+    crate::boottime::mark("memmap-plan");
     let base = NonNull::new(region.start.addr() as *mut u8).expect("storage region at pfn 0");
     // SAFETY: `region` is touchable RAM below 4 GiB (identity-mapped by the boot tables),
     // clear of the kernel image and loader data, and used by nothing else: the builder
@@ -125,6 +126,7 @@ pub fn init(info: &BootInfo, touchable: Option<u64>) -> &'static Model {
         Ok(m) => m,
         Err(e) => panic!("cannot build the memory model: {e}"),
     };
+    crate::boottime::mark("memmap-build");
     mm.end_boot();
     let mm = MM.call_once(|| mm);
     crate::arch::page_tables::set_table_source(table_frame);
@@ -138,10 +140,16 @@ pub fn init(info: &BootInfo, touchable: Option<u64>) -> &'static Model {
         STORAGE_HEADROOM >> 10,
         plan.touch_limit.0
     );
+    mm
+}
+
+/// The sections and the census, one line each (after ready under Xen: each line costs
+/// an exit and a line of Xen's serial console, which a booting guest waits for).
+pub fn log_layout(mm: &Model) {
     for s in mm.sections() {
         log::info!("mm: {s}");
     }
-    mm
+    log_census(mm);
 }
 
 /// The entry stub mapped the low 4 GiB; map RAM above it too (tables from the allocator).

@@ -118,6 +118,7 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
         Ok(tot) => kmem::touchable_ram_pages(&info, tot),
         Err(e) => panic!("XENMEM_current_reservation failed: {e}"),
     });
+    boottime::mark("reservation");
     if let Some(t) = touchable {
         log::info!(
             "populate-on-demand: {} of {} RAM pages may be touched",
@@ -157,11 +158,11 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     }
     boottime::mark("balloon");
     kmem::map_ram_above_4g(&info);
-    kmem::log_census(mm);
     boottime::mark("paging");
 
     match xen {
         None => {
+            kmem::log_layout(mm);
             log::warn!("no Xen hypervisor found (CPUID 0x40000000-0x4000ff00): nothing to do");
             log::info!(
                 "boot without Xen: {} MiB RAM in the memmap",

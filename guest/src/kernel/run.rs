@@ -38,21 +38,25 @@ pub fn run(
         klog::write_raw(format!("{line}\n").as_bytes());
     }
     // Every xenstore round trip wakes xenstored in dom0, which on a busy host means
-    // waiting for it: the boot makes three (what the ready line reports; the vCPUs'
-    // availability; everything written before ready, in one batch).
+    // waiting for it: the boot makes one (two with more than one vCPU: their
+    // availability decides what data/smp says).
     let mut xs = match connect_xenstore(&xen) {
         Ok(xs) => xs,
         Err(e) => panic!("cannot connect to xenstore: {e:?}"),
     };
-    let mut r = xs.read_many(&["domid", "memory/target"]).into_iter();
-    let domid = parse_u64("domid", r.next().expect("one result per read"));
-    let target = parse_u64("memory/target", r.next().expect("one result per read"));
-    crate::boottime::mark("xenstore");
-    crate::smp::start(&xen, &mut xs);
+    let cpu_paths = crate::smp::probe_max();
+    if crate::smp::max_vcpus() > 1 {
+        let paths: Vec<&str> = cpu_paths.iter().map(|p| p.as_str()).collect();
+        crate::smp::start(&xen, xs.read_many(&paths));
+    } else {
+        // vCPU 0 is online whatever cpu/0/availability says.
+        crate::smp::start(&xen, Vec::new());
+    }
     crate::boottime::mark("smp");
     let online = format!("{}", crate::smp::online());
     let max = format!("{}", crate::smp::max_vcpus());
-    let mut reqs = FEATURES.map(|k| XsReq::Write(k, b"1")).to_vec();
+    let mut reqs = alloc::vec![XsReq::Read("domid"), XsReq::Read("memory/target")];
+    reqs.extend(FEATURES.map(|k| XsReq::Write(k, b"1")));
     reqs.extend([
         XsReq::Write("data/smp/online", online.as_bytes()),
         XsReq::Write("data/smp/max", max.as_bytes()),
@@ -60,9 +64,14 @@ pub fn run(
         // Last: the toolstack may act on it, and everything above is in place by then.
         XsReq::Write("data/ready", b"1"),
     ]);
-    let results = xs.batch(&reqs);
-    for (req, r) in reqs.iter().zip(results) {
-        report_boot_request(req, r);
+    let mut results = xs.batch(&reqs).into_iter();
+    let domid = parse_u64("domid", results.next().expect("one result per request"));
+    let target = parse_u64(
+        "memory/target",
+        results.next().expect("one result per request"),
+    );
+    for (req, r) in reqs[2..].iter().zip(results) {
+        report_boot_request(req, r.map(drop));
     }
     crate::boottime::mark("ready");
     log::info!(
@@ -85,6 +94,7 @@ pub fn run(
         });
         log::info!("boot: {line}{rs}");
     }
+    crate::kmem::log_layout(mm);
     let extra = crate::kmem::xen_extra_pages(info);
     log::info!(
         "mm: Xen should account {extra} pages beyond our RAM (special pages + ACPI - shared_info)"
@@ -221,6 +231,7 @@ fn report_boot_request(req: &XsReq<'_>, r: Result<(), XsError>) {
             log::error!("cannot watch {path} ({e:?}): xl shutdown will not work")
         }
         XsReq::Write(path, _) => log::warn!("cannot write {path}: {e:?}"),
+        XsReq::Read(path) => log::warn!("cannot read {path}: {e:?}"),
     }
 }
 
@@ -228,7 +239,7 @@ fn report_boot_request(req: &XsReq<'_>, r: Result<(), XsError>) {
 fn announce_features(xs: &mut Xenstore) {
     let reqs = FEATURES.map(|k| XsReq::Write(k, b"1"));
     for (req, r) in reqs.iter().zip(xs.batch(&reqs)) {
-        report_boot_request(req, r);
+        report_boot_request(req, r.map(drop));
     }
 }
 

@@ -38,7 +38,7 @@ use crate::arch::idt::{self, CpuTables};
 use crate::arch::percpu::{self, PerCpu};
 use crate::hv::{Xen, Xenstore};
 use crate::irq;
-use guest::xen::xenstore::XsOps;
+use guest::xen::xenstore::{XsError, XsOps};
 use xen_bindings::traits::Clock;
 
 /// vCPUs this kernel can run: those with a `vcpu_info` slot in shared_info.
@@ -162,9 +162,9 @@ fn probe() -> u32 {
     n
 }
 
-/// At boot, once xenstore works: finds `max_vcpus` and brings up every vCPU whose
-/// `cpu/<n>/availability` is `online`.
-pub fn start(xen: &Xen, xs: &mut Xenstore) {
+/// At boot, before xenstore is read: finds `max_vcpus` (hypercalls only). Returns the
+/// xenstore paths [`start`] needs, so that the caller can read them with its own.
+pub fn probe_max() -> alloc::vec::Vec<alloc::string::String> {
     let max = probe();
     MAX_VCPUS.store(max, Ordering::Relaxed);
     if max as usize > MAX_CPUS {
@@ -172,23 +172,36 @@ pub fn start(xen: &Xen, xs: &mut Xenstore) {
             "smp: max_vcpus = {max}; vCPUs {MAX_CPUS} and above have no shared_info slot and stay down"
         );
     }
-    apply_availability(xen, xs);
-    log::info!("smp: {} of {} vCPUs online", online(), max);
+    availability_paths()
 }
 
-/// Makes the running vCPUs match `cpu/<n>/availability` (boot, and the `cpu` watch that
-/// `xl vcpu-set` fires). Returns how many vCPUs changed.
-pub fn apply_availability(xen: &Xen, xs: &mut Xenstore) -> u32 {
-    let mut changed = 0;
-    let ids = 0..max_vcpus().min(MAX_CPUS as u32);
-    let owned: alloc::vec::Vec<_> = ids
-        .clone()
+/// At boot: brings up every vCPU whose `cpu/<n>/availability` (the values read for
+/// [`probe_max`]'s paths, in order) is `online`.
+pub fn start(xen: &Xen, values: alloc::vec::Vec<Result<alloc::vec::Vec<u8>, XsError>>) {
+    apply(xen, values);
+    log::info!("smp: {} of {} vCPUs online", online(), max_vcpus());
+}
+
+/// `cpu/<n>/availability` for every vCPU we can run.
+fn availability_paths() -> alloc::vec::Vec<alloc::string::String> {
+    (0..max_vcpus().min(MAX_CPUS as u32))
         .map(|id| alloc::format!("cpu/{id}/availability"))
-        .collect();
+        .collect()
+}
+
+/// Makes the running vCPUs match `cpu/<n>/availability` (the `cpu` watch that `xl
+/// vcpu-set` fires). Returns how many vCPUs changed.
+pub fn apply_availability(xen: &Xen, xs: &mut Xenstore) -> u32 {
+    let owned = availability_paths();
     let paths: alloc::vec::Vec<&str> = owned.iter().map(|p| p.as_str()).collect();
     // One round trip for all of them.
-    let values = xs.read_many(&paths);
-    for (id, value) in ids.zip(values) {
+    apply(xen, xs.read_many(&paths))
+}
+
+/// Brings vCPU `n` up or down as `values[n]` (its `cpu/<n>/availability`) says.
+fn apply(xen: &Xen, values: alloc::vec::Vec<Result<alloc::vec::Vec<u8>, XsError>>) -> u32 {
+    let mut changed = 0;
+    for (id, value) in (0u32..).zip(values) {
         let want = match value {
             Ok(v) if v == b"online" => true,
             Ok(v) if v == b"offline" => false,

@@ -334,6 +334,13 @@ impl<S: MemmapStorage> MemModel<S> {
         c
     }
 
+    /// [`Census::ram_pages`] alone, from the counters (what the balloon asks every step;
+    /// no walk over the sections' maps).
+    pub fn ram_pages(&self) -> u64 {
+        let g = self.inner.lock();
+        Census::from_stats(&g.stats, &g.free, g.phase).ram_pages()
+    }
+
     /// Fill the census numbers read from the sections' maps (lock held, so they agree
     /// with the counters): active subsections, and sections and subsections per kind.
     fn count_sections(&self, c: &mut Census) {

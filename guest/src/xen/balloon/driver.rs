@@ -671,7 +671,7 @@ impl Balloon {
 
     /// Whether the model holds more RAM than the (effective) target: going down.
     pub fn above_target<S: MemmapStorage>(&self, mm: &MemModel<S>) -> bool {
-        self.target.is_some() && mm.census().ram_pages() > self.target_pages
+        self.target.is_some() && mm.ram_pages() > self.target_pages
     }
 
     /// Retry at once (something freed memory the driver may now give back).
@@ -954,7 +954,7 @@ impl Balloon {
         if self.target.is_none() {
             return Ok(StepOutcome::Done);
         }
-        let current = mm.census().ram_pages();
+        let current = mm.ram_pages();
         let goal = self.target_pages.saturating_sub(self.handback_pages);
         if current > goal {
             self.need_hotplug_pages = 0;
@@ -1213,7 +1213,7 @@ impl Balloon {
             return;
         }
         if let Ok(tot) = xen.current_reservation() {
-            let delta = tot as i64 - mm.census().ram_pages() as i64;
+            let delta = tot as i64 - mm.ram_pages() as i64;
             self.offset = Some(delta);
             self.last_delta = Some(delta);
             log::info!(
@@ -1245,7 +1245,7 @@ impl Balloon {
             return Ok(());
         };
         let tot = xen.current_reservation().map_err(AccountingError::Xen)?;
-        let found = tot as i64 - mm.census().ram_pages() as i64;
+        let found = tot as i64 - mm.ram_pages() as i64;
         self.last_delta = Some(found);
         let at_rest = matches!(
             self.state,
@@ -1267,7 +1267,7 @@ impl Balloon {
     /// A snapshot for `data/balloon/`.
     pub fn status<S: MemmapStorage>(&self, mm: &MemModel<S>) -> BalloonStatus {
         BalloonStatus {
-            current_kib: mm.census().ram_pages() * KIB_PER_PAGE,
+            current_kib: mm.ram_pages() * KIB_PER_PAGE,
             target_kib: self.target.map(|t| t.requested_kib),
             effective_target_kib: self.target.map(|t| t.effective_kib),
             ballooned_kib: (self.ballooned_pages() + self.unreleased_pages()) * KIB_PER_PAGE,

@@ -46,6 +46,8 @@ pub struct XsStats {
 /// One request of [`XenstoreClient::batch`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XsReq<'a> {
+    /// A node's value (as [`XsOps::read`]).
+    Read(&'a str),
     /// Set a node's value (as [`XsOps::write`]).
     Write(&'a str, &'a [u8]),
     /// Register a watch `(path, token)` (as [`XenstoreClient::watch`]).
@@ -393,15 +395,19 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
         self.batch(&[XsReq::Watch(path, token)])
             .pop()
             .expect("one result per request")
+            .map(drop)
     }
 
-    /// Writes and watch registrations sent together, in one round trip, applied by
-    /// xenstored in the order given (so a write listed after a watch happens after the
-    /// watch is registered). One result each; a failed one does not stop the rest.
-    pub fn batch(&mut self, reqs: &[XsReq<'_>]) -> Vec<Result<(), XsError>> {
+    /// Reads, writes and watch registrations sent together, in one round trip, applied
+    /// by xenstored in the order given (so a write listed after a watch happens after the
+    /// watch is registered). One result each — a read's value, empty for the others; a
+    /// failed one does not stop the rest.
+    pub fn batch(&mut self, reqs: &[XsReq<'_>]) -> Vec<Result<Vec<u8>, XsError>> {
         let payloads: Vec<Result<(XsdSockmsgType, Vec<u8>), XsError>> = reqs
             .iter()
             .map(|r| match *r {
+                XsReq::Read(path) => codec::check_arg(path, "path")
+                    .map(|()| (XsdSockmsgType::Read, codec::strings_payload(&[path]))),
                 XsReq::Write(path, value) => codec::check_arg(path, "path").map(|()| {
                     let mut p = Vec::with_capacity(path.len() + 1 + value.len());
                     p.extend_from_slice(path.as_bytes());
@@ -428,12 +434,15 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
         for (req, p) in reqs.iter().zip(&payloads) {
             let r = match p {
                 Err(e) => Err(e.clone()),
-                Ok(_) => replies
-                    .next()
-                    .expect("one reply per request sent")
-                    .and_then(|reply| codec::parse_ok(&reply)),
+                Ok(_) => {
+                    let reply = replies.next().expect("one reply per request sent");
+                    match req {
+                        XsReq::Read(_) => reply,
+                        _ => reply.and_then(|r| codec::parse_ok(&r)).map(|()| Vec::new()),
+                    }
+                }
             };
-            if let (Ok(()), XsReq::Watch(path, token)) = (&r, req) {
+            if let (Ok(_), XsReq::Watch(path, token)) = (&r, req) {
                 if !self.watches.iter().any(|(p, t)| p == path && t == token) {
                     self.watches.push(((*path).into(), (*token).into()));
                 }
