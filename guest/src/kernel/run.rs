@@ -80,7 +80,7 @@ pub fn run(
         target.map_or("?".into(), |t| format!("{t}"))
     );
     klog::release_console_notifications();
-    if let Some((_, line)) = crate::boottime::summary(|t| xen.tsc_delta_ns(t)) {
+    if let Some(line) = crate::boottime::summary(|t| xen.tsc_delta_ns(t)) {
         // Xen's account of vCPU 0 since it was created: the wall time above includes
         // waiting for the one physical CPU (dom0's xl and daemons) and for xenstored.
         let rs = xen.runstate(0).map_or(String::new(), |t| {

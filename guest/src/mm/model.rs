@@ -489,10 +489,12 @@ impl<S: MemmapStorage> MemModel<S> {
             .expect("a free block lies in one present subsection");
         // Unlinking made the head a tail like the rest: every page is a plain Free page
         // now, and `to` (Allocated, Offline) is plain too: one word each.
-        let free_w0 = PageDesc::plain_word0(Raw::Free(None)).expect("a free tail is plain");
         match PageDesc::plain_word0(Raw::State(to)) {
             Some(w0) => descs.iter().for_each(|d| {
-                debug_assert!(d.holds_plain(free_w0), "a taken free block holds a head");
+                debug_assert!(
+                    d.holds_plain(PageDesc::FREE_TAIL_WORD0),
+                    "a taken free block holds a head"
+                );
                 d.store_plain(w0)
             }),
             None => descs.iter().for_each(|d| d.store(Raw::State(to))),
@@ -618,7 +620,6 @@ impl<S: MemmapStorage> MemModel<S> {
             StateKind::Offline => PageDesc::plain_word0(Raw::State(PageState::Offline)),
             _ => None,
         };
-        let free_w0 = PageDesc::plain_word0(Raw::Free(None)).expect("a free tail is plain");
         let block = mm.run(pfn, 1 << order).filter(|descs| {
             check_transition(from, StateKind::Free, g.phase).is_ok()
                 && plain_from.is_some_and(|w0| descs.iter().all(|d| d.holds_plain(w0)))
@@ -638,7 +639,9 @@ impl<S: MemmapStorage> MemModel<S> {
             }
         }
         match block {
-            Some(descs) => descs.iter().for_each(|d| d.store_plain(free_w0)),
+            Some(descs) => descs
+                .iter()
+                .for_each(|d| d.store_plain(PageDesc::FREE_TAIL_WORD0)),
             None => range.iter().for_each(|p| mm.desc(p).store(Raw::Free(None))),
         }
         g.free.insert(&mm, pfn, order);

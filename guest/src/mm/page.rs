@@ -407,6 +407,13 @@ impl PageDesc {
         }
     }
 
+    /// [`Self::plain_word0`] of a Free page that is not a block head: every page of a
+    /// free block once it is off the lists, and what a populated block becomes.
+    pub(crate) const FREE_TAIL_WORD0: u64 = match Self::plain_word0(Raw::Free(None)) {
+        Some(w0) => w0,
+        None => panic!("a free tail keeps nothing in word 1"),
+    };
+
     /// Whether the descriptor holds exactly the plain state whose word 0 is `w0` (see
     /// [`Self::plain_word0`]). For the writer holding the mutation lock only: no other
     /// writer can change word 0 under it, so one load is a consistent read.

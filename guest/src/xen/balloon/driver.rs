@@ -191,9 +191,7 @@ impl StepTiming {
 
     /// Time outside the hypercalls per thousand of the step (0 for an empty step).
     pub fn outside_permille(&self) -> u64 {
-        (self.outside_ns() * 1000)
-            .checked_div(self.total_ns)
-            .unwrap_or(0)
+        self.permille_of_step(self.outside_ns())
     }
 
     /// CPU time outside the hypercalls: our own work, without the time we waited for
@@ -204,9 +202,12 @@ impl StepTiming {
 
     /// [`Self::outside_cpu_ns`] per thousand of the step's wall time.
     pub fn outside_cpu_permille(&self) -> u64 {
-        (self.outside_cpu_ns() * 1000)
-            .checked_div(self.total_ns)
-            .unwrap_or(0)
+        self.permille_of_step(self.outside_cpu_ns())
+    }
+
+    /// `ns` per thousand of the step's wall time (0 for an empty step).
+    fn permille_of_step(&self, ns: u64) -> u64 {
+        (ns * 1000).checked_div(self.total_ns).unwrap_or(0)
     }
 }
 

@@ -403,18 +403,13 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
     /// watch is registered). One result each — a read's value, empty for the others; a
     /// failed one does not stop the rest.
     pub fn batch(&mut self, reqs: &[XsReq<'_>]) -> Vec<Result<Vec<u8>, XsError>> {
-        let payloads: Vec<Result<(XsdSockmsgType, Vec<u8>), XsError>> = reqs
+        let payloads = reqs
             .iter()
             .map(|r| match *r {
                 XsReq::Read(path) => codec::check_arg(path, "path")
                     .map(|()| (XsdSockmsgType::Read, codec::strings_payload(&[path]))),
-                XsReq::Write(path, value) => codec::check_arg(path, "path").map(|()| {
-                    let mut p = Vec::with_capacity(path.len() + 1 + value.len());
-                    p.extend_from_slice(path.as_bytes());
-                    p.push(0);
-                    p.extend_from_slice(value);
-                    (XsdSockmsgType::Write, p)
-                }),
+                XsReq::Write(path, value) => codec::check_arg(path, "path")
+                    .map(|()| (XsdSockmsgType::Write, codec::write_payload(path, value))),
                 XsReq::Watch(path, token) => codec::check_arg(path, "path")
                     .and_then(|()| codec::check_arg(token, "token"))
                     .map(|()| {
@@ -425,22 +420,12 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
                     }),
             })
             .collect();
-        let sendable: Vec<(XsdSockmsgType, &[u8])> = payloads
-            .iter()
-            .filter_map(|p| p.as_ref().ok().map(|(t, p)| (*t, p.as_slice())))
-            .collect();
-        let mut replies = self.pipeline(0, &sendable).into_iter();
+        let replies = run_checked(self, payloads);
         let mut out = Vec::with_capacity(reqs.len());
-        for (req, p) in reqs.iter().zip(&payloads) {
-            let r = match p {
-                Err(e) => Err(e.clone()),
-                Ok(_) => {
-                    let reply = replies.next().expect("one reply per request sent");
-                    match req {
-                        XsReq::Read(_) => reply,
-                        _ => reply.and_then(|r| codec::parse_ok(&r)).map(|()| Vec::new()),
-                    }
-                }
+        for (req, reply) in reqs.iter().zip(replies) {
+            let r = match req {
+                XsReq::Read(_) => reply,
+                _ => reply.and_then(|r| codec::parse_ok(&r)).map(|()| Vec::new()),
             };
             if let (Ok(_), XsReq::Watch(path, token)) = (&r, req) {
                 if !self.watches.iter().any(|(p, t)| p == path && t == token) {
@@ -576,29 +561,27 @@ pub trait XsOps {
 
     /// The values of several nodes, read in one round trip; one result each.
     fn read_many(&mut self, paths: &[&str]) -> Vec<Result<Vec<u8>, XsError>> {
-        let payloads: Vec<Result<Vec<u8>, XsError>> = paths
+        let payloads = paths
             .iter()
-            .map(|p| codec::check_arg(p, "path").map(|()| codec::strings_payload(&[p])))
+            .map(|p| {
+                codec::check_arg(p, "path")
+                    .map(|()| (XsdSockmsgType::Read, codec::strings_payload(&[p])))
+            })
             .collect();
-        run_checked(self, XsdSockmsgType::Read, payloads)
+        run_checked(self, payloads)
     }
 
     /// Sets several nodes in one round trip (xenstored applies them in order); one result
     /// each. Outside a transaction a reader may see some of them set before the rest.
     fn write_many(&mut self, nodes: &[(&str, &[u8])]) -> Vec<Result<(), XsError>> {
-        let payloads: Vec<Result<Vec<u8>, XsError>> = nodes
+        let payloads = nodes
             .iter()
             .map(|(path, value)| {
-                codec::check_arg(path, "path").map(|()| {
-                    let mut p = Vec::with_capacity(path.len() + 1 + value.len());
-                    p.extend_from_slice(path.as_bytes());
-                    p.push(0);
-                    p.extend_from_slice(value);
-                    p
-                })
+                codec::check_arg(path, "path")
+                    .map(|()| (XsdSockmsgType::Write, codec::write_payload(path, value)))
             })
             .collect();
-        run_checked(self, XsdSockmsgType::Write, payloads)
+        run_checked(self, payloads)
             .into_iter()
             .map(|r| r.and_then(|reply| codec::parse_ok(&reply)))
             .collect()
@@ -627,10 +610,7 @@ pub trait XsOps {
     /// Sets a node's value, creating it and missing parents.
     fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsError> {
         codec::check_arg(path, "path")?;
-        let mut p = Vec::with_capacity(path.len() + 1 + value.len());
-        p.extend_from_slice(path.as_bytes());
-        p.push(0);
-        p.extend_from_slice(value);
+        let p = codec::write_payload(path, value);
         codec::parse_ok(&self.node_request(XsdSockmsgType::Write, &p)?)
     }
 
@@ -674,16 +654,15 @@ pub trait XsOps {
     }
 }
 
-/// Sends the payloads that passed their argument checks in one round trip; the others
-/// keep their check error. One result per payload, in order.
+/// Sends the requests whose arguments passed their checks in one round trip; the others
+/// keep their check error. One result per request, in order.
 fn run_checked<O: XsOps + ?Sized>(
     o: &mut O,
-    type_: XsdSockmsgType,
-    payloads: Vec<Result<Vec<u8>, XsError>>,
+    payloads: Vec<Result<(XsdSockmsgType, Vec<u8>), XsError>>,
 ) -> Vec<Result<Vec<u8>, XsError>> {
     let reqs: Vec<(XsdSockmsgType, &[u8])> = payloads
         .iter()
-        .filter_map(|p| p.as_ref().ok().map(|p| (type_, p.as_slice())))
+        .filter_map(|p| p.as_ref().ok().map(|(t, p)| (*t, p.as_slice())))
         .collect();
     let mut replies = o.node_requests(&reqs).into_iter();
     payloads

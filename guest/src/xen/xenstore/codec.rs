@@ -69,6 +69,15 @@ pub fn strings_payload(args: &[&str]) -> Vec<u8> {
     v
 }
 
+/// The payload of `XS_WRITE`: the path, a NUL, then the value (no NUL after it).
+pub fn write_payload(path: &str, value: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(path.len() + 1 + value.len());
+    p.extend_from_slice(path.as_bytes());
+    p.push(0);
+    p.extend_from_slice(value);
+    p
+}
+
 /// Why the decoder refused a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
