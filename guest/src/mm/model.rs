@@ -720,6 +720,48 @@ impl<S: MemmapStorage> MemModel<S> {
         Ok(taken)
     }
 
+    /// Check, changing nothing, that every page of `range` is Offline in an active,
+    /// online section of `kind` (what the balloon requires before it adopts a hot-added
+    /// range as ballooned). Errors name the first page that is not: `NotActive`,
+    /// `WrongSection` or `Busy` with the state found. Under the mutation lock, one word
+    /// per descriptor ([`PageDesc::holds_plain`]): 512 MiB costs 131,072 loads, not a
+    /// reader's snapshot of each page.
+    pub fn check_offline(&self, range: PfnRange, kind: SectionKind) -> Result<(), MmError> {
+        let offline = PageDesc::plain_word0(Raw::State(PageState::Offline))
+            .expect("Offline keeps nothing in word 1");
+        let g = self.inner.lock();
+        let mm = Memmap::new(&self.root, &g.token);
+        let mut pfn = range.start;
+        while pfn < range.end {
+            let end = Pfn((pfn.subsection() + 1) * PAGES_PER_SUBSECTION).min(range.end);
+            match self.placement(pfn)? {
+                (k, true) if k == kind => {}
+                (k, online) => {
+                    return Err(MmError::WrongSection {
+                        pfn,
+                        kind: k,
+                        online,
+                    })
+                }
+            }
+            let descs = mm
+                .run(pfn, (end.0 - pfn.0) as usize)
+                .expect("a run inside one active subsection");
+            if !descs.iter().all(|d| d.holds_plain(offline)) {
+                // Slow path for the error (an Offline page never holds anything else,
+                // but name the state as a reader would see it).
+                for p in PfnRange::new(pfn, end).iter() {
+                    let state = mm.desc(p).load().kind();
+                    if state != StateKind::Offline {
+                        return Err(MmError::Busy { pfn: p, state });
+                    }
+                }
+            }
+            pfn = end;
+        }
+        Ok(())
+    }
+
     /// Pages of section `nr` per state (index with [`StateKind::index`]), counted by
     /// walking its present subsections under the mutation lock; `None` if it has none.
     pub fn section_pages(&self, nr: usize) -> Option<[u64; STATE_KINDS.len()]> {

@@ -404,6 +404,54 @@ proptest! {
 }
 
 #[test]
+fn check_offline_names_the_first_page_that_is_not() {
+    let m = MemModel::new(HeapStorage);
+    m.end_boot();
+    let nr = 40;
+    let first = subsection_start_pfn(nr, 0);
+    let whole = PfnRange::from_count(first, 1 << 15);
+    let kind = SectionKind::HotplugRam;
+    assert_eq!(m.check_offline(whole, kind), Err(MmError::NotActive(first)));
+    m.add_section(nr, kind).unwrap();
+    assert!(matches!(
+        m.check_offline(whole, kind),
+        Err(MmError::WrongSection { online: false, .. })
+    ));
+    m.online_section(nr).unwrap();
+    assert_eq!(m.check_offline(whole, kind), Ok(()));
+    assert!(matches!(
+        m.check_offline(whole, SectionKind::BootRam),
+        Err(MmError::WrongSection { online: true, .. })
+    ));
+    // One Free block in the fourth subsection: its first page is named, even for a
+    // range that starts in the middle of a subsection.
+    let sub3 = subsection_start_pfn(nr, 3);
+    m.populate(sub3.add(8), 3).unwrap();
+    let busy = Err(MmError::Busy {
+        pfn: sub3.add(8),
+        state: StateKind::Free,
+    });
+    assert_eq!(m.check_offline(whole, kind), busy);
+    assert_eq!(
+        m.check_offline(PfnRange::new(first.add(5), sub3.add(9)), kind),
+        busy
+    );
+    assert_eq!(
+        m.check_offline(PfnRange::new(first.add(5), sub3.add(8)), kind),
+        Ok(())
+    );
+    assert_eq!(
+        m.check_offline(PfnRange::new(sub3.add(16), whole.end), kind),
+        Ok(())
+    );
+    // Past the section: the next one is not there.
+    assert_eq!(
+        m.check_offline(PfnRange::new(sub3.add(16), whole.end.add(1)), kind),
+        Err(MmError::NotActive(whole.end))
+    );
+}
+
+#[test]
 fn hotplug_section_life_cycle() {
     let m = MemModel::new(HeapStorage);
     m.end_boot();

@@ -600,34 +600,7 @@ impl Balloon {
         {
             return Err(MmError::AlreadyPresent(range.start));
         }
-        {
-            let guard = mm.read();
-            let mut expect = range.start;
-            for page in guard.active_pages(range) {
-                if page.pfn() != expect {
-                    return Err(MmError::NotActive(expect));
-                }
-                let kind = page.section_kind();
-                if kind != SectionKind::HotplugRam || !page.section_online() {
-                    return Err(MmError::WrongSection {
-                        pfn: expect,
-                        kind,
-                        online: page.section_online(),
-                    });
-                }
-                let state = page.state();
-                if state != PageState::Offline {
-                    return Err(MmError::Busy {
-                        pfn: expect,
-                        state: state.kind(),
-                    });
-                }
-                expect = expect.add(1);
-            }
-            if expect != range.end {
-                return Err(MmError::NotActive(expect));
-            }
-        }
+        mm.check_offline(range, SectionKind::HotplugRam)?;
         // Bottom of the stack (used from the end), lowest subsection last-but-first:
         // hot-added extents populate after boot RAM's, in ascending order.
         let n = range.len() >> ORDER_SUBSECTION;
