@@ -101,11 +101,10 @@ pub(crate) fn init_block(
     base
 }
 
-/// Fill fresh storage with 512 copies of one state (the common case at boot and hotplug:
-/// encoded once, then a plain store loop close to memset speed).
-/// Fills a memmap block with [`PageDesc::POISON`]: fresh blocks before their
-/// initialisation and freed blocks before they go back to storage, so that a reader that
-/// reaches one (a missing grace period, an active bit set too early) finds no valid state.
+/// Fills a memmap block with [`PageDesc::POISON`]: freed blocks before they go back to
+/// storage, and fresh blocks before their initialisation when the early-active bug is
+/// injected, so that a reader that reaches one (a missing grace period, an active bit set
+/// too early) finds no valid state.
 pub(crate) fn poison_block(mem: NonNull<u8>) {
     let base = mem.cast::<[AtomicU64; 2]>();
     for i in 0..PAGES_PER_SUBSECTION as usize {
@@ -120,6 +119,8 @@ pub(crate) fn poison_block(mem: NonNull<u8>) {
     }
 }
 
+/// Fill fresh storage with 512 copies of one state (the common case at boot and hotplug:
+/// encoded once, then a plain store loop close to memset speed).
 pub(crate) fn fill_block(mem: NonNull<u8>, raw: Raw) -> NonNull<PageDesc> {
     let base = mem.cast::<[u64; 2]>();
     let words = PageDesc::new(raw).into_words();
