@@ -11,6 +11,7 @@
 //! | `walk` | run the saveable-page walker after every balloon settle (hotplug-walk scenario) |
 //! | `race` | every vCPU but 0 runs memmap walkers continuously against vCPU 0's hot-add/remove (race scenario) |
 //! | `race-bug=early-active\|no-grace` | test switch: inject an ordering bug the race walkers must detect (active bit before the descriptors are initialised; memmap freed without a grace period) |
+//! | `debugcon=all\|warn` | once running, which log lines still go to port 0xE9 (Xen's console, `xl dmesg`) besides the PV console: `all`, or only warnings and errors (default `warn`: each line there is emulated by Xen and printed on its serial console, ~0.5-1.5 ms of this vCPU under TCG). Before ready, panics and raw harness lines always go there |
 //! | `suspend-handback=on\|off` | before a suspend (`xl save`, `xl migrate`), hand free memory beyond a small reserve back to Xen and take it again afterwards (default `on`) |
 //! | `grant=give:N[:rw]` / `grant=map` | role in the two-guest grant handshake (`xen::grant::pair`): grant N pages (1..=256, read-only or `:rw`) to the peer, or map the peer's grants |
 //! | `say=TEXT` | test switch (harness-forgery scenario): print TEXT as a raw line on port 0xE9 and the PV console at boot; `+` is a space, `%XX` an ASCII byte (e.g. `%0D`); repeatable |
@@ -82,6 +83,8 @@ pub struct Cmdline {
     /// Hand free memory back to Xen before a suspend (so a save image holds only what is
     /// used) and take it again after.
     pub suspend_handback: bool,
+    /// Every log line to port 0xE9 once running, not only warnings and errors.
+    pub debugcon_all: bool,
     /// Lines to print raw at boot (`say=`, decoded), in order: lets a test make the guest
     /// print anything, e.g. forged harness markers.
     pub say: Vec<String>,
@@ -100,6 +103,7 @@ impl Default for Cmdline {
             race_bug: crate::mm::RaceBug::None,
             grant: None,
             suspend_handback: true,
+            debugcon_all: false,
             say: Vec::new(),
             rejected: Vec::new(),
         }
@@ -132,6 +136,15 @@ impl Cmdline {
                 ("grant", Some(v)) => crate::xen::grant::pair::Role::parse(v).map(|r| {
                     c.grant = Some(r);
                 }),
+                ("debugcon", Some("all")) => {
+                    c.debugcon_all = true;
+                    Ok(())
+                }
+                ("debugcon", Some("warn")) => {
+                    c.debugcon_all = false;
+                    Ok(())
+                }
+                ("debugcon", _) => Err("debugcon must be all or warn"),
                 ("suspend-handback", Some("on")) => {
                     c.suspend_handback = true;
                     Ok(())
@@ -245,6 +258,10 @@ mod tests {
         let c = Cmdline::parse("race-bug=yes race=1");
         assert_eq!(c.race_bug, crate::mm::RaceBug::None);
         assert!(!c.race && c.rejected.len() == 2);
+        assert!(!Cmdline::parse("").debugcon_all);
+        assert!(Cmdline::parse("debugcon=all").debugcon_all);
+        assert!(!Cmdline::parse("debugcon=all debugcon=warn").debugcon_all);
+        assert_eq!(Cmdline::parse("debugcon=on").rejected.len(), 1);
         assert!(Cmdline::parse("").suspend_handback);
         assert!(!Cmdline::parse("suspend-handback=off").suspend_handback);
         for bad in [

@@ -149,6 +149,7 @@ pub fn run(
                 publish_census(&mut xs, mm, extra);
             }
             publish_fields(&mut xs, "data/suspend", &m.suspend.fields());
+            klog::debugcon_running(cmdline.debugcon_all);
             event_loop(&xen, &mut xs, &mut m)
         }
     }
