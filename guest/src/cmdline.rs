@@ -11,7 +11,7 @@
 //! | `walk` | run the saveable-page walker after every balloon settle (hotplug-walk scenario) |
 //! | `race` | every vCPU but 0 runs memmap walkers continuously against vCPU 0's hot-add/remove (race scenario) |
 //! | `race-bug=early-active\|no-grace` | test switch: inject an ordering bug the race walkers must detect (active bit before the descriptors are initialised; memmap freed without a grace period) |
-//! | `debugcon=all\|warn` | once running, which log lines still go to port 0xE9 (Xen's console, `xl dmesg`) besides the PV console: `all`, or only warnings and errors (default `warn`: each line there is emulated by Xen and printed on its serial console, ~0.5-1.5 ms of this vCPU under TCG). Before ready, panics and raw harness lines always go there |
+//! | `debugcon=all\|warn` | which log lines go to port 0xE9 (Xen's console, `xl dmesg`) besides the PV console: `all`, or only warnings, errors, panics, raw harness lines, the first line and `ready` (default `warn`: Xen emulates each 0xE9 line and prints it on its serial console, ~0.5-1.5 ms of this vCPU under TCG). Without Xen or a PV console, and after a panic, every line goes there, the held boot lines first |
 //! | `suspend-handback=on\|off` | before a suspend (`xl save`, `xl migrate`), hand free memory beyond a small reserve back to Xen and take it again afterwards (default `on`) |
 //! | `grant=give:N[:rw]` / `grant=map` | role in the two-guest grant handshake (`xen::grant::pair`): grant N pages (1..=256, read-only or `:rw`) to the peer, or map the peer's grants |
 //! | `say=TEXT` | test switch (harness-forgery scenario): print TEXT as a raw line on port 0xE9 and the PV console at boot; `+` is a space, `%XX` an ASCII byte (e.g. `%0D`); repeatable |

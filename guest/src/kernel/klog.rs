@@ -33,34 +33,74 @@ pub fn release_console_notifications() {
     }
 }
 
-/// Whether Info and Debug lines still go to port 0xE9. Until the event loop starts
-/// everything does (the boot, `ready` for the harness's Xen-side stamps); from then on only
-/// warnings and errors, unless `debugcon=all`: Xen emulates each line's `rep outsb` and
-/// prints it on its serial console synchronously, which this vCPU pays — 0.5-1.5 ms per
-/// line under TCG, measured inside balloon and hot-add steps. The PV console ring
-/// (xenconsoled, `xl console`) gets every line either way.
-static DEBUGCON_ALL: AtomicBool = AtomicBool::new(true);
+/// Whether every log line also goes to port 0xE9. Normally only warnings, errors, panics,
+/// raw harness lines and lines logged with target [`DEBUGCON`] (the first line and
+/// `ready`, which the harness stamps with Xen's clock) do: Xen emulates each line's
+/// `rep outsb` and prints it on its serial console synchronously, in this vCPU's time —
+/// 0.5-1.5 ms per line under TCG, measured in the boot and inside balloon and hot-add
+/// steps. Every line goes to the PV console ring (xenconsoled, `xl console`), and those
+/// logged before it is up are held for it. Switched on by [`debugcon_all`]: `debugcon=all`,
+/// no Xen, no PV console, or a panic — and then the held lines are written to 0xE9 first,
+/// so nothing is missing from `xl dmesg` when the guest dies before its console is up.
+static DEBUGCON_ALL: AtomicBool = AtomicBool::new(false);
 
-/// From now on Info/Debug lines go to the PV console only, unless `all` (see
-/// [`DEBUGCON_ALL`]). Without a console ring nothing changes: port 0xE9 is then the only
-/// sink.
-pub fn debugcon_running(all: bool) {
-    if !all && CONSOLE.lock().is_some() {
-        log::info!(
-            "log: info lines now go to the PV console only (warnings and errors also to port 0xE9; debugcon=all for every line)"
-        );
-        // Relaxed: a filter; a line on another vCPU that still sees `true` just goes
-        // to both sinks.
-        DEBUGCON_ALL.store(false, Ordering::Relaxed);
+/// The `log` target of a line that goes to port 0xE9 whatever [`DEBUGCON_ALL`] says.
+pub const DEBUGCON: &str = "debugcon";
+
+/// Every line to port 0xE9 from now on, after the held early lines that have not been
+/// there yet (see [`DEBUGCON_ALL`]).
+pub fn debugcon_all() {
+    // Relaxed: only the first caller replays the held lines; see `DEBUGCON_ALL`.
+    if DEBUGCON_ALL.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    // try_lock: a panic inside a log write must not deadlock here.
+    if let Some(early) = EARLY.try_lock() {
+        for (on_debugcon, bytes) in early.records() {
+            if !on_debugcon {
+                debugcon_write(bytes);
+            }
+        }
     }
 }
 
 /// Lines logged before the console ring is up, replayed into it when it attaches so that
-/// `xl console` and xenconsoled's log show the whole boot. Older bytes beyond the buffer
-/// are dropped (counted in [`CONSOLE_DROPPED`]).
+/// `xl console` and xenconsoled's log show the whole boot. Records: a flag byte (1: it
+/// also went to port 0xE9), a little-endian u16 length, the bytes. What does not fit is
+/// dropped (counted in [`CONSOLE_DROPPED`]).
 struct EarlyLog {
     buf: [u8; 8192],
     len: usize,
+}
+
+impl EarlyLog {
+    fn push(&mut self, bytes: &[u8], on_debugcon: bool) {
+        let room = (self.buf.len() - self.len).saturating_sub(3);
+        let n = bytes.len().min(room).min(u16::MAX as usize);
+        if n != 0 {
+            let at = self.len;
+            self.buf[at] = on_debugcon as u8;
+            self.buf[at + 1..at + 3].copy_from_slice(&(n as u16).to_le_bytes());
+            self.buf[at + 3..at + 3 + n].copy_from_slice(&bytes[..n]);
+            self.len += 3 + n;
+        }
+        // Relaxed: a statistic.
+        CONSOLE_DROPPED.fetch_add((bytes.len() - n) as u32, Ordering::Relaxed);
+    }
+
+    /// The records in order: (went to port 0xE9, bytes).
+    fn records(&self) -> impl Iterator<Item = (bool, &[u8])> {
+        let mut at = 0;
+        core::iter::from_fn(move || {
+            if at + 3 > self.len {
+                return None;
+            }
+            let n = u16::from_le_bytes([self.buf[at + 1], self.buf[at + 2]]) as usize;
+            let r = (self.buf[at] != 0, &self.buf[at + 3..at + 3 + n]);
+            at += 3 + n;
+            Some(r)
+        })
+    }
 }
 static EARLY: spin::Mutex<EarlyLog> = spin::Mutex::new(EarlyLog {
     buf: [0; 8192],
@@ -85,7 +125,9 @@ pub unsafe fn attach_console(iface: *mut XenconsInterface, port: Port) {
     let ring = unsafe { ConsoleRing::new(iface) };
     let mut c = Console { ring, port };
     let early = EARLY.lock();
-    console_write(&mut c, &early.buf[..early.len]);
+    for (_, bytes) in early.records() {
+        console_write(&mut c, bytes);
+    }
     *CONSOLE.lock() = Some(c);
 }
 
@@ -133,12 +175,7 @@ fn write_to(bytes: &[u8], debugcon: bool) {
             Some(c) => console_write(c, bytes),
             None => {
                 if let Some(mut e) = EARLY.try_lock() {
-                    let n = bytes.len().min(e.buf.len() - e.len);
-                    let at = e.len;
-                    e.buf[at..at + n].copy_from_slice(&bytes[..n]);
-                    e.len += n;
-                    // Relaxed: a statistic.
-                    CONSOLE_DROPPED.fetch_add((bytes.len() - n) as u32, Ordering::Relaxed);
+                    e.push(bytes, debugcon);
                 }
             }
         }
@@ -214,7 +251,9 @@ impl log::Log for KernelLog {
         );
         line.buf[line.len] = b'\n';
         // Relaxed: see `DEBUGCON_ALL`.
-        let debugcon = r.level() <= log::Level::Warn || DEBUGCON_ALL.load(Ordering::Relaxed);
+        let debugcon = r.level() <= log::Level::Warn
+            || r.target() == DEBUGCON
+            || DEBUGCON_ALL.load(Ordering::Relaxed);
         write_to(&line.buf[..line.len + 1], debugcon);
     }
 
@@ -226,6 +265,6 @@ impl log::Log for KernelLog {
 pub fn release_notifications_on_panic() {
     // Relaxed: see `HOLD_NOTIFY`.
     HOLD_NOTIFY.store(false, Ordering::Relaxed);
-    // Relaxed: see `DEBUGCON_ALL`. Whatever a panic logs reaches Xen's console too.
-    DEBUGCON_ALL.store(true, Ordering::Relaxed);
+    // Whatever a panic logs reaches Xen's console too, after the boot lines held so far.
+    debugcon_all();
 }

@@ -81,6 +81,7 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     klog::init(log::LevelFilter::Info);
     HEAP.init_early();
     log::info!(
+        target: klog::DEBUGCON,
         "xenguest-rs {} booting (PVH, start_info at {:#x})",
         env!("CARGO_PKG_VERSION"),
         start_info_paddr
@@ -93,6 +94,9 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     };
     let cmdline = guest::cmdline::Cmdline::parse(info.cmdline());
     log::set_max_level(cmdline.loglevel.to_filter());
+    if cmdline.debugcon_all {
+        klog::debugcon_all();
+    }
     log::info!("command line: \"{}\"", info.cmdline());
     for (word, why) in &cmdline.rejected {
         log::warn!("command line: ignoring \"{word}\": {why}");
@@ -162,6 +166,8 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
 
     match xen {
         None => {
+            // Plain QEMU: port 0xE9 is the only sink.
+            klog::debugcon_all();
             kmem::log_layout(mm);
             log::warn!("no Xen hypervisor found (CPUID 0x40000000-0x4000ff00): nothing to do");
             log::info!(

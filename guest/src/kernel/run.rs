@@ -75,6 +75,7 @@ pub fn run(
     }
     crate::boottime::mark("ready");
     log::info!(
+        target: klog::DEBUGCON,
         "ready domid={} target_kib={}",
         domid.map_or("?".into(), |d| format!("{d}")),
         target.map_or("?".into(), |t| format!("{t}"))
@@ -149,7 +150,6 @@ pub fn run(
                 publish_census(&mut xs, mm, extra);
             }
             publish_fields(&mut xs, "data/suspend", &m.suspend.fields());
-            klog::debugcon_running(cmdline.debugcon_all);
             event_loop(&xen, &mut xs, &mut m)
         }
     }
@@ -166,7 +166,10 @@ fn attach_console(xen: &Xen) {
             unsafe { klog::attach_console((pfn << 12) as *mut _, port as u32) };
             log::info!("console ring at pfn {pfn:#x}, event channel {port}");
         }
-        (a, b) => log::warn!("no PV console ({a:?}, {b:?}): logging to port 0xE9 only"),
+        (a, b) => {
+            klog::debugcon_all();
+            log::warn!("no PV console ({a:?}, {b:?}): logging to port 0xE9 only")
+        }
     }
 }
 
