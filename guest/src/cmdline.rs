@@ -83,7 +83,7 @@ pub struct Cmdline {
     /// Hand free memory back to Xen before a suspend (so a save image holds only what is
     /// used) and take it again after.
     pub suspend_handback: bool,
-    /// Every log line to port 0xE9 once running, not only warnings and errors.
+    /// Every log line to port 0xE9, not only the first, `ready`, warnings and errors.
     pub debugcon_all: bool,
     /// Lines to print raw at boot (`say=`, decoded), in order: lets a test make the guest
     /// print anything, e.g. forged harness markers.

@@ -191,6 +191,21 @@ fn block_range(pfn: Pfn, order: u8) -> PfnRange {
     PfnRange::from_count(pfn, 1 << order)
 }
 
+/// The first page of `run` (inside one present subsection) that is not Offline, with its
+/// state; for the mutation lock holder. One word per descriptor while all are Offline
+/// ([`PageDesc::holds_plain`]); the states are decoded only to name the offender.
+pub(super) fn first_not_offline(mm: &Memmap<'_>, run: PfnRange) -> Option<(Pfn, StateKind)> {
+    let descs = mm
+        .run(run.start, run.len() as usize)
+        .expect("a run inside one present subsection");
+    if descs.iter().all(|d| d.holds_plain(PageDesc::OFFLINE_WORD0)) {
+        return None;
+    }
+    run.iter()
+        .map(|p| (p, mm.desc(p).load().kind()))
+        .find(|&(_, state)| state != StateKind::Offline)
+}
+
 fn check_block(pfn: Pfn, order: u8) -> Result<(), MmError> {
     if order > MAX_ORDER {
         return Err(MmError::BadOrder(order));
@@ -727,8 +742,6 @@ impl<S: MemmapStorage> MemModel<S> {
     /// per descriptor ([`PageDesc::holds_plain`]): 512 MiB costs 131,072 loads, not a
     /// reader's snapshot of each page.
     pub fn check_offline(&self, range: PfnRange, kind: SectionKind) -> Result<(), MmError> {
-        let offline = PageDesc::plain_word0(Raw::State(PageState::Offline))
-            .expect("Offline keeps nothing in word 1");
         let g = self.inner.lock();
         let mm = Memmap::new(&self.root, &g.token);
         let mut pfn = range.start;
@@ -744,18 +757,8 @@ impl<S: MemmapStorage> MemModel<S> {
                     })
                 }
             }
-            let descs = mm
-                .run(pfn, (end.0 - pfn.0) as usize)
-                .expect("a run inside one active subsection");
-            if !descs.iter().all(|d| d.holds_plain(offline)) {
-                // Slow path for the error (an Offline page never holds anything else,
-                // but name the state as a reader would see it).
-                for p in PfnRange::new(pfn, end).iter() {
-                    let state = mm.desc(p).load().kind();
-                    if state != StateKind::Offline {
-                        return Err(MmError::Busy { pfn: p, state });
-                    }
-                }
+            if let Some((pfn, state)) = first_not_offline(&mm, PfnRange::new(pfn, end)) {
+                return Err(MmError::Busy { pfn, state });
             }
             pfn = end;
         }

@@ -9,7 +9,9 @@ use super::geometry::{
     PAGES_PER_SUBSECTION, SUBSECTIONS_PER_SECTION,
 };
 use super::memmap::{fill_block, init_block, poison_block, Memmap, MemmapToken, MEMMAP_LAYOUT};
-use super::model::{for_each_block, InitPages, Inner, MemModel, MmError, RaceBug, Uniform};
+use super::model::{
+    first_not_offline, for_each_block, InitPages, Inner, MemModel, MmError, RaceBug, Uniform,
+};
 use super::page::{PageState, Raw, StateKind};
 use super::section::{Section, SectionKind, CHUNK_LAYOUT};
 use super::storage::MemmapStorage;
@@ -347,11 +349,9 @@ impl<S: MemmapStorage> MemModel<S> {
         let present = s.present();
         for idx in (0..SUBSECTIONS_PER_SECTION).filter(|i| present & (1 << i) != 0) {
             let sub = subsection_start_pfn(nr, idx);
-            for pfn in PfnRange::from_count(sub, PAGES_PER_SUBSECTION).iter() {
-                let state = mm.desc(pfn).load().kind();
-                if state != StateKind::Offline {
-                    return Err(MmError::Busy { pfn, state });
-                }
+            let run = PfnRange::from_count(sub, PAGES_PER_SUBSECTION);
+            if let Some((pfn, state)) = first_not_offline(&mm, run) {
+                return Err(MmError::Busy { pfn, state });
             }
         }
         if s.online() {
