@@ -482,3 +482,29 @@ fn a_pipeline_to_a_silent_daemon_times_out_whole_and_late_replies_are_dropped() 
     assert_eq!(c.read("name").unwrap(), b"guest");
     assert_eq!(c.stats().stale_replies, 3);
 }
+
+#[test]
+fn a_posted_write_lands_in_order_and_a_refusal_is_counted_not_lost() {
+    let (sim, mut c) = setup();
+    c.post_write("data/balloon/state", b"working").unwrap();
+    // Not collected yet: nothing has read the ring since.
+    assert_eq!(c.posted_writes(), 1);
+    // A later request sees the posted write applied first (xenstored's order), and the
+    // posted reply is collected on the way, not taken for the read's.
+    assert_eq!(c.read("data/balloon/state").unwrap(), b"working");
+    assert_eq!(c.posted_writes(), 0);
+    assert_eq!(
+        sim.xs_read("/local/domain/5/data/balloon/state").unwrap(),
+        b"working"
+    );
+    // The guest's home is read-only to it: the posted write is refused, which the next
+    // call finds, counts and logs; that call itself is unaffected.
+    c.post_write("name", b"x").unwrap();
+    assert_eq!(c.read("domid").unwrap(), b"5");
+    let st = c.stats();
+    assert_eq!(st.posted_errors, 1);
+    assert_eq!((st.stale_replies, st.unexpected_replies), (0, 0));
+    // A bad path is refused before anything is sent.
+    assert!(c.post_write("data/bad\0path", b"x").is_err());
+    assert_eq!(c.posted_writes(), 0);
+}

@@ -70,10 +70,11 @@ show_guest_log() {
 }
 
 # One point of the run's memory timeline, drawn by `xenci plot` from the serial log:
-#   XENCI SAMPLE <scenario> t=<uptime cs> dom=<name> mib=<N>         Xen's tot_pages (xl list, MiB)
+#   XENCI SAMPLE <scenario> t=<uptime cs> dom=<name> mib=<N>         Xen's tot_pages (MiB)
 #   XENCI SAMPLE <scenario> t=<uptime cs> dom=<name> target_mib=<N>  the target from then on
-# The mib points come from polls the scenario makes anyway (near_target_mib), so the
-# picture costs no extra `xl` call and does not slow down what the scenario measures.
+# The mib points come from polls the scenario makes anyway (near_target_mib, and
+# wait_reach's xen-dominfo), so the picture costs no extra call and does not slow down
+# what the scenario measures.
 sample() {
     echo "XENCI SAMPLE $SCENARIO t=$(now_cs) dom=$DOMNAME $*" >&3
 }
@@ -535,25 +536,35 @@ check_alive() {
     esac
 }
 
-# wait_reach MIB SECONDS [FROM_CS]: poll (every 0.1 s, xl list) until Xen's tot_pages is
-# within 1 MiB of MIB, failing at once on a crash; then confirm with the exact count. Sets
-# REACH_CS (centiseconds from FROM_CS, default the call, to the cheap test's success) and
-# TOT/MAX/POD_*. The poll's resolution is ~0.1 s plus one `xl list` (~0.05-0.1 s, TCG).
+# wait_reach MIB SECONDS [FROM_CS]: wait until Xen's tot_pages is within 1 MiB of MIB,
+# failing at once on a crash. dom0 asks Xen directly (target/release/xen-dominfo: one
+# XEN_DOMCTL_getdomaininfo every 10 ms, ~50 us each), not `xl list` every 0.1 s, which
+# took about half of the one emulated CPU away from the domain being timed. Sets REACH_CS
+# (centiseconds from FROM_CS, default the call, to the poll that saw it) and
+# TOT/MAX/POD_* (confirmed with the exact `xl debug-keys q` count). The tool's thinned
+# samples go to the serial log as SAMPLE lines (the timeline pictures).
 wait_reach() {
-    local mib=$1 secs=$2 t0 deadline
+    local mib=$1 secs=$2 t0 rc at
     t0=${3:-$(now_cs)}
-    deadline=$(($(now_cs) + secs * 100))
-    while ! near_target_mib "$mib"; do
-        check_alive
-        if [ "$(now_cs)" -ge "$deadline" ]; then
+    "$REPO/target/release/xen-dominfo" "$DOMID" --wait-kib $((mib * 1024)) --timeout "$secs" \
+        >"$WORK/wait.out" 2>>"$WORK/tools.log"
+    rc=$?
+    sed -n 's/^sample t=\([0-9]*\) mib=\([0-9]*\) .*/XENCI SAMPLE '"$SCENARIO"' t=\1 dom='"$DOMNAME"' mib=\2/p' \
+        "$WORK/wait.out" >&3
+    case $rc in
+        0) ;;
+        3) check_alive; fail "the domain went away while waiting for $mib MiB: $(tail -n 1 "$WORK/wait.out")" ;;
+        1)
             domain_mem "$DOMID" >"$WORK/mem" 2>/dev/null
-            fail "Xen's tot_pages not within 1 MiB of $mib MiB ${secs}s after the request: xl list shows $(domain_mib) MiB (tot max pod_entries pod_cache: $(cat "$WORK/mem"))"
-        fi
-        sleep 0.1
-    done
-    REACH_CS=$(($(now_cs) - t0))
+            fail "Xen's tot_pages not within 1 MiB of $mib MiB ${secs}s after the request: $(tail -n 1 "$WORK/wait.out") (xl debug-keys q: tot max pod_entries pod_cache: $(cat "$WORK/mem"))"
+            ;;
+        *) fail "xen-dominfo failed (exit $rc): $(tail -n 1 "$WORK/tools.log")" ;;
+    esac
+    at=$(sed -n 's/^reached t=\([0-9]*\) .*/\1/p' "$WORK/wait.out")
+    [ -n "$at" ] || fail "xen-dominfo said reached without a time: $(tail -n 2 "$WORK/wait.out")"
+    REACH_CS=$((at - t0))
     exact_near_target_mib "$mib" \
-        || fail "xl list showed $mib MiB but the exact tot_pages is $TOT ($((TOT * 4)) KiB, target $((mib * 1024)) KiB)"
+        || fail "xen-dominfo saw $mib MiB but the exact tot_pages by xl debug-keys q is $TOT ($((TOT * 4)) KiB, target $((mib * 1024)) KiB)"
 }
 
 # xl mem-set the domain under test to MIB MiB (this also lowers Xen's maxmem to the new

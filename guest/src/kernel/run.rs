@@ -473,7 +473,11 @@ fn new_target(xen: &Xen, xs: &mut Xenstore, balloon: &mut Balloon) -> bool {
     let static_max = read_u64(xs, "memory/static-max").unwrap_or(u64::MAX);
     match balloon.set_target(&raw, static_max, xen.now_ns()) {
         Ok(_) => {
-            let _ = xs.write("data/balloon/state", b"working");
+            // Posted, not waited for: the step's clock is running, and a round trip to
+            // xenstored in dom0 is not the balloon's work (a refusal is logged later).
+            if let Err(e) = xs.post_write("data/balloon/state", b"working") {
+                log::warn!("cannot publish data/balloon/state: {e:?}");
+            }
             true
         }
         Err(_) => {

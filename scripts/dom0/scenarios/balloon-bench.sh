@@ -2,10 +2,11 @@
 # xenci-ci: no
 # xenci-peer: yes
 # xenci-budget: 400
-# xenci-about: benchmark (numbers; fails only on errors): boot-to-ready, seconds per 1024->256->1024 MiB swing, the floor (xl mem-set to the current target + one poll), ours: its own in/outside-hypercall split per step; run with balloon-bench@linux
+# xenci-about: benchmark (numbers; fails only on errors): boot-to-ready, seconds per 1024->256->1024 MiB swing, the floor (xl mem-set to the current target + one xen-dominfo poll), ours: its own in/outside-hypercall split per step; run with balloon-bench@linux
 scenario_balloon_bench() {
     # Same measure for both subjects: from starting `xl mem-set` to Xen's tot_pages within
-    # 1 MiB of the target (polled with xl list every 0.1 s). Run beside the Linux peer:
+    # 1 MiB of the target (Xen's count polled every 10 ms by xen-dominfo). Run beside the
+    # Linux peer:
     #   scripts/xen-ci balloon-bench balloon-bench@linux
     swings=${XENCI_BENCH_SWINGS:-3}
     create_domain "xenci-bench-$SUBJECT" 'memory=1024' 'maxmem=1024'
@@ -16,14 +17,15 @@ scenario_balloon_bench() {
     if [ "$SUBJECT" = guest ]; then
         h0=$(data_read balloon/hypercalls) || fail "no data/balloon/hypercalls"
         # The floor of a step (scripts/bench): `xl mem-set` to the target the domain
-        # already has (xl's own cost: xenstore writes, Xen's max_pages), and one poll of
-        # the measure (an `xl list`), three times each. Subject-independent: measured once.
+        # already has (xl's own cost: xenstore writes, Xen's max_pages), and one wait that
+        # is satisfied at its first poll (xen-dominfo), three times each.
+        # Subject-independent: measured once.
         for k in 1 2 3; do
             t0=$(now_cs)
             tool xl mem-set "$DOMNAME" 1024m || fail "xl mem-set $DOMNAME 1024m (the floor) failed"
             t1=$(now_cs)
-            near_target_mib 1024 || fail "not at 1024 MiB while measuring the floor"
-            info "memset_floor_secs=$(fmt_cs $((t1 - t0))) poll_floor_secs=$(fmt_cs $(($(now_cs) - t1)))"
+            wait_reach 1024 5 "$t1"
+            info "memset_floor_secs=$(fmt_cs $((t1 - t0))) poll_floor_secs=$(fmt_cs "$REACH_CS")"
         done
     fi
 

@@ -9,6 +9,7 @@
 //! Pure functions over text: everything here is unit-tested without Xen.
 
 pub mod bench;
+pub mod dominfo;
 pub mod nothing;
 pub mod timeline;
 

@@ -41,6 +41,8 @@ pub struct XsStats {
     pub malformed_events: u64,
     /// Messages of unknown type not addressed to a waiting request, skipped.
     pub unknown_messages: u64,
+    /// Writes sent with [`XenstoreClient::post_write`] that xenstored refused (logged).
+    pub posted_errors: u64,
 }
 
 /// One request of [`XenstoreClient::batch`].
@@ -68,6 +70,8 @@ pub struct XenstoreClient<H> {
     out_pos: usize,
     next_req_id: u32,
     abandoned: VecDeque<u32>,
+    /// Writes sent by [`Self::post_write`] whose reply has not come yet: `(req_id, path)`.
+    posted: VecDeque<(u32, String)>,
     events: VecDeque<WatchEvent>,
     timeout_ns: u64,
     tx_attempts: u32,
@@ -97,6 +101,7 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
             out_pos: 0,
             next_req_id: 1,
             abandoned: VecDeque::new(),
+            posted: VecDeque::new(),
             events: VecDeque::new(),
             timeout_ns: DEFAULT_TIMEOUT_NS,
             tx_attempts: DEFAULT_TX_ATTEMPTS,
@@ -119,6 +124,7 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
         self.out.clear();
         self.out_pos = 0;
         self.abandoned.clear();
+        self.posted.clear();
         self.events.clear();
         self.broken = None;
         let watches = core::mem::take(&mut self.watches);
@@ -243,6 +249,17 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
             if Some(m.req_id) == want {
                 return Ok(Some(m));
             }
+            if let Some(i) = self.posted.iter().position(|&(id, _)| id == m.req_id) {
+                let (_, path) = self.posted.remove(i).expect("found above");
+                if m.type_ == XsdSockmsgType::Error {
+                    self.stats.posted_errors += 1;
+                    log::warn!(
+                        "xenstore: posted write of {path} failed: {:?}",
+                        codec::parse_error(&m.payload)
+                    );
+                }
+                continue;
+            }
             if self.forget(m.req_id) {
                 self.stats.stale_replies += 1;
                 continue;
@@ -276,6 +293,13 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
             self.abandoned.pop_front();
         }
         self.abandoned.push_back(id);
+    }
+
+    /// The next request id (never 0: watch events carry req_id 0).
+    fn next_id(&mut self) -> u32 {
+        let id = self.next_req_id;
+        self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
+        id
     }
 
     /// Runs the transport until `done` yields a value or the deadline passes.
@@ -333,9 +357,7 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
         }
         let mut sent: Vec<Result<u32, XsError>> = Vec::with_capacity(reqs.len());
         for &(type_, payload) in reqs {
-            let id = self.next_req_id;
-            // Skip 0: watch events carry req_id 0.
-            self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
+            let id = self.next_id();
             sent.push(codec::encode(type_, id, tx, payload).map(|bytes| {
                 self.out.extend_from_slice(&bytes);
                 id
@@ -385,6 +407,39 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
             });
         }
         results
+    }
+
+    /// Sends a write and returns without waiting for its reply, for a status node on a
+    /// hot path (the balloon's `state = working` as a step starts, which would otherwise
+    /// cost the step a round trip to xenstored in dom0). xenstored answers in order, so
+    /// the reply is collected by whichever later call reads the ring; a refusal is then
+    /// logged and counted in [`XsStats::posted_errors`], not lost. `Err` only when the
+    /// write could not be sent (bad path, broken connection, ring failure).
+    pub fn post_write(&mut self, path: &str, value: &[u8]) -> Result<(), XsError> {
+        if self.broken.is_some() {
+            return Err(XsError::Disconnected);
+        }
+        codec::check_arg(path, "path")?;
+        let id = self.next_id();
+        let bytes = codec::encode(
+            XsdSockmsgType::Write,
+            id,
+            0,
+            &codec::write_payload(path, value),
+        )?;
+        self.out.extend_from_slice(&bytes);
+        if self.posted.len() >= MAX_ABANDONED {
+            // Replies this late are only recognised and dropped.
+            let (old, _) = self.posted.pop_front().expect("not empty");
+            self.abandon(old);
+        }
+        self.posted.push_back((id, path.into()));
+        self.pump()
+    }
+
+    /// Posted writes whose reply has not been collected yet.
+    pub fn posted_writes(&self) -> usize {
+        self.posted.len()
     }
 
     // ----- watches -----

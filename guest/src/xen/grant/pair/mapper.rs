@@ -8,14 +8,14 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use xen_bindings::abi::grant_table::GrantRef;
-use xen_bindings::traits::{Clock, DomId, EventChannels, Port};
+use xen_bindings::traits::{Clock, DomId, EventChannels, GrantOps, Port};
 
 use super::super::handshake::{self, parse_refs, Checksum, DIR};
 use super::protocol::{
     encode_checksum, fail, peer_path, publish, read_opt, read_peer, share_dir, stamp, Introduction,
 };
 use super::{Env, FrameAccess, Kit, PairState, Watcher, PAGE_BYTES, TOKEN};
-use crate::mm::Pfn;
+use crate::mm::{MemModel, MemmapStorage, Pfn};
 use crate::xen::grant::{ForeignMapper, MapRequest, Unmapped, MAX_BATCH};
 use crate::xen::xenstore::XsOps;
 
@@ -140,7 +140,7 @@ impl Mapper {
     /// Slots Xen refused to unmap (at `unmap`, at reclaim, or after a failed map) still
     /// hold the peer's pages: try again on every tick until they are gone.
     fn unmap_leftovers<K: Kit>(&mut self, mapper: &mut ForeignMapper, env: &mut Env<'_, K>) {
-        let left = format!("{}", self.unmap_all(mapper, env, MAX_BATCH));
+        let left = format!("{}", self.unmap_all(mapper, env.mm, env.gnt, MAX_BATCH));
         let mut fields = alloc::vec![("mapped", left.clone())];
         if self.state == PairState::Reclaimed {
             fields.push(("reclaim-failed", left));
@@ -195,8 +195,8 @@ impl Mapper {
         self.refs = refs;
         self.writable = matches!(read_peer(env.xs, peer, "access"), Ok(Some(a)) if a == b"rw");
         let t0 = env.ev.now_ns();
-        if let Err(why) = self.map_all(mapper, env, MAX_BATCH) {
-            self.unmap_all(mapper, env, MAX_BATCH);
+        if let Err(why) = self.map_all(mapper, env.mm, env.gnt, MAX_BATCH) {
+            self.unmap_all(mapper, env.mm, env.gnt, MAX_BATCH);
             return self.fail(env.xs, why);
         }
         let n_refs = self.refs.len();
@@ -293,7 +293,7 @@ impl Mapper {
             b"unmap" => {
                 self.churning = false;
                 let t0 = env.ev.now_ns();
-                let left = self.unmap_all(mapper, env, MAX_BATCH);
+                let left = self.unmap_all(mapper, env.mm, env.gnt, MAX_BATCH);
                 self.unmap_ns = env.ev.now_ns().saturating_sub(t0);
                 mapper.shrink(env.mm);
                 self.close_port(env);
@@ -318,13 +318,24 @@ impl Mapper {
                 let mut fields = Vec::new();
                 match r {
                     Ok(rows) => {
-                        for (batch, map_us, unmap_us) in rows {
+                        for r in rows {
                             log::info!(
-                                "grant-test: bench: batch {batch}: map {map_us} us, unmap {unmap_us} us per hypercall ({} pages, {BENCH_ROUNDS} rounds)",
+                                "grant-test: bench: batch {}: map {} us ({} in Xen), unmap {} us ({} in Xen) per hypercall ({} pages, {BENCH_ROUNDS} rounds)",
+                                r.batch,
+                                r.map_us,
+                                r.map_xen_us,
+                                r.unmap_us,
+                                r.unmap_xen_us,
                                 self.refs.len()
                             );
-                            fields.push((bench_key(batch, "map-us"), format!("{map_us}")));
-                            fields.push((bench_key(batch, "unmap-us"), format!("{unmap_us}")));
+                            for (what, v) in [
+                                ("map-us", r.map_us),
+                                ("unmap-us", r.unmap_us),
+                                ("map-xen-us", r.map_xen_us),
+                                ("unmap-xen-us", r.unmap_xen_us),
+                            ] {
+                                fields.push((bench_key(r.batch, what), format!("{v}")));
+                            }
                         }
                     }
                     Err(e) => {
@@ -429,10 +440,11 @@ impl Mapper {
 
     /// Maps every published ref, `batch` per hypercall, into `slots` (in ref order, so
     /// slot `i` holds page `i`). On an error the slots mapped so far stay in `slots`.
-    fn map_all<K: Kit>(
+    fn map_all<S: MemmapStorage, G: GrantOps>(
         &mut self,
         mapper: &mut ForeignMapper,
-        env: &mut Env<'_, K>,
+        mm: &MemModel<S>,
+        gnt: &mut G,
         batch: usize,
     ) -> Result<(), String> {
         let peer = self.peer.expect("a peer");
@@ -446,7 +458,7 @@ impl Mapper {
                 })
                 .collect();
             let res = mapper
-                .map_batch(env.mm, env.gnt, &reqs)
+                .map_batch(mm, gnt, &reqs)
                 .map_err(|e| format!("map batch: {e}"))?;
             let mut bad = None;
             for (r, req) in res.into_iter().zip(&reqs) {
@@ -465,15 +477,16 @@ impl Mapper {
     }
 
     /// Unmaps every slot; returns how many stay mapped (Xen refused).
-    fn unmap_all<K: Kit>(
+    fn unmap_all<S: MemmapStorage, G: GrantOps>(
         &mut self,
         mapper: &mut ForeignMapper,
-        env: &mut Env<'_, K>,
+        mm: &MemModel<S>,
+        gnt: &mut G,
         batch: usize,
     ) -> usize {
         let mut left = Vec::new();
         for chunk in self.slots.chunks(batch) {
-            match mapper.unmap_batch(env.mm, env.gnt, chunk) {
+            match mapper.unmap_batch(mm, gnt, chunk) {
                 Ok(res) => {
                     for (r, &pfn) in res.into_iter().zip(chunk) {
                         match r {

@@ -8,7 +8,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use xen_bindings::traits::Clock;
+use xen_bindings::abi::grant_table::{GnttabMapGrantRef, GnttabUnmapGrantRef};
+use xen_bindings::traits::{Clock, Gfn, GrantOps};
+use xen_bindings::Errno;
 
 use super::super::protocol::publish;
 use super::super::{Env, Kit, PairState};
@@ -36,32 +38,90 @@ pub(super) fn bench_key(batch: usize, what: &str) -> String {
     format!("bench/batch-{batch}/{what}")
 }
 
+/// The grant hypercalls with a stopwatch: the bench splits each map/unmap into Xen's
+/// time (inside `GNTTABOP_*`) and ours (the memory model, slots, the loop).
+struct TimedGrants<'a, G, C> {
+    inner: &'a mut G,
+    clock: &'a C,
+    /// Nanoseconds inside map / unmap hypercalls.
+    map_ns: u64,
+    unmap_ns: u64,
+}
+
+impl<G: GrantOps, C: Clock> GrantOps for TimedGrants<'_, G, C> {
+    fn query_size(&mut self) -> Result<(u32, u32), Errno> {
+        self.inner.query_size()
+    }
+
+    fn add_table_frame(&mut self, idx: u32, gfn: Gfn) -> Result<(), Errno> {
+        self.inner.add_table_frame(idx, gfn)
+    }
+
+    fn map_grant_refs(&mut self, ops: &mut [GnttabMapGrantRef]) -> Result<(), Errno> {
+        let t0 = self.clock.now_ns();
+        let r = self.inner.map_grant_refs(ops);
+        self.map_ns += self.clock.now_ns().saturating_sub(t0);
+        r
+    }
+
+    fn unmap_grant_refs(&mut self, ops: &mut [GnttabUnmapGrantRef]) -> Result<(), Errno> {
+        let t0 = self.clock.now_ns();
+        let r = self.inner.unmap_grant_refs(ops);
+        self.unmap_ns += self.clock.now_ns().saturating_sub(t0);
+        r
+    }
+}
+
+/// One batch size's result of the `bench` command: mean microseconds per hypercall,
+/// all of it and the part inside Xen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct BenchRow {
+    pub batch: usize,
+    pub map_us: u64,
+    pub unmap_us: u64,
+    pub map_xen_us: u64,
+    pub unmap_xen_us: u64,
+}
+
 impl Mapper {
     /// `bench`: unmap and map all pages again, `rounds` times with batches of
     /// [`MAX_BATCH`] and then one page per hypercall. Returns the mean microseconds per
-    /// hypercall as `[(batch, map_us, unmap_us)]`; the pages are mapped again afterwards.
+    /// hypercall, in all and inside Xen; the pages are mapped again afterwards.
     pub(super) fn bench<K: Kit>(
         &mut self,
         mapper: &mut ForeignMapper,
         env: &mut Env<'_, K>,
         rounds: u32,
-    ) -> Result<Vec<(usize, u64, u64)>, String> {
+    ) -> Result<Vec<BenchRow>, String> {
         let mut out = Vec::new();
         for batch in [MAX_BATCH, 1] {
             let calls = (self.refs.len().div_ceil(batch) as u64 * u64::from(rounds)).max(1);
             let (mut map_ns, mut unmap_ns) = (0, 0);
+            let mut gnt = TimedGrants {
+                inner: &mut *env.gnt,
+                clock: env.ev,
+                map_ns: 0,
+                unmap_ns: 0,
+            };
             for _ in 0..rounds {
                 let t0 = env.ev.now_ns();
-                let left = self.unmap_all(mapper, env, batch);
+                let left = self.unmap_all(mapper, env.mm, &mut gnt, batch);
                 let t1 = env.ev.now_ns();
                 if left != 0 {
                     return Err(format!("bench: {left} pages stayed mapped"));
                 }
-                self.map_all(mapper, env, batch)?;
+                self.map_all(mapper, env.mm, &mut gnt, batch)?;
                 map_ns += env.ev.now_ns() - t1;
                 unmap_ns += t1 - t0;
             }
-            out.push((batch, map_ns / calls / 1000, unmap_ns / calls / 1000));
+            let us = |ns: u64| ns / calls / 1000;
+            out.push(BenchRow {
+                batch,
+                map_us: us(map_ns),
+                unmap_us: us(unmap_ns),
+                map_xen_us: us(gnt.map_ns),
+                unmap_xen_us: us(gnt.unmap_ns),
+            });
         }
         Ok(out)
     }
@@ -79,7 +139,7 @@ impl Mapper {
         let t0 = env.ev.now_ns();
         let phase = self.churn_phase;
         let r = match phase {
-            ChurnPhase::Unmap => match self.unmap_all(mapper, env, MAX_BATCH) {
+            ChurnPhase::Unmap => match self.unmap_all(mapper, env.mm, env.gnt, MAX_BATCH) {
                 0 => Ok(ChurnPhase::Shrink),
                 left => Err(format!("churn: {left} pages stayed mapped")),
             },
@@ -88,7 +148,7 @@ impl Mapper {
                 Ok(ChurnPhase::Map)
             }
             ChurnPhase::Map => self
-                .map_all(mapper, env, MAX_BATCH)
+                .map_all(mapper, env.mm, env.gnt, MAX_BATCH)
                 .map(|()| ChurnPhase::Unmap),
         };
         let now = env.ev.now_ns();

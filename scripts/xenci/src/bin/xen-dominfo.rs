@@ -1,0 +1,207 @@
+//! `xen-dominfo DOMID` — Xen's exact page counts and state of a domain, from dom0 with one
+//! `XEN_DOMCTL_getdomaininfo` through `/dev/xen/privcmd`:
+//! `tot_pages=N max_pages=M flags=0x.. cpu_ns=T`.
+//!
+//! `xen-dominfo DOMID --wait-kib KIB [--within KIB] [--timeout SECS] [--every-ms MS]`
+//! polls until `tot_pages` is within `--within` (default 1024) KiB of `KIB`, printing
+//! thinned `sample t=<uptime cs> mib=.. tot_pages=..` lines and then
+//! `reached t=<uptime cs> tot_pages=.. max_pages=..`.
+//!
+//! Exit status: 0 done (reached), 1 timed out, 2 usage or tool error (no privcmd, Xen
+//! refused the call), 3 the domain crashed, is dying or is gone. The pure part (layout,
+//! decisions) is `xenci::dominfo`, unit-tested on the host.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use xenci::dominfo::{format_info, DomInfo, Domctl, Step, Wait, HYPERVISOR_DOMCTL};
+
+/// `_IOC(_IOC_NONE, 'P', 0, sizeof(struct privcmd_hypercall))` (48 bytes).
+const IOCTL_PRIVCMD_HYPERCALL: libc::c_ulong = (48 << 16) | (b'P' as libc::c_ulong) << 8;
+
+/// `struct privcmd_hypercall`.
+#[repr(C)]
+struct Hypercall {
+    op: u64,
+    arg: [u64; 5],
+}
+const _: () = assert!(std::mem::size_of::<Hypercall>() == 48);
+
+const USAGE: &str =
+    "usage: xen-dominfo DOMID [--wait-kib KIB [--within KIB] [--timeout SECS] [--every-ms MS]]";
+
+/// `Ok(None)`: Xen has no such domain (ESRCH, or 4.17's "next domain up" answer).
+fn getdomaininfo(fd: i32, domid: u16) -> Result<Option<DomInfo>, String> {
+    let mut d = Domctl::getdomaininfo(domid);
+    let mut h = Hypercall {
+        op: HYPERVISOR_DOMCTL,
+        arg: [&mut d as *mut Domctl as u64, 0, 0, 0, 0],
+    };
+    // SAFETY: a valid privcmd_hypercall whose one pointer argument (`d`, on this stack
+    // frame and so mapped in a PV dom0) outlives the call.
+    let r = unsafe { libc::ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &mut h as *mut Hypercall) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(None),
+            Some(libc::EACCES) => Err(format!(
+                "XEN_DOMCTL_getdomaininfo: {e} (this tool speaks domctl interface {:#x}, Xen 4.16/4.17's)",
+                d.interface_version
+            )),
+            _ => Err(format!("XEN_DOMCTL_getdomaininfo: {e}")),
+        };
+    }
+    let i = DomInfo::from_union(&d.u);
+    Ok((i.domid == domid).then_some(i))
+}
+
+/// dom0's uptime in centiseconds, the clock of the harness's `now_cs` (/proc/uptime is
+/// CLOCK_BOOTTIME).
+fn uptime_cs() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the one timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 100 + ts.tv_nsec as u64 / 10_000_000
+}
+
+struct Args {
+    domid: u16,
+    wait_kib: Option<u64>,
+    within_kib: u64,
+    timeout: f64,
+    every_ms: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args {
+        domid: 0,
+        wait_kib: None,
+        within_kib: 1024,
+        timeout: 30.0,
+        every_ms: 10,
+    };
+    let mut domid = None;
+    let num = |v: Option<String>, what: &str| -> Result<String, String> {
+        v.ok_or_else(|| format!("{what} needs a value"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--wait-kib" => {
+                a.wait_kib = Some(
+                    num(it.next(), &arg)?
+                        .parse()
+                        .map_err(|e| format!("{arg}: {e}"))?,
+                )
+            }
+            "--within" => {
+                a.within_kib = num(it.next(), &arg)?
+                    .parse()
+                    .map_err(|e| format!("{arg}: {e}"))?
+            }
+            "--timeout" => {
+                a.timeout = num(it.next(), &arg)?
+                    .parse()
+                    .map_err(|e| format!("{arg}: {e}"))?
+            }
+            "--every-ms" => {
+                a.every_ms = num(it.next(), &arg)?
+                    .parse()
+                    .map_err(|e| format!("{arg}: {e}"))?
+            }
+            s if domid.is_none() && !s.starts_with('-') => {
+                domid = Some(s.parse::<u16>().map_err(|e| format!("DOMID {s:?}: {e}"))?)
+            }
+            s => return Err(format!("unexpected argument {s:?}")),
+        }
+    }
+    a.domid = domid.ok_or("no DOMID")?;
+    if !(a.timeout.is_finite() && a.timeout >= 0.0) || a.every_ms == 0 {
+        return Err("--timeout must be >= 0 and --every-ms > 0".into());
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("xen-dominfo: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let f = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/xen/privcmd")
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("xen-dominfo: /dev/xen/privcmd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let fd = f.as_raw_fd();
+    let Some(target) = a.wait_kib else {
+        return match getdomaininfo(fd, a.domid) {
+            Ok(Some(i)) => {
+                println!("{}", format_info(&i));
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!("xen-dominfo: no domain {}", a.domid);
+                ExitCode::from(3)
+            }
+            Err(e) => {
+                eprintln!("xen-dominfo: {e}");
+                ExitCode::from(2)
+            }
+        };
+    };
+    let start = Instant::now();
+    let deadline = uptime_cs() + (a.timeout * 100.0) as u64;
+    // Samples at most every 5 cs: the pictures need the shape, not every poll.
+    let mut w = Wait::new(target, a.within_kib, deadline, 5);
+    let every = Duration::from_millis(a.every_ms);
+    let mut next = start;
+    loop {
+        let info = match getdomaininfo(fd, a.domid) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("xen-dominfo: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match w.step(uptime_cs(), info.as_ref()) {
+            Step::Poll(s) => {
+                if let Some(s) = s {
+                    println!("{s}");
+                }
+            }
+            Step::Reached(s) => {
+                println!("{s}");
+                return ExitCode::SUCCESS;
+            }
+            Step::TimedOut(s) => {
+                println!("{s}");
+                return ExitCode::from(1);
+            }
+            Step::Dead(s) => {
+                println!("{s}");
+                return ExitCode::from(3);
+            }
+        }
+        // A fixed cadence, not "sleep after the poll": the poll's own time is not added.
+        next += every;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
