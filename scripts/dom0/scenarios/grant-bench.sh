@@ -3,7 +3,7 @@
 # xenci-peer: no
 # xenci-uses-peer: yes
 # xenci-budget: 180
-# xenci-about: benchmark (numbers; fails only on errors): grant map/unmap latency under real Xen, 64 pages, per call of 64 and of 1, 20 rounds each; ours (PVH guest mapper) beside Linux 6.1 as a PVH domU (the Linux peer through /dev/xen/gntdev) and as dom0 (gntdev)
+# xenci-about: benchmark (numbers; fails only on errors): grant map/unmap latency under real Xen, 64 pages, per call of 64 and of 1, median of 20 rounds each; ours (PVH guest mapper) beside Linux 6.1 as a PVH domU (the Linux peer through /dev/xen/gntdev) and as dom0 (gntdev)
 scenario_grant_bench() {
     [ "$SUBJECT" = guest ] || skip "the grant scenarios run two guests of ours"
     grant_pair xenci-gbench 64

@@ -331,7 +331,7 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
         ));
     }
 
-    // Grants: per call, 20 rounds; ours = a PVH guest of ours mapping a peer's grants;
+    // Grants: per call, the median of 20 rounds; ours = a PVH guest of ours mapping a peer's grants;
     // Linux = the Linux peer, a PVH domU like ours, through its /dev/xen/gntdev (the fair
     // baseline); the same rows again with dom0 (PV) through gntdev as the Linux column.
     let g = "grant-bench";

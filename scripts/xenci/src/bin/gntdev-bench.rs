@@ -1,9 +1,10 @@
 //! `gntdev-bench DOMID "REF REF ..." ROUNDS` — Linux's grant mapping through
 //! `/dev/xen/gntdev`, the baseline for our mapper's `bench` command (the `grant-bench`
 //! scenario), run in dom0 and in the Linux peer (a PVH domU; `scripts/xen-ci` builds a
-//! statically linked copy for its busybox initramfs). Maps the refs in one batch and one page at a time, ROUNDS
-//! times each; prints the mean microseconds per map and per unmap call, and the
-//! handshake checksum of the pages (so the granter can verify what was read).
+//! statically linked copy for its busybox initramfs). Maps the refs in one batch and one
+//! page at a time, ROUNDS times each; prints the microseconds per map and per unmap call
+//! of the median round, and the handshake checksum of the pages (so the granter can
+//! verify what was read).
 //!
 //! What one "call" is here: map = `IOCTL_GNTDEV_MAP_GRANT_REF` + `mmap` (gntdev issues
 //! `GNTTABOP_map_grant_ref` for the whole range inside `mmap`), unmap = `munmap` +
@@ -95,7 +96,8 @@ fn unmap(fd: i32, p: *mut libc::c_void, index: u64, count: usize) {
     unsafe { libc::ioctl(fd, IOCTL_GNTDEV_UNMAP_GRANT_REF, &mut u as *mut Unmap) };
 }
 
-/// Mean microseconds per (map, unmap) call with `batch` refs per call.
+/// Microseconds per (map, unmap) call with `batch` refs per call, from the median round
+/// (as our mapper's `bench`: a round that another domain preempted does not move it).
 fn bench(
     fd: i32,
     domid: u32,
@@ -103,21 +105,28 @@ fn bench(
     batch: usize,
     rounds: u32,
 ) -> Result<(u64, u64), String> {
-    let (mut map_ns, mut unmap_ns, mut calls) = (0u128, 0u128, 0u128);
+    let calls = refs.len().div_ceil(batch).max(1) as u128;
+    let (mut map_ns, mut unmap_ns) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
+        let (mut m, mut u) = (0u128, 0u128);
         for chunk in refs.chunks(batch) {
             let t0 = Instant::now();
             let (p, index) = map(fd, domid, chunk)?;
             let t1 = Instant::now();
             unmap(fd, p, index, chunk.len());
-            map_ns += (t1 - t0).as_nanos();
-            unmap_ns += t1.elapsed().as_nanos();
-            calls += 1;
+            m += (t1 - t0).as_nanos();
+            u += t1.elapsed().as_nanos();
         }
+        map_ns.push(m);
+        unmap_ns.push(u);
     }
+    let median = |mut v: Vec<u128>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
     Ok((
-        (map_ns / calls / 1000) as u64,
-        (unmap_ns / calls / 1000) as u64,
+        (median(map_ns) / calls / 1000) as u64,
+        (median(unmap_ns) / calls / 1000) as u64,
     ))
 }
 

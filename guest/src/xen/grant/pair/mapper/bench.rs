@@ -38,6 +38,12 @@ pub(super) fn bench_key(batch: usize, what: &str) -> String {
     format!("bench/batch-{batch}/{what}")
 }
 
+/// The median of `v` (the upper one of an even count; 0 when empty).
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
 /// The grant hypercalls with a stopwatch: the bench splits each map/unmap into Xen's
 /// time (inside `GNTTABOP_*`) and ours (the memory model, slots, the loop).
 struct TimedGrants<'a, G, C> {
@@ -72,8 +78,8 @@ impl<G: GrantOps, C: Clock> GrantOps for TimedGrants<'_, G, C> {
     }
 }
 
-/// One batch size's result of the `bench` command: mean microseconds per hypercall,
-/// all of it and the part inside Xen.
+/// One batch size's result of the `bench` command: microseconds per hypercall in the
+/// median round, all of it and the part inside Xen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct BenchRow {
     pub batch: usize,
@@ -85,8 +91,10 @@ pub(super) struct BenchRow {
 
 impl Mapper {
     /// `bench`: unmap and map all pages again, `rounds` times with batches of
-    /// [`MAX_BATCH`] and then one page per hypercall. Returns the mean microseconds per
-    /// hypercall, in all and inside Xen; the pages are mapped again afterwards.
+    /// [`MAX_BATCH`] and then one page per hypercall. Returns microseconds per
+    /// hypercall, in all and inside Xen, from the median round (a round that dom0 or
+    /// another guest preempted does not move it; `gntdev-bench` does the same for the
+    /// Linux baseline); the pages are mapped again afterwards.
     pub(super) fn bench<K: Kit>(
         &mut self,
         mapper: &mut ForeignMapper,
@@ -95,8 +103,9 @@ impl Mapper {
     ) -> Result<Vec<BenchRow>, String> {
         let mut out = Vec::new();
         for batch in [MAX_BATCH, 1] {
-            let calls = (self.refs.len().div_ceil(batch) as u64 * u64::from(rounds)).max(1);
-            let (mut map_ns, mut unmap_ns) = (0, 0);
+            let calls = self.refs.len().div_ceil(batch).max(1) as u64;
+            // Per round: [map, unmap, map in Xen, unmap in Xen] nanoseconds.
+            let mut per_round: [Vec<u64>; 4] = Default::default();
             let mut gnt = TimedGrants {
                 inner: &mut *env.gnt,
                 clock: env.ev,
@@ -104,6 +113,7 @@ impl Mapper {
                 unmap_ns: 0,
             };
             for _ in 0..rounds {
+                let (xm0, xu0) = (gnt.map_ns, gnt.unmap_ns);
                 let t0 = env.ev.now_ns();
                 let left = self.unmap_all(mapper, env.mm, &mut gnt, batch);
                 let t1 = env.ev.now_ns();
@@ -111,16 +121,23 @@ impl Mapper {
                     return Err(format!("bench: {left} pages stayed mapped"));
                 }
                 self.map_all(mapper, env.mm, &mut gnt, batch)?;
-                map_ns += env.ev.now_ns() - t1;
-                unmap_ns += t1 - t0;
+                let t2 = env.ev.now_ns();
+                for (v, ns) in per_round.iter_mut().zip([
+                    t2 - t1,
+                    t1 - t0,
+                    gnt.map_ns - xm0,
+                    gnt.unmap_ns - xu0,
+                ]) {
+                    v.push(ns);
+                }
             }
-            let us = |ns: u64| ns / calls / 1000;
+            let [map, unmap, map_xen, unmap_xen] = per_round.map(|v| median(v) / calls / 1000);
             out.push(BenchRow {
                 batch,
-                map_us: us(map_ns),
-                unmap_us: us(unmap_ns),
-                map_xen_us: us(gnt.map_ns),
-                unmap_xen_us: us(gnt.unmap_ns),
+                map_us: map,
+                unmap_us: unmap,
+                map_xen_us: map_xen,
+                unmap_xen_us: unmap_xen,
             });
         }
         Ok(out)
