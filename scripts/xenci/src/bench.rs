@@ -213,8 +213,8 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
         "dom0 polls the console log (Linux: its init's ready line, userspace)",
     ));
 
-    // Balloon. Floor of a step: `xl mem-set` to the current target plus one `xl list`
-    // poll (the measure's own resolution), both measured in the run.
+    // Balloon. Floor of a step: `xl mem-set` to the current target plus one wait that is
+    // met at its first poll (xen-dominfo; the measure's own cost), both measured in the run.
     let memset = mean(&v("balloon-bench", "memset_floor_secs"));
     let poll = mean(&v("balloon-bench", "poll_floor_secs"));
     let step_floor = memset.zip(poll).map(|(a, b)| a + b);
@@ -228,7 +228,7 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
         mean(&v(b, "mean_down_secs")),
         mean(&v(bl, "mean_down_secs")),
         step_floor,
-        "xl mem-set -> Xen's tot_pages within 1 MiB (xl list every 0.1 s); floor: xl mem-set to the current target + one poll",
+        "xl mem-set -> Xen's tot_pages within 1 MiB (xen-dominfo: getdomaininfo every 10 ms); floor: xl mem-set to the current target + one poll",
     ));
     rows.push(row(
         "balloon",
@@ -464,7 +464,7 @@ fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
     });
     // Worst step: the largest outside share of any timed step, per thousand of the step's
     // wall time. On the CPU (Xen's runstate account): the guest's own work. On the wall
-    // clock: also the time it waited while dom0 (the bench's own `xl list` polls) ran.
+    // clock: also the time it waited while dom0 (xl, xenstored, the bench's polls) ran.
     let worst = |scenario: &str, steps: &[&str], key: &str| {
         let mut all: Vec<f64> = Vec::new();
         for step in steps {
