@@ -538,17 +538,45 @@ check_alive() {
 
 # wait_reach MIB SECONDS [FROM_CS]: wait until Xen's tot_pages is within 1 MiB of MIB,
 # failing at once on a crash. dom0 asks Xen directly (target/release/xen-dominfo: one
-# XEN_DOMCTL_getdomaininfo every 10 ms, ~50 us each), not `xl list` every 0.1 s, which
-# took about half of the one emulated CPU away from the domain being timed. Sets REACH_CS
-# (centiseconds from FROM_CS, default the call, to the poll that saw it) and
-# TOT/MAX/POD_* (confirmed with the exact `xl debug-keys q` count). The tool's thinned
-# samples go to the serial log as SAMPLE lines (the timeline pictures).
+# XEN_DOMCTL_getdomaininfo every XENCI_POLL_MS=10 ms, ~50 us each), not `xl list` every
+# 0.1 s, which took about half of the one emulated CPU away from the domain being timed.
+# Sets REACH_CS (centiseconds from FROM_CS, default the call, to the poll that saw it)
+# and TOT/MAX/POD_* (confirmed with the exact `xl debug-keys q` count). The tool's
+# thinned samples go to the serial log as SAMPLE lines (the timeline pictures).
 wait_reach() {
-    local mib=$1 secs=$2 t0 rc at
+    local t0
     t0=${3:-$(now_cs)}
-    "$REPO/target/release/xen-dominfo" "$DOMID" --wait-kib $((mib * 1024)) --timeout "$secs" \
-        >"$WORK/wait.out" 2>>"$WORK/tools.log"
+    wait_reach_start "$1" "$2"
+    wait_reach_end "$t0"
+}
+
+# The two halves of wait_reach, for a wait started before the action it times
+# (balloon_step: the poller is running before `xl mem-set`, so its start-up, ~0.07 s of
+# the one CPU under TCG, is not spent while the step it measures runs).
+wait_reach_start() {
+    local n=0
+    WAIT_MIB=$1 WAIT_SECS=$2
+    "$REPO/target/release/xen-dominfo" "$DOMID" --wait-kib $(($1 * 1024)) --timeout "$2" \
+        --every-ms "${XENCI_POLL_MS:-10}" >"$WORK/wait.out" 2>>"$WORK/tools.log" &
+    WAIT_PID=$!
+    # Its first poll always prints a line: from then on it is polling.
+    while [ ! -s "$WORK/wait.out" ] && kill -0 "$WAIT_PID" 2>/dev/null && [ "$n" -lt 500 ]; do
+        sleep 0.01
+        n=$((n + 1))
+    done
+}
+
+# Stop a started wait without collecting it (the action it was to time failed).
+wait_reach_abandon() {
+    [ -n "${WAIT_PID:-}" ] && kill "$WAIT_PID" 2>/dev/null && wait "$WAIT_PID" 2>/dev/null
+    WAIT_PID=
+}
+
+wait_reach_end() {
+    local mib=$WAIT_MIB secs=$WAIT_SECS t0=$1 rc at
+    wait "$WAIT_PID"
     rc=$?
+    WAIT_PID=
     sed -n 's/^sample t=\([0-9]*\) mib=\([0-9]*\) .*/XENCI SAMPLE '"$SCENARIO"' t=\1 dom='"$DOMNAME"' mib=\2/p' \
         "$WORK/wait.out" >&3
     case $rc in
@@ -562,7 +590,8 @@ wait_reach() {
     esac
     at=$(sed -n 's/^reached t=\([0-9]*\) .*/\1/p' "$WORK/wait.out")
     [ -n "$at" ] || fail "xen-dominfo said reached without a time: $(tail -n 2 "$WORK/wait.out")"
-    REACH_CS=$((at - t0))
+    # A wait started before the action may see the target before its clock starts.
+    REACH_CS=$((at > t0 ? at - t0 : 0))
     exact_near_target_mib "$mib" \
         || fail "xen-dominfo saw $mib MiB but the exact tot_pages by xl debug-keys q is $TOT ($((TOT * 4)) KiB, target $((mib * 1024)) KiB)"
 }
@@ -575,7 +604,7 @@ mem_set() {
     MEMSET_CS=$(now_cs)
     sample "target_mib=$1"
     tool xl mem-set "$DOMNAME" "${1}m" \
-        || fail "xl mem-set $DOMNAME ${1}m failed: $(tail -n 1 "$WORK/tools.log")"
+        || { wait_reach_abandon; fail "xl mem-set $DOMNAME ${1}m failed: $(tail -n 1 "$WORK/tools.log")"; }
 }
 
 # Our guest only: the balloon reports it has settled at TARGET_KIB (its effective target)
@@ -674,8 +703,9 @@ check_census() {
 balloon_step() {
     local label=$1 mib=$2 secs=$3
     say "$label: xl mem-set ${mib}m"
+    wait_reach_start "$mib" "$secs"
     mem_set "$mib"
-    wait_reach "$mib" "$secs" "$MEMSET_CS"
+    wait_reach_end "$MEMSET_CS"
     info "${label}_secs=$(fmt_cs "$REACH_CS") target_mib=$mib tot_pages=$TOT"
     balloon_settled_at "$label" "$mib"
 }
