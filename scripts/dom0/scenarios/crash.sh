@@ -23,5 +23,23 @@ scenario_crash() {
     msg=$(panic_line) || fail "crashed, but no PANIC line in the console log"
     say "panic message: $msg"
     info "panic=$msg"
+    # Xen's own view through xen-dominfo (the balloon waits' poller): shutdown with
+    # reason crash in getdomaininfo's flags, and a wait on the crashed domain ends with
+    # "crashed" (exit 3) at once, even for the page count it has right now.
+    di=$REPO/target/release/xen-dominfo
+    line=$("$di" "$DOMID" 2>&1) || fail "xen-dominfo $DOMID: $line"
+    flags=$(echo "$line" | sed -n 's/.*flags=\(0x[0-9a-f]*\).*/\1/p')
+    [ -n "$flags" ] && [ $(((flags >> 16) & 255)) = 3 ] && [ $((flags & 4)) = 4 ] \
+        || fail "getdomaininfo does not say crashed: $line"
+    tot=$(echo "$line" | sed -n 's/^tot_pages=\([0-9]*\) .*/\1/p')
+    out=$("$di" "$DOMID" --wait-kib $((tot * 4)) --timeout 5)
+    rc=$?
+    [ "$rc" = 3 ] && case $out in *crashed*) true ;; *) false ;; esac \
+        || fail "a wait on the crashed domain did not end as crashed (exit $rc: $out)"
     tool xl destroy "$DOMNAME" || fail "xl destroy of the preserved crashed domain failed"
+    # Gone: a wait fails as such (4.17 answers getdomaininfo with the next domain up).
+    out=$("$di" "$DOMID" --wait-kib 1024 --timeout 5)
+    rc=$?
+    [ "$rc" = 3 ] || fail "a wait on the destroyed domain: exit $rc ($out), want 3"
+    info "xen_dominfo=$line"
 }
