@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod dominfo;
 pub mod nothing;
+pub mod privcmd;
 pub mod timeline;
 
 use std::fmt::Write as _;

@@ -12,26 +12,17 @@
 //! tool error (no privcmd, bad arguments).
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
+use xenci::privcmd;
 
 const PAGE: usize = 4096;
 const CHUNK: usize = 1024;
-/// `_IOC(_IOC_NONE, 'P', 0, sizeof(struct privcmd_hypercall))` (48 bytes).
-const IOCTL_PRIVCMD_HYPERCALL: libc::c_ulong = (48 << 16) | (b'P' as libc::c_ulong) << 8;
 /// `_IOC(_IOC_NONE, 'P', 4, sizeof(struct privcmd_mmapbatch_v2))` (32 bytes).
 const IOCTL_PRIVCMD_MMAPBATCH_V2: libc::c_ulong = (32 << 16) | (b'P' as libc::c_ulong) << 8 | 4;
 const HYPERVISOR_MEMORY_OP: u64 = 12;
 const XENMEM_MAXIMUM_GPFN: u64 = 14;
-
-/// `struct privcmd_hypercall`.
-#[repr(C)]
-struct Hypercall {
-    op: u64,
-    arg: [u64; 5],
-}
-const _: () = assert!(std::mem::size_of::<Hypercall>() == 48);
 
 /// `struct privcmd_mmapbatch_v2`.
 #[repr(C)]
@@ -52,21 +43,13 @@ fn parse_num(s: &str) -> Option<u64> {
 }
 
 /// `XENMEM_maximum_gpfn` for `domid` (the argument is a pointer to the domid).
-fn max_gpfn(fd: i32, domid: u16) -> Result<u64, String> {
+fn max_gpfn(f: &File, domid: u16) -> Result<u64, String> {
     let mut dom = domid;
-    let mut h = Hypercall {
-        op: HYPERVISOR_MEMORY_OP,
-        arg: [XENMEM_MAXIMUM_GPFN, &mut dom as *mut u16 as u64, 0, 0, 0],
-    };
-    // SAFETY: a valid privcmd_hypercall whose pointer argument outlives the call.
-    let r = unsafe { libc::ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &mut h as *mut Hypercall) };
-    if r < 0 {
-        return Err(format!(
-            "XENMEM_maximum_gpfn: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(r as u64)
+    let args = [XENMEM_MAXIMUM_GPFN, &mut dom as *mut u16 as u64, 0, 0, 0];
+    // SAFETY: the one pointer argument (`dom`, on this stack frame) outlives the call.
+    unsafe { privcmd::hypercall(f, HYPERVISOR_MEMORY_OP, args) }
+        .map(|r| r as u64)
+        .map_err(|e| format!("XENMEM_maximum_gpfn: {e}"))
 }
 
 /// Maps `gfns` of `domid` read-only; per gfn 0 (RAM, mapped) or Xen's negative error.
@@ -119,19 +102,15 @@ fn main() -> ExitCode {
         eprintln!("usage: gfn-probe DOMID FIRST_GFN COUNT");
         return ExitCode::from(1);
     };
-    let f = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/xen/privcmd")
-    {
+    let f = match privcmd::open() {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("gfn-probe: /dev/xen/privcmd: {e}");
+            eprintln!("gfn-probe: {e}");
             return ExitCode::from(1);
         }
     };
     let fd = f.as_raw_fd();
-    let max = match max_gpfn(fd, domid) {
+    let max = match max_gpfn(&f, domid) {
         Ok(m) => format!("{m:#x}"),
         Err(e) => format!("error({e})"),
     };

@@ -11,38 +11,22 @@
 //! refused the call), 3 the domain crashed, is dying or is gone. The pure part (layout,
 //! decisions) is `xenci::dominfo`, unit-tested on the host.
 
-use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
+use std::fs::File;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use xenci::dominfo::{format_info, DomInfo, Domctl, Step, Wait, HYPERVISOR_DOMCTL};
-
-/// `_IOC(_IOC_NONE, 'P', 0, sizeof(struct privcmd_hypercall))` (48 bytes).
-const IOCTL_PRIVCMD_HYPERCALL: libc::c_ulong = (48 << 16) | (b'P' as libc::c_ulong) << 8;
-
-/// `struct privcmd_hypercall`.
-#[repr(C)]
-struct Hypercall {
-    op: u64,
-    arg: [u64; 5],
-}
-const _: () = assert!(std::mem::size_of::<Hypercall>() == 48);
+use xenci::privcmd;
 
 const USAGE: &str =
     "usage: xen-dominfo DOMID [--wait-kib KIB [--within KIB] [--timeout SECS] [--every-ms MS]]";
 
 /// `Ok(None)`: Xen has no such domain (ESRCH, or 4.17's "next domain up" answer).
-fn getdomaininfo(fd: i32, domid: u16) -> Result<Option<DomInfo>, String> {
+fn getdomaininfo(f: &File, domid: u16) -> Result<Option<DomInfo>, String> {
     let mut d = Domctl::getdomaininfo(domid);
-    let mut h = Hypercall {
-        op: HYPERVISOR_DOMCTL,
-        arg: [&mut d as *mut Domctl as u64, 0, 0, 0, 0],
-    };
-    // SAFETY: a valid privcmd_hypercall whose one pointer argument (`d`, on this stack
-    // frame and so mapped in a PV dom0) outlives the call.
-    let r = unsafe { libc::ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &mut h as *mut Hypercall) };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
+    let args = [&mut d as *mut Domctl as u64, 0, 0, 0, 0];
+    // SAFETY: the one pointer argument (`d`, a whole xen_domctl on this stack frame, so
+    // mapped in a PV dom0) outlives the call.
+    if let Err(e) = unsafe { privcmd::hypercall(f, HYPERVISOR_DOMCTL, args) } {
         return match e.raw_os_error() {
             Some(libc::ESRCH) => Ok(None),
             Some(libc::EACCES) => Err(format!(
@@ -134,20 +118,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let f = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/xen/privcmd")
-    {
+    let f = match privcmd::open() {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("xen-dominfo: /dev/xen/privcmd: {e}");
+            eprintln!("xen-dominfo: {e}");
             return ExitCode::from(2);
         }
     };
-    let fd = f.as_raw_fd();
     let Some(target) = a.wait_kib else {
-        return match getdomaininfo(fd, a.domid) {
+        return match getdomaininfo(&f, a.domid) {
             Ok(Some(i)) => {
                 println!("{}", format_info(&i));
                 ExitCode::SUCCESS
@@ -169,7 +148,7 @@ fn main() -> ExitCode {
     let every = Duration::from_millis(a.every_ms);
     let mut next = start;
     loop {
-        let info = match getdomaininfo(fd, a.domid) {
+        let info = match getdomaininfo(&f, a.domid) {
             Ok(i) => i,
             Err(e) => {
                 eprintln!("xen-dominfo: {e}");
