@@ -149,16 +149,30 @@ impl Wait {
         (tot_pages * 4).abs_diff(self.target_kib) <= self.within_kib
     }
 
-    fn sample(&mut self, now_cs: u64, tot_pages: u64, force: bool) -> Option<String> {
+    /// A sample line if one is due: the first poll, then a new MiB at least
+    /// `sample_gap_cs` after the last sample.
+    fn sample(&mut self, now_cs: u64, tot_pages: u64) -> Option<String> {
         let mib = tot_pages / 256;
         let due = match self.last_sample {
             None => true,
-            Some((t, m)) => force || (m != mib && now_cs >= t + self.sample_gap_cs),
+            Some((t, m)) => m != mib && now_cs >= t + self.sample_gap_cs,
         };
-        due.then(|| {
-            self.last_sample = Some((now_cs, mib));
-            format!("sample t={now_cs} mib={mib} tot_pages={tot_pages}")
-        })
+        due.then(|| self.sample_now(now_cs, tot_pages))
+    }
+
+    fn sample_now(&mut self, now_cs: u64, tot_pages: u64) -> String {
+        let mib = tot_pages / 256;
+        self.last_sample = Some((now_cs, mib));
+        format!("sample t={now_cs} mib={mib} tot_pages={tot_pages}")
+    }
+
+    /// The wait's last lines: a sample (the picture ends where the wait did), then `what`.
+    fn last(&mut self, what: &str, now_cs: u64, i: &DomInfo) -> String {
+        let s = self.sample_now(now_cs, i.tot_pages);
+        format!(
+            "{s}\n{what} t={now_cs} tot_pages={} max_pages={}",
+            i.tot_pages, i.max_pages
+        )
     }
 
     /// One poll's result: `Some(info)`, or `None` when Xen no longer has the domain.
@@ -170,22 +184,12 @@ impl Wait {
             return Step::Dead(format!("{why} t={now_cs} tot_pages={}", i.tot_pages));
         }
         if self.near(i.tot_pages) {
-            let s = self.sample(now_cs, i.tot_pages, true);
-            let line = format!(
-                "reached t={now_cs} tot_pages={} max_pages={}",
-                i.tot_pages, i.max_pages
-            );
-            return Step::Reached(s.map_or(line.clone(), |s| format!("{s}\n{line}")));
+            return Step::Reached(self.last("reached", now_cs, i));
         }
         if now_cs >= self.deadline_cs {
-            let s = self.sample(now_cs, i.tot_pages, true);
-            let line = format!(
-                "timeout t={now_cs} tot_pages={} max_pages={}",
-                i.tot_pages, i.max_pages
-            );
-            return Step::TimedOut(s.map_or(line.clone(), |s| format!("{s}\n{line}")));
+            return Step::TimedOut(self.last("timeout", now_cs, i));
         }
-        Step::Poll(self.sample(now_cs, i.tot_pages, false))
+        Step::Poll(self.sample(now_cs, i.tot_pages))
     }
 }
 

@@ -60,8 +60,8 @@ struct Args {
     every_ms: u64,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
+fn parse_args() -> Result<Args, lexopt::Error> {
+    use lexopt::prelude::*;
     let mut a = Args {
         domid: 0,
         wait_kib: None,
@@ -70,37 +70,15 @@ fn parse_args() -> Result<Args, String> {
         every_ms: 10,
     };
     let mut domid = None;
-    let num = |v: Option<String>, what: &str| -> Result<String, String> {
-        v.ok_or_else(|| format!("{what} needs a value"))
-    };
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--wait-kib" => {
-                a.wait_kib = Some(
-                    num(it.next(), &arg)?
-                        .parse()
-                        .map_err(|e| format!("{arg}: {e}"))?,
-                )
-            }
-            "--within" => {
-                a.within_kib = num(it.next(), &arg)?
-                    .parse()
-                    .map_err(|e| format!("{arg}: {e}"))?
-            }
-            "--timeout" => {
-                a.timeout = num(it.next(), &arg)?
-                    .parse()
-                    .map_err(|e| format!("{arg}: {e}"))?
-            }
-            "--every-ms" => {
-                a.every_ms = num(it.next(), &arg)?
-                    .parse()
-                    .map_err(|e| format!("{arg}: {e}"))?
-            }
-            s if domid.is_none() && !s.starts_with('-') => {
-                domid = Some(s.parse::<u16>().map_err(|e| format!("DOMID {s:?}: {e}"))?)
-            }
-            s => return Err(format!("unexpected argument {s:?}")),
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("wait-kib") => a.wait_kib = Some(p.value()?.parse()?),
+            Long("within") => a.within_kib = p.value()?.parse()?,
+            Long("timeout") => a.timeout = p.value()?.parse()?,
+            Long("every-ms") => a.every_ms = p.value()?.parse()?,
+            Value(v) if domid.is_none() => domid = Some(v.parse::<u16>()?),
+            _ => return Err(arg.unexpected()),
         }
     }
     a.domid = domid.ok_or("no DOMID")?;
