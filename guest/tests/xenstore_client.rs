@@ -508,3 +508,21 @@ fn a_posted_write_lands_in_order_and_a_refusal_is_counted_not_lost() {
     assert!(c.post_write("data/bad\0path", b"x").is_err());
     assert_eq!(c.posted_writes(), 0);
 }
+
+#[test]
+fn more_late_replies_than_the_abandoned_list_holds_do_not_break_the_connection() {
+    // A stalled daemon times out a pipeline longer than the list of abandoned ids (32):
+    // the replies that come late anyway are older than anything asked since, and
+    // xenstored answers in order, so each later request still gets its own reply.
+    let (sim, mut c) = setup();
+    c.set_timeout_ns(20_000_000);
+    sim.xs_faults(|f| f.stalled = true);
+    let paths: Vec<String> = (0..40).map(|_| "domid".to_string()).collect();
+    let refs: Vec<&str> = paths.iter().map(|s| s.as_str()).collect();
+    let r = c.read_many(&refs);
+    assert!(r.iter().all(|x| *x == Err(XsError::Timeout)), "{r:?}");
+    sim.xs_faults(|f| f.stalled = false);
+    assert_eq!(c.read("name").unwrap(), b"guest");
+    assert_eq!(c.read("domid").unwrap(), b"5");
+    assert_eq!(c.stats().stale_replies, 40);
+}

@@ -260,7 +260,12 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
                 }
                 continue;
             }
-            if self.forget(m.req_id) {
+            // xenstored answers a connection's requests in order, so a reply older than
+            // the one awaited is a late one, even when its id already fell off the
+            // bounded abandoned list (a long pipeline that timed out).
+            let older =
+                want.is_some_and(|w| (1..=i32::MAX as u32).contains(&w.wrapping_sub(m.req_id)));
+            if self.forget(m.req_id) || older {
                 self.stats.stale_replies += 1;
                 continue;
             }
