@@ -25,8 +25,9 @@ use xen_bindings::abi::event_channel as ev;
 use xen_bindings::abi::hvm::{XenHvmEvtchnUpcallVector, HVMOP_SET_EVTCHN_UPCALL_VECTOR};
 use xen_bindings::abi::shared_info::{SharedInfo, VcpuInfo, LEGACY_MAX_VCPUS};
 use xen_bindings::abi::vcpu::{
-    VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer, VCPUOP_REGISTER_VCPU_INFO,
-    VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER,
+    VcpuRegisterRunstateMemoryArea, VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer,
+    VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA, VCPUOP_REGISTER_VCPU_INFO, VCPUOP_SET_SINGLESHOT_TIMER,
+    VCPUOP_STOP_SINGLESHOT_TIMER,
 };
 use xen_bindings::hypercall as hc;
 use xen_bindings::traits::Port;
@@ -98,6 +99,27 @@ fn register_vcpu_info(me: &'static percpu::PerCpu) -> Result<(), Errno> {
     unsafe { hc::vcpu_op(VCPUOP_REGISTER_VCPU_INFO, me.id, (&raw mut r).cast())? };
     // Relaxed: read only by this vCPU (`this_vcpu_info`), after this store.
     me.vcpu_info.store(area, Ordering::Relaxed);
+    Ok(())
+}
+
+/// `VCPUOP_register_runstate_memory_area` for the calling vCPU: from now on its CPU time
+/// is a read of memory ([`crate::hv::running_ns`]), not a hypercall per reading. Xen
+/// copies the current runstate in at once. Registrations die with the domain, so this
+/// runs again after a resume in a new one; re-registering in the same domain is allowed.
+fn register_runstate_area(me: &'static percpu::PerCpu) -> Result<(), Errno> {
+    let area = me.runstate_area.0.get();
+    let mut r = VcpuRegisterRunstateMemoryArea { addr: area as u64 };
+    // SAFETY: r names 48 bytes of ours (identity-mapped in the one page table every vCPU
+    // uses, 64-byte aligned, inside one page) that live as long as the kernel.
+    unsafe {
+        hc::vcpu_op(
+            VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA,
+            me.id,
+            (&raw mut r).cast(),
+        )?
+    };
+    // Relaxed: read only by this vCPU (`hv::running_ns`), after this store.
+    me.runstate.store(area, Ordering::Relaxed);
     Ok(())
 }
 
@@ -218,6 +240,7 @@ pub fn setup_this_cpu() -> Result<(), Errno> {
     // A fresh start or a new domain: nothing is registered yet, so the shared_info slot
     // is where Xen writes until the registration below. Relaxed: this vCPU only.
     me.vcpu_info.store(core::ptr::null_mut(), Ordering::Relaxed);
+    me.runstate.store(core::ptr::null_mut(), Ordering::Relaxed);
     if me.id as usize >= LEGACY_MAX_VCPUS {
         // Without a slot it could not take the upcall that registration raises.
         return Err(Errno::ENOSYS);
@@ -251,6 +274,13 @@ pub fn setup_this_cpu() -> Result<(), Errno> {
     // and by senders of IPIs after they saw this vCPU online (a Release elsewhere).
     me.timer_port.store(b.port, Ordering::Relaxed);
     me.ipi_port.store(i.port, Ordering::Relaxed);
+    if let Err(e) = register_runstate_area(me) {
+        // Not fatal: CPU time falls back to VCPUOP_get_runstate_info.
+        log::warn!(
+            "vcpu {}: runstate area refused ({e:?}); CPU time by hypercall",
+            me.id
+        );
+    }
     // Last: the vector is set, so the spurious upcall Xen raises is delivered (at the
     // next `sti`) and absorbed instead of leaving upcall_pending stuck at 1.
     register_vcpu_info(me)

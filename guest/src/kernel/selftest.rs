@@ -37,7 +37,7 @@ pub fn run(xen: &Xen, xs: &mut Xenstore, info: &BootInfo) -> &'static str {
     let mm = crate::kmem::MM
         .get()
         .expect("memory model built before the self-tests");
-    let tests: [Test<'_>; 13] = [
+    let tests: [Test<'_>; 14] = [
         ("idt-int3-on-ist", &mut |_| int3()),
         ("heap", &mut |_| heap()),
         ("memmap", &mut |_| {
@@ -49,6 +49,7 @@ pub fn run(xen: &Xen, xs: &mut Xenstore, info: &BootInfo) -> &'static str {
         ("mm-pfn-api", &mut |_| mm_pfn_api(mm, info)),
         ("balloon-roundtrip", &mut |_| balloon_roundtrip(mm, &mut x2)),
         ("clock-and-poll-timeout", &mut |_| clock(xen)),
+        ("runstate-area", &mut |_| runstate_area(xen)),
         ("hypercall-errors", &mut |_| hypercall_errors()),
         ("reservation", &mut |_| reservation(&mut x)),
         ("event-channel", &mut |_| event_channel(xen)),
@@ -212,6 +213,39 @@ fn clock(xen: &Xen) -> Outcome {
     let dt = xen.now_ns() - t0;
     check((20_000_000..10_000_000_000).contains(&dt), || {
         format!("poll slept {dt} ns, asked 20 ms")
+    })
+}
+
+/// CPU time from the registered runstate area agrees with Xen's hypercall answer, and
+/// time spent blocked is not counted as running.
+fn runstate_area(xen: &Xen) -> Outcome {
+    use xen_bindings::abi::vcpu::RUNSTATE_RUNNING;
+    let me = crate::arch::percpu::this();
+    check(!me.runstate.load(Ordering::Relaxed).is_null(), || {
+        "no runstate area registered".into()
+    })?;
+    // Area, hypercall, area: Xen's answer lies between ours (both are Xen system time;
+    // 100 µs for the pvclock's distance from Xen's NOW()).
+    let slack = 100_000;
+    let a = crate::hv::running_ns();
+    let h = xen
+        .runstate(me.id)
+        .map_err(|e| format!("VCPUOP_get_runstate_info: {e}"))?[RUNSTATE_RUNNING];
+    let b = crate::hv::running_ns();
+    check(a <= h + slack && h <= b + slack && b >= a, || {
+        format!("running ns: area {a}, hypercall {h}, area {b}: not in order")
+    })?;
+    // Blocked for 20 ms: the area's clock must not count it (a reader that extrapolated
+    // from a stale entry stamp would).
+    let t0 = xen.now_ns();
+    let c0 = crate::hv::running_ns();
+    xen.poll(&[], t0 + 20_000_000)
+        .map_err(|e| format!("poll: {e}"))?;
+    let ran = crate::hv::running_ns() - c0;
+    let wall = xen.now_ns() - t0;
+    log::info!("runstate-area: {ran} ns running of {wall} ns around a 20 ms block");
+    check(ran < wall / 2, || {
+        format!("blocked 20 ms but the area says {ran} ns of {wall} ns were running")
     })
 }
 

@@ -13,6 +13,10 @@ pub const VCPUOP_DOWN: u32 = 2;
 pub const VCPUOP_IS_UP: u32 = 3;
 /// `VCPUOP_get_runstate_info`: a [`VcpuRunstateInfo`] of any vCPU of the domain.
 pub const VCPUOP_GET_RUNSTATE_INFO: u32 = 4;
+/// `VCPUOP_register_runstate_memory_area`: Xen copies the vCPU's [`VcpuRunstateInfo`]
+/// to a guest *virtual* address at every context switch of that vCPU (and once at
+/// registration). Not kept across save/restore or migration.
+pub const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u32 = 5;
 /// `VCPUOP_set_singleshot_timer` (calling vCPU only): `VIRQ_TIMER` at an absolute time.
 pub const VCPUOP_SET_SINGLESHOT_TIMER: u32 = 8;
 /// `VCPUOP_stop_singleshot_timer` (calling vCPU only).
@@ -124,3 +128,16 @@ assert_layout!(
     state_entry_time = 8,
     time = 16
 );
+
+/// `struct vcpu_register_runstate_memory_area`: a union of a guest handle and a pointer,
+/// both the 64-bit virtual address of a [`VcpuRunstateInfo`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuRegisterRunstateMemoryArea {
+    pub addr: u64,
+}
+assert_layout!(VcpuRegisterRunstateMemoryArea, size = 8, addr = 0);
+
+/// Bit 63 of `state_entry_time`: Xen is rewriting the area (only with
+/// `VMASST_TYPE_runstate_update_flag`; readers retry while it is set).
+pub const XEN_RUNSTATE_UPDATE: u64 = 1 << 63;

@@ -5,6 +5,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize};
 
 use xen_bindings::abi::shared_info::VcpuInfo;
+use xen_bindings::abi::vcpu::VcpuRunstateInfo;
 
 use super::cpu;
 
@@ -31,9 +32,26 @@ pub struct PerCpu {
     /// Where Xen keeps this vCPU's `vcpu_info` once registered: 64-byte aligned, so it
     /// never crosses a frame's end; virtual == guest-physical (identity map).
     pub vcpu_info_area: VcpuInfoArea,
+    /// This vCPU's registered runstate area (`runstate_area`), or null while none is
+    /// registered in this domain (CPU time then comes from a hypercall). Only this vCPU
+    /// reads and writes it.
+    pub runstate: AtomicPtr<VcpuRunstateInfo>,
+    /// Where Xen copies this vCPU's runstate at each of its context switches: 64-byte
+    /// aligned (48 bytes), so it never crosses a page; virtual == guest-physical.
+    pub runstate_area: RunstateArea,
 }
 const _: () = assert!(core::mem::offset_of!(PerCpu, id) == 0);
 const _: () = assert!(core::mem::offset_of!(PerCpu, vcpu_info_area) % 64 == 0);
+const _: () = assert!(core::mem::offset_of!(PerCpu, runstate_area) % 64 == 0);
+
+/// A `vcpu_runstate_info` Xen writes (`VCPUOP_register_runstate_memory_area`).
+#[repr(C, align(64))]
+pub struct RunstateArea(pub UnsafeCell<VcpuRunstateInfo>);
+const _: () = assert!(core::mem::size_of::<RunstateArea>() == 64);
+
+// SAFETY: Xen writes the area while this vCPU is switched out; this vCPU only reads it,
+// with volatile reads under the entry-time check of `guest::xen::clock::running_ns`.
+unsafe impl Sync for RunstateArea {}
 
 /// A `vcpu_info` Xen writes (registered with `VCPUOP_register_vcpu_info`).
 #[repr(C, align(64))]
@@ -56,6 +74,12 @@ impl PerCpu {
             // SAFETY: vcpu_info is plain integers; all-zero is its state before Xen
             // copies the shared_info slot in at registration.
             vcpu_info_area: VcpuInfoArea(UnsafeCell::new(unsafe { core::mem::zeroed() })),
+            runstate: AtomicPtr::new(core::ptr::null_mut()),
+            runstate_area: RunstateArea(UnsafeCell::new(VcpuRunstateInfo {
+                state: 0,
+                state_entry_time: 0,
+                time: [0; 4],
+            })),
         }
     }
 }
