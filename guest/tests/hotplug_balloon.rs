@@ -1194,3 +1194,37 @@ fn a_capped_provider_takes_one_frame_not_all() {
     assert_eq!(w.mm.trim_storage(), 1);
     assert_eq!(w.mm.census().pages_in(StateKind::Free), free);
 }
+
+/// A CPU clock that advances 1 µs per reading.
+static FAKE_CPU_NS: AtomicU64 = AtomicU64::new(0);
+fn fake_cpu_clock() -> u64 {
+    FAKE_CPU_NS.fetch_add(1000, Ordering::Relaxed) + 1000
+}
+
+#[test]
+fn a_hot_add_publishes_its_cpu_time_by_phase() {
+    let mut w = world(256, 1024, HeapStorage);
+    w.hp = Hotplug::new(HotplugWindow::from_memmap(&pvh_memmap(256)).unwrap())
+        .with_cpu_clock(fake_cpu_clock);
+    let field = |w: &World<HeapStorage>, k: &str| {
+        w.hp.status(&w.mm)
+            .fields()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v)
+            .unwrap()
+    };
+    assert_eq!(field(&w, "last-add/sections"), "0", "nothing added yet");
+    w.balloon.set_target(&kib(768), 1024 * 1024, w.now).unwrap();
+    assert_eq!(settle(&mut w), StepOutcome::Done);
+    let t = w.hp.last_add();
+    // Five marks, one reading each: every phase saw exactly one tick.
+    assert_eq!(t.sections, 4);
+    assert_eq!(
+        (t.refill_ns, t.build_ns, t.map_ns, t.adopt_ns),
+        (1000, 1000, 1000, 1000)
+    );
+    for k in ["refill", "build", "map", "adopt"] {
+        assert_eq!(field(&w, &format!("last-add/{k}-us")), "1");
+    }
+    assert_eq!(field(&w, "last-add/sections"), "4");
+}

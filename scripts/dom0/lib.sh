@@ -1114,6 +1114,28 @@ guest_step_split() {
     info "${prefix}_guest_total_ms=$(awk -v x="$total" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_hypercall_ms=$(awk -v x="$hyper" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_ms=$(awk -v x="$out" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_model_ms=$(awk -v x="$model" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_permille=$pm ${prefix}_guest_cpu_ms=$(awk -v x="$cpu" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_cpu_ms=$(awk -v x="$ocpu" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_cpu_permille=$opm ${prefix}_guest_hypercalls=$calls"
 }
 
+# hotplug_add_split PREFIX: the guest's CPU time by phase of its last hot-add
+# (data/hotplug/last-add/, see guest/src/xen/hotplug.rs AddTiming) if the step just timed
+# hot-added (data/hotplug/adds moved past HOTPLUG_ADDS, which this updates), else
+# PREFIX_hotadd=none.
+hotplug_add_split() {
+    local prefix=$1 got k v line=""
+    got=$(data_read hotplug/adds) || fail "$prefix: no data/hotplug/adds from the guest"
+    if [ "$got" = "${HOTPLUG_ADDS:-0}" ]; then
+        info "${prefix}_hotadd=none"
+        return
+    fi
+    HOTPLUG_ADDS=$got
+    for k in sections refill-us build-us map-us adopt-us; do
+        v=$(data_read "hotplug/last-add/$k") || fail "$prefix: no data/hotplug/last-add/$k from the guest"
+        case $k in
+            *-us) line="$line ${prefix}_hotadd_${k%-us}_ms=$(awk -v x="$v" 'BEGIN { printf "%.2f", x / 1000 }')" ;;
+            *) line="$line ${prefix}_hotadd_$k=$v" ;;
+        esac
+    done
+    info "${line# }"
+}
+
 # ---------------------------------------------------------------- vCPUs through Xen's eyes
 # The vCPU ids Xen has online for the domain under test, space-separated ("0 1 3"), from
 # `xl vcpu-list`: an offline vCPU shows `-` as its CPU and a state with `p`.

@@ -115,7 +115,7 @@ pub fn run(
             let hotplug = match HotplugWindow::from_memmap(&crate::kmem::memmap_entries(info)) {
                 Ok(w) => {
                     log::info!("hotplug: {w}");
-                    Hotplug::new(w)
+                    Hotplug::new(w).with_cpu_clock(crate::hv::running_ns)
                 }
                 Err(e) => panic!("no room for a hotplug window: {e:?}"),
             };

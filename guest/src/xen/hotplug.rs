@@ -89,6 +89,23 @@ pub struct HotplugCounters {
     pub evacuated_pages: u64,
 }
 
+/// Where the CPU time of the last successful hot-add went, by phase, on this vCPU's CPU
+/// clock ([`Hotplug::with_cpu_clock`]; all 0 without one). Published under
+/// `data/hotplug/last-add/` so a benchmark can say which part of a hot-add step is ours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddTiming {
+    /// Sections added.
+    pub sections: u64,
+    /// Taking 2 MiB blocks of our RAM for memmap storage.
+    pub refill_ns: u64,
+    /// Building the sections: memmap filled Offline, subsections active, online.
+    pub build_ns: u64,
+    /// Page tables for the new ranges.
+    pub map_ns: u64,
+    /// The balloon adopting the ranges (with its check that every page is Offline).
+    pub adopt_ns: u64,
+}
+
 /// The hotplug driver's state.
 pub struct Hotplug {
     window: HotplugWindow,
@@ -96,6 +113,9 @@ pub struct Hotplug {
     counters: HotplugCounters,
     last_error: Option<HotplugError>,
     last_error_text: String,
+    /// This vCPU's time on a CPU, for [`AddTiming`].
+    cpu_clock: Option<fn() -> u64>,
+    last_add: AddTiming,
 }
 
 impl Hotplug {
@@ -107,7 +127,24 @@ impl Hotplug {
             counters: HotplugCounters::default(),
             last_error: None,
             last_error_text: String::new(),
+            cpu_clock: None,
+            last_add: AddTiming::default(),
         }
+    }
+
+    /// Times each hot-add's phases with `clock` (ns of this vCPU on a CPU).
+    pub fn with_cpu_clock(mut self, clock: fn() -> u64) -> Hotplug {
+        self.cpu_clock = Some(clock);
+        self
+    }
+
+    /// The last successful hot-add's phases.
+    pub fn last_add(&self) -> AddTiming {
+        self.last_add
+    }
+
+    fn cpu_now(&self) -> u64 {
+        self.cpu_clock.map_or(0, |c| c())
     }
 
     /// The window sections are added in.
@@ -168,6 +205,7 @@ impl Hotplug {
             .count();
         let want = (pages.div_ceil(PAGES_PER_SECTION) as usize).min(free_sections);
         let mut short = String::new();
+        let c0 = self.cpu_now();
         let before = mm.with_storage(|s| s.frames());
         if let Err(e) = mm.refill_storage(storage_for_sections(want.max(1))) {
             short = match e {
@@ -180,6 +218,7 @@ impl Hotplug {
         }
         let taken = mm.with_storage(|s| s.frames()).saturating_sub(before);
         self.counters.storage_frames_taken += taken as u64;
+        let c1 = self.cpu_now();
         let added = match hot_add(mm, &self.window, pages) {
             Ok(a) => a,
             Err(e) => {
@@ -187,12 +226,14 @@ impl Hotplug {
                 return self.fail(now_ns, e, short);
             }
         };
+        let c2 = self.cpu_now();
         for (n, &range) in added.ranges.iter().enumerate() {
             if let Err(why) = map(range) {
                 self.undo(mm, balloon, &added, n);
                 return self.fail(now_ns, HotplugError::Map { range }, format!(": {why}"));
             }
         }
+        let c3 = self.cpu_now();
         for (n, &range) in added.ranges.iter().enumerate() {
             if let Err(error) = balloon.adopt_hotplugged(mm, range) {
                 self.undo(mm, balloon, &added, n);
@@ -208,6 +249,14 @@ impl Hotplug {
                 want
             );
         }
+        let c4 = self.cpu_now();
+        self.last_add = AddTiming {
+            sections: added.sections.len() as u64,
+            refill_ns: c1.saturating_sub(c0),
+            build_ns: c2.saturating_sub(c1),
+            map_ns: c3.saturating_sub(c2),
+            adopt_ns: c4.saturating_sub(c3),
+        };
         self.trim(mm);
         self.backoff.reset();
         self.counters.adds += 1;
@@ -383,8 +432,14 @@ impl Hotplug {
             memmap_bytes: c.memmap_bytes(),
             storage_frames: mm.with_storage(|s| s.frames()),
             storage_free_bytes: mm.with_storage(|s| s.free_bytes()).unwrap_or(0),
+            last_add: self.last_add,
         }
     }
+}
+
+/// Nanoseconds as whole microseconds.
+fn us(ns: u64) -> String {
+    format!("{}", ns / 1000)
 }
 
 /// The hotplug driver's numbers as published under the guest's `data/hotplug/`.
@@ -416,6 +471,8 @@ pub struct HotplugStatus {
     pub storage_frames: usize,
     /// Storage bytes free now (`None` from an unbounded provider: shown as 0).
     pub storage_free_bytes: usize,
+    /// The last successful hot-add's phases.
+    pub last_add: AddTiming,
 }
 
 impl HotplugStatus {
@@ -440,6 +497,7 @@ impl HotplugStatus {
     /// | `memmap-bytes` | memmap of hot-added sections now |
     /// | `window/ram-start`, `window/ram-kib` | hot-add window (hex address, KiB) |
     /// | `window/device-start`, `window/device-kib` | device window |
+    /// | `last-add/sections`, `last-add/{refill,build,map,adopt}-us` | the last hot-add's CPU time by phase ([`AddTiming`]) |
     pub fn fields(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
         let c = &self.counters;
         let state = if self.backing_off {
@@ -491,6 +549,11 @@ impl HotplugStatus {
                 "window/device-kib",
                 format!("{}", self.window.device.len() * 4),
             ),
+            ("last-add/sections", format!("{}", self.last_add.sections)),
+            ("last-add/refill-us", us(self.last_add.refill_ns)),
+            ("last-add/build-us", us(self.last_add.build_ns)),
+            ("last-add/map-us", us(self.last_add.map_ns)),
+            ("last-add/adopt-us", us(self.last_add.adopt_ns)),
         ]
         .into_iter()
     }

@@ -330,6 +330,44 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
             "xl mem-set -> Xen's tot_pages within 1 MiB; floor as for the balloon",
         ));
     }
+    let h = "hotplug-bench";
+    for step in ["add", "readd"] {
+        rows.push(row(
+            "hotplug",
+            &format!("guest step {step}: total / in hypercalls"),
+            "ms",
+            mean(&v(h, &format!("{step}_guest_total_ms"))),
+            None,
+            mean(&v(h, &format!("{step}_guest_hypercall_ms"))),
+            "the guest's clock; floor column: time inside populate_physmap (Xen's work)",
+        ));
+        rows.push(row(
+            "hotplug",
+            &format!("guest step {step}: outside hypercalls, on the CPU"),
+            "ms",
+            mean(&v(h, &format!("{step}_guest_outside_cpu_ms"))),
+            None,
+            None,
+            "Xen's runstate account of the vCPU; of which the hot-add's phases below",
+        ));
+        for phase in ["refill", "build", "map", "adopt"] {
+            let what = match phase {
+                "refill" => "memmap storage taken",
+                "build" => "sections built (memmap filled, active, online)",
+                "map" => "page tables",
+                _ => "adopted by the balloon (Offline check)",
+            };
+            rows.push(row(
+                "hotplug",
+                &format!("  {step} hot-add: {what}"),
+                "ms",
+                mean(&v(h, &format!("{step}_hotadd_{phase}_ms"))),
+                None,
+                None,
+                "data/hotplug/last-add/ (CPU time); none if the step needed no hot-add",
+            ));
+        }
+    }
 
     // Grants: per call, the median of 20 rounds; ours = a PVH guest of ours mapping a peer's grants;
     // Linux = the Linux peer, a PVH domU like ours, through its /dev/xen/gntdev (the fair
