@@ -240,6 +240,7 @@ impl Hotplug {
                 return self.fail(now_ns, HotplugError::Adopt { range, error }, String::new());
             }
         }
+        let c4 = self.cpu_now();
         if let Some(why) = added.stopped {
             // Not a failure: progress was made; the next NeedHotplug continues.
             self.counters.partial_adds += 1;
@@ -249,7 +250,6 @@ impl Hotplug {
                 want
             );
         }
-        let c4 = self.cpu_now();
         self.last_add = AddTiming {
             sections: added.sections.len() as u64,
             refill_ns: c1.saturating_sub(c0),

@@ -350,13 +350,12 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
             None,
             "Xen's runstate account of the vCPU; of which the hot-add's phases below",
         ));
-        for phase in ["refill", "build", "map", "adopt"] {
-            let what = match phase {
-                "refill" => "memmap storage taken",
-                "build" => "sections built (memmap filled, active, online)",
-                "map" => "page tables",
-                _ => "adopted by the balloon (Offline check)",
-            };
+        for (phase, what) in [
+            ("refill", "memmap storage taken"),
+            ("build", "sections built (memmap filled, active, online)"),
+            ("map", "page tables"),
+            ("adopt", "adopted by the balloon (Offline check)"),
+        ] {
             rows.push(row(
                 "hotplug",
                 &format!("  {step} hot-add: {what}"),
