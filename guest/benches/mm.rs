@@ -48,20 +48,40 @@ fn main() {
     let mut region = vec![0u8; (pages as usize + 1) * 4096];
     let base = (region.as_mut_ptr() as usize).next_multiple_of(4096);
     let claimed = PfnRange::new(Pfn(GIB / 4096 - pages), Pfn(GIB / 4096));
-    let init_bump = median(
-        (0..15)
-            .map(|_| {
-                // SAFETY: `region` outlives the model and holds `pages` aligned pages at base.
-                let storage =
-                    unsafe { BumpStorage::new(NonNull::new(base as *mut u8).unwrap(), claimed) };
-                let t = Instant::now();
-                let mm = boot::build(&cfg, storage).expect("build 1 GiB (bump storage)");
-                let d = t.elapsed();
-                black_box(&mm);
-                d
-            })
-            .collect(),
-    );
+    let memmap_bytes = (GIB / 4096) as usize * (MEMMAP_BYTES_PER_SUBSECTION / 512);
+    // The kernel-shaped init and the hot memset of as many bytes, interleaved round by
+    // round (in alternating order), so that a machine that speeds up or slows down
+    // during the run moves both alike; both write memory the first round touched.
+    let mut buf = vec![1u8; memmap_bytes];
+    let (mut bump_rounds, mut memset_rounds) = (Vec::new(), Vec::new());
+    for round in 0..101u8 {
+        let init_round = |rounds: &mut Vec<Duration>| {
+            // SAFETY: `region` outlives the model and holds `pages` aligned pages at base.
+            let storage =
+                unsafe { BumpStorage::new(NonNull::new(base as *mut u8).unwrap(), claimed) };
+            let t = Instant::now();
+            let mm = boot::build(&cfg, storage).expect("build 1 GiB (bump storage)");
+            rounds.push(t.elapsed());
+            black_box(&mm);
+        };
+        let memset_round = |rounds: &mut Vec<Duration>, buf: &mut Vec<u8>| {
+            let t = Instant::now();
+            // SAFETY: buf is memmap_bytes long.
+            unsafe { std::ptr::write_bytes(black_box(buf.as_mut_ptr()), round, memmap_bytes) };
+            rounds.push(t.elapsed());
+            black_box(&buf);
+        };
+        if round % 2 == 0 {
+            init_round(&mut bump_rounds);
+            memset_round(&mut memset_rounds, &mut buf);
+        } else {
+            memset_round(&mut memset_rounds, &mut buf);
+            init_round(&mut bump_rounds);
+        }
+    }
+    // Round 0 pays the first touch of both buffers: left out.
+    let init_bump = median(bump_rounds.split_off(1));
+    let memset_hot = median(memset_rounds.split_off(1));
     let init = median(
         (0..15)
             .map(|_| {
@@ -73,7 +93,6 @@ fn main() {
             })
             .collect(),
     );
-    let memmap_bytes = (GIB / 4096) as usize * (MEMMAP_BYTES_PER_SUBSECTION / 512);
     // The fair limit writes fresh memory too (init's storage is newly allocated, so it
     // pays the first-touch faults); the hot memset is the bare bandwidth bound.
     let memset_fresh = median(
@@ -88,21 +107,6 @@ fn main() {
                 }
                 let d = t.elapsed();
                 black_box(&v);
-                d
-            })
-            .collect(),
-    );
-    let mut buf = vec![1u8; memmap_bytes];
-    let memset_hot = median(
-        (0..15)
-            .map(|i| {
-                let t = Instant::now();
-                // SAFETY: buf is memmap_bytes long.
-                unsafe {
-                    std::ptr::write_bytes(black_box(buf.as_mut_ptr()), i as u8, memmap_bytes)
-                };
-                let d = t.elapsed();
-                black_box(&buf);
                 d
             })
             .collect(),

@@ -112,22 +112,26 @@ impl Section {
         self.present.load(Ordering::Relaxed)
     }
     pub(crate) fn set_present_bit(&self, idx: usize, on: bool) {
-        // Relaxed: see `present`; writers hold the lock.
-        if on {
-            self.present.fetch_or(1 << idx, Ordering::Relaxed);
+        // Relaxed: see `present`. A load and a store, not a locked RMW: only writers
+        // change `present`, and they hold the model's lock.
+        let was = self.present.load(Ordering::Relaxed);
+        let now = if on {
+            was | 1 << idx
         } else {
-            self.present.fetch_and(!(1 << idx), Ordering::Relaxed);
-        }
+            was & !(1 << idx)
+        };
+        self.present.store(now, Ordering::Relaxed);
     }
     pub(crate) fn active(&self) -> u64 {
         // Acquire pairs with the Release in `activate`: seeing a bit means seeing every
         // descriptor of that subsection initialised and its memmap pointer stored.
         self.active.load(Ordering::Acquire)
     }
-    /// Mark subsection `idx` active. Call only after all its descriptors are written.
-    pub(crate) fn activate(&self, idx: usize) {
+    /// Mark the subsections of `mask` active. Call only after all their descriptors are
+    /// written.
+    pub(crate) fn activate(&self, mask: u64) {
         // Release pairs with the Acquire in `active`.
-        self.active.fetch_or(1 << idx, Ordering::Release);
+        self.active.fetch_or(mask, Ordering::Release);
         self.bump_changes();
     }
     /// Counts a change (see `changes`).
