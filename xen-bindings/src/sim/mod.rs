@@ -93,7 +93,9 @@ pub struct SimState {
 impl SimState {
     /// Lets every backend with work do one step, raising events on the guest's ports.
     pub fn run_backends(&mut self) {
-        self.kick(Service::Xenstore);
+        if !self.xenstored.faults.only_on_notify {
+            self.kick(Service::Xenstore);
+        }
     }
 
     /// Runs one step of `service` (as if the guest had notified it).

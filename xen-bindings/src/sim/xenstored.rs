@@ -83,6 +83,10 @@ pub struct XsFaults {
     pub byte_at_a_time: bool,
     /// The daemon neither reads requests nor writes replies.
     pub stalled: bool,
+    /// The daemon works only when the guest notifies it (or the toolstack changes the
+    /// store), not whenever the guest polls: as C xenstored, which sleeps until an event.
+    /// A client that empties a full reply ring without notifying then waits forever.
+    pub only_on_notify: bool,
     /// Applied to the next replies (not to watch events), one each.
     pub reply_faults: VecDeque<ReplyFault>,
 }

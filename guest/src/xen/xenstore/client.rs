@@ -191,24 +191,28 @@ impl<H: EventChannels + Sched + Clock> XenstoreClient<H> {
         if let Some(code) = self.ring.server_error() {
             return Err(self.fail(XsError::ServerError(code)));
         }
-        let mut moved = false;
+        let mut wake = false;
         if self.out_pos < self.out.len() {
             let n = self
                 .ring
                 .write_req(&self.out[self.out_pos..])
                 .map_err(|e| self.fail(e))?;
             self.out_pos += n;
-            moved |= n > 0;
+            wake |= n > 0;
             if self.out_pos == self.out.len() {
                 self.out.clear();
                 self.out_pos = 0;
             }
         }
+        // Consumed replies need telling only if the ring was full (xenstored may be
+        // waiting for room), as Linux's xenbus does: a notify per reply would wake
+        // xenstored, and with it dom0, once more for every reply it sends.
+        let was_full = self.ring.rsp_available().map_err(|e| self.fail(e))? == XENSTORE_RING_SIZE;
         let mut buf = [0u8; XENSTORE_RING_SIZE];
         let n = self.ring.read_rsp(&mut buf).map_err(|e| self.fail(e))?;
         self.decoder.push(&buf[..n]);
-        moved |= n > 0;
-        if moved {
+        wake |= n > 0 && was_full;
+        if wake {
             // The notify hypercall also orders our index stores before xenstored runs.
             self.hv.notify(self.port).map_err(XsError::Hypercall)?;
         }
