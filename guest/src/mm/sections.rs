@@ -270,9 +270,22 @@ impl<S: MemmapStorage> MemModel<S> {
                 .step_by(PAGES_PER_SUBSECTION as usize)
                 .map(Pfn)
         };
+        // One RMW of each section's active mask, as in `add_with`.
+        let mut pending: Option<(usize, &Section, u64)> = None;
         for first in subsections() {
-            self.section(first)
-                .deactivate(1 << first.subsection_in_section());
+            let bit = 1 << first.subsection_in_section();
+            pending = match pending {
+                Some((nr, s, mask)) if nr == first.section() => Some((nr, s, mask | bit)),
+                other => {
+                    if let Some((_, s, mask)) = other {
+                        s.deactivate(mask);
+                    }
+                    Some((first.section(), self.section(first), bit))
+                }
+            };
+        }
+        if let Some((_, s, mask)) = pending {
+            s.deactivate(mask);
         }
         if self.race_bug() != RaceBug::NoGrace {
             self.grace.synchronize();

@@ -134,9 +134,19 @@ core::arch::global_asm!(
     "push %r13",
     "push %r14",
     "push %r15",
-    "mov %rsp, %rdi",
+    // The SSE state too: the kernel is compiled with SSE (struct copies, memmap fills
+    // keep values in XMM registers across loops), and the handler is Rust that may use
+    // the same registers. 512 bytes, 16-aligned, below the frame; %rbx (saved above)
+    // keeps the frame's address.
+    "mov %rsp, %rbx",
+    "sub $512, %rsp",
+    "and $-16, %rsp",
+    "fxsave64 (%rsp)",
+    "mov %rbx, %rdi",
     "cld",
     "call exception_entry",
+    "fxrstor64 (%rsp)",
+    "mov %rbx, %rsp",
     "pop %r15",
     "pop %r14",
     "pop %r13",
@@ -272,6 +282,46 @@ extern "C" fn exception_entry(f: &mut TrapFrame) {
     if f.vector == 3 {
         // Relaxed: a counter read by the same vCPU after the int3 returns.
         BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
+        // Every XMM register used, as any handler may: the self-test
+        // `idt-keeps-sse-state` checks that the interrupted code gets its own back.
+        // SAFETY: only registers change, all declared clobbered.
+        unsafe {
+            core::arch::asm!(
+            "xorps xmm0, xmm0",
+            "xorps xmm1, xmm1",
+            "xorps xmm2, xmm2",
+            "xorps xmm3, xmm3",
+            "xorps xmm4, xmm4",
+            "xorps xmm5, xmm5",
+            "xorps xmm6, xmm6",
+            "xorps xmm7, xmm7",
+            "xorps xmm8, xmm8",
+            "xorps xmm9, xmm9",
+            "xorps xmm10, xmm10",
+            "xorps xmm11, xmm11",
+            "xorps xmm12, xmm12",
+            "xorps xmm13, xmm13",
+            "xorps xmm14, xmm14",
+            "xorps xmm15, xmm15",
+            out("xmm0") _,
+            out("xmm1") _,
+            out("xmm2") _,
+            out("xmm3") _,
+            out("xmm4") _,
+            out("xmm5") _,
+            out("xmm6") _,
+            out("xmm7") _,
+            out("xmm8") _,
+            out("xmm9") _,
+            out("xmm10") _,
+            out("xmm11") _,
+            out("xmm12") _,
+            out("xmm13") _,
+            out("xmm14") _,
+            out("xmm15") _,
+                options(nomem, nostack),
+            )
+        };
         return;
     }
     let name = NAMES[(f.vector & 31) as usize];
