@@ -143,8 +143,9 @@ create_domain() {
     # The lines beyond the config file, for a copy restored under another name.
     printf '%s\n' "$@" >"$WORK/extra-$DOMNAME.cfg"
     CREATE_CS=$(now_cs)
-    say "xl create -F $(subject_cfg) name=\"$DOMNAME\" $*"
-    (cd "$REPO" && exec xl create -F "$(subject_cfg)" "name=\"$DOMNAME\"" "$@") \
+    # CREATE_PAUSED=1: `xl create -p` (the caller unpauses).
+    say "xl create -F ${CREATE_PAUSED:+-p }$(subject_cfg) name=\"$DOMNAME\" $*"
+    (cd "$REPO" && exec xl create -F ${CREATE_PAUSED:+-p} "$(subject_cfg)" "name=\"$DOMNAME\"" "$@") \
         >"$XL_LOG" 2>&1 &
     MONITOR=$!
     echo "$MONITOR" >>"$WORK/monitors"

@@ -17,6 +17,52 @@ scenario_bench_boot() {
         bench_boot_subject "$i"
         i=$((i + 1))
     done
+    i=1
+    while [ "$SUBJECT" = guest ] && [ "$i" -le "$runs" ]; do
+        bench_boot_paused "$i"
+        i=$((i + 1))
+    done
+}
+
+# Ours created paused (`xl create -p`) and unpaused once xl waits idle for the domain's
+# death: the same boot without the toolstack's post-create work (xl's own set-up after
+# the unpause, xenconsoled attaching) competing with it for the one emulated CPU. What
+# the guest's clock shows then is its own work and xenstored's replies.
+bench_boot_paused() {
+    CREATE_PAUSED=1
+    bench_create "xenci-bb-paused-$1"
+    CREATE_PAUSED=
+    case $(domain_state "$DOMNAME") in
+        *p*) ;;
+        *) fail "xl create -p left $DOMNAME in state '$(domain_state "$DOMNAME")', not paused" ;;
+    esac
+    # xl has printed "Waiting for domain ... to die" (created_domid); xenconsoled and
+    # xenstored get 1 s to finish with the new domain too. The unpause runs in the
+    # background so that this shell is already asleep when the guest starts: only
+    # `xl unpause` exiting runs in dom0 then.
+    (sleep 1 && exec xl unpause "$DOMNAME") >>"$WORK/tools.log" 2>&1 &
+    sleep $((1 + BENCH_QUIET))
+    wait $! || fail "xl unpause $DOMNAME failed"
+    wait_ready 90
+    guest_boot_line paused_ "$1"
+    bench_destroy
+}
+
+# guest_boot_line PREFIX RUN: the guest's boot line (kernel/boottime.rs) as
+# PREFIXguest_tsc_boot_ms=, PREFIXboot_phases_ms=, PREFIXboot_cpu_ms= and vCPU 0's
+# runstate at ready (PREFIXguest_{running,runnable,blocked}_ms=).
+guest_boot_line() {
+    local p=$1 line tsc cpu rs
+    wait_for 10 "the guest's boot phases line" grep -q 'boot: first instruction -> ready' "$CONSOLE_LOG" \
+        || fail "no 'boot: first instruction -> ready' line from the guest within 10s of ready"
+    line=$(grep -m1 'boot: first instruction -> ready' "$CONSOLE_LOG")
+    # "boot: first instruction -> ready 41.3 ms (early 2.1, ...); on a CPU (to xen 5.0,
+    # ...); vCPU 0 by Xen's account: running ..."
+    tsc=$(echo "$line" | sed -n 's/.*-> ready \([0-9.]*\) ms (\([^)]*\)).*/\1 \2/p')
+    [ -n "$tsc" ] || fail "no 'boot: first instruction -> ready' line from the guest"
+    cpu=$(echo "$line" | sed -n 's/.*; on a CPU (\([^)]*\)).*/\1/p')
+    rs=$(echo "$line" | sed -n "s/.*running \([0-9.]*\) ms, waiting for a CPU \([0-9.]*\) ms, blocked \([0-9.]*\) ms.*/${p}guest_running_ms=\1 ${p}guest_runnable_ms=\2 ${p}guest_blocked_ms=\3/p")
+    info "${p}guest_tsc_boot_ms=${tsc%% *} ${p}boot_phases_ms=$(echo "${tsc#* }" | tr -d ' ') ${p}boot_cpu_ms=$(echo "$cpu" | tr -d ' ') $rs run=$2"
 }
 
 # The floor: the do-nothing PVH kernel (xenci nothing-kernel) prints one line on port
@@ -41,7 +87,7 @@ bench_boot_nothing() {
 # Ours or Linux: xl create -> first console byte and -> ready (dom0 polls the console log);
 # ours also on Xen's stamps of its port-0xE9 lines.
 bench_boot_subject() {
-    local a f r first own tsc rs cpu
+    local a f r first own
     [ "$SUBJECT" = guest ] && CREATE_QUIET=$BENCH_QUIET
     bench_create "xenci-bb-$SUBJECT-$1"
     CREATE_QUIET=
@@ -69,18 +115,8 @@ bench_boot_subject() {
         # first stamped line -> its ready line.
         first=$(sed -n 's/^\[ *\([0-9]*\.[0-9]*\)\].*/\1/p' "$CONSOLE_LOG" | awk '$1 + 0 > 0 { print; exit }')
         own=$(grep -m1 "ready domid=$DOMID" "$CONSOLE_LOG" | sed -n 's/^\[ *\([0-9]*\.[0-9]*\)\].*/\1/p')
-        # Its own TSC from the first instruction of kernel_main to ready, with the phases
-        # (kernel/boottime.rs): "boot: first instruction -> ready 41.3 ms (early 2.1, ...)".
-        wait_for 10 "the guest's boot phases line" grep -q 'boot: first instruction -> ready' "$CONSOLE_LOG" \
-            || fail "no 'boot: first instruction -> ready' line from the guest within 10s of ready"
-        tsc=$(grep -m1 'boot: first instruction -> ready' "$CONSOLE_LOG" | sed -n 's/.*-> ready \([0-9.]*\) ms (\([^)]*\)).*/\1 \2/p')
-        [ -n "$tsc" ] || fail "no 'boot: first instruction -> ready' line from the guest"
-        info "first_output_secs=$(secs_between "$a" "$f") ready_xen_secs=$(secs_between "$a" "$r") first_to_ready_secs=$(secs_between "$f" "$r") guest_clock_boot_secs=$(secs_between "$first" "$own") guest_tsc_boot_ms=${tsc%% *} run=$1"
-        # Xen's account of vCPU 0 at ready: running / runnable (waiting for the CPU) / blocked.
-        rs=$(grep -m1 'boot: first instruction -> ready' "$CONSOLE_LOG" | sed -n 's/.*running \([0-9.]*\) ms, waiting for a CPU \([0-9.]*\) ms, blocked \([0-9.]*\) ms.*/guest_running_ms=\1 guest_runnable_ms=\2 guest_blocked_ms=\3/p')
-        # The same phases on vCPU 0's CPU clock (from the mark that first could read it).
-        cpu=$(grep -m1 'boot: first instruction -> ready' "$CONSOLE_LOG" | sed -n 's/.*; on a CPU (\([^)]*\)).*/\1/p')
-        info "boot_phases_ms=$(echo "${tsc#* }" | tr -d ' ') boot_cpu_ms=$(echo "$cpu" | tr -d ' ') $rs run=$1"
+        info "first_output_secs=$(secs_between "$a" "$f") ready_xen_secs=$(secs_between "$a" "$r") first_to_ready_secs=$(secs_between "$f" "$r") guest_clock_boot_secs=$(secs_between "$first" "$own") run=$1"
+        guest_boot_line "" "$1"
     fi
     bench_destroy
 }

@@ -196,6 +196,24 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
     ));
     rows.push(row(
         "boot",
+        "guest's own clock, created paused and unpaused once xl is idle",
+        "ms",
+        median(&v("bench-boot", "paused_guest_tsc_boot_ms")),
+        None,
+        None,
+        "the same boot without the toolstack's post-create work competing for the one CPU (xl create -p, xl unpause 1 s after xl waits for the domain's death); median of the runs",
+    ));
+    rows.push(row(
+        "boot",
+        "  of which vCPU 0 on a CPU / waiting for it (paused start)",
+        "ms",
+        median(&v("bench-boot", "paused_guest_running_ms")),
+        None,
+        median(&v("bench-boot", "paused_guest_runnable_ms")),
+        "as above, for the boots created paused",
+    ));
+    rows.push(row(
+        "boot",
         "xl create -> first console byte",
         "s",
         median(&v("bench-boot", "console_first_secs")),
@@ -559,6 +577,18 @@ fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
         unit: "ms",
         met: boot.map(|x| x <= 50.0),
     });
+    let quiet = find(
+        rows,
+        "guest's own clock, created paused and unpaused once xl is idle",
+    )
+    .and_then(|r| r.ours);
+    g.push(Goal {
+        goal: "boot: the same, created paused (no xl work competing)",
+        target: "<= 50 ms".into(),
+        measured: quiet,
+        unit: "ms",
+        met: quiet.map(|x| x <= 50.0),
+    });
     let xen_boot = find(rows, "first output -> ready (0xE9)").and_then(|r| r.ours);
     g.push(Goal {
         goal: "boot: the same on Xen's stamps (first output -> ready)",
@@ -891,6 +921,9 @@ mod tests {
                     "first_to_ready_secs=0.030 ready_secs=0.80 console_first_secs=0.6 guest_tsc_boot_ms=61.0",
                     "guest_tsc_boot_ms=40.0 guest_running_ms=30 guest_runnable_ms=5",
                     "guest_tsc_boot_ms=45.0 guest_running_ms=32 guest_runnable_ms=9",
+                    "paused_guest_tsc_boot_ms=30.0 paused_guest_running_ms=25",
+                    "paused_guest_tsc_boot_ms=52.0 paused_guest_running_ms=27",
+                    "paused_guest_tsc_boot_ms=33.0 paused_guest_running_ms=26",
                 ],
             ),
             verdict("bench-boot@linux", &["ready_secs=8.0 console_first_secs=5.0"]),
@@ -958,6 +991,8 @@ mod tests {
             Some(45.0),
             "the median"
         );
+        assert_eq!(goal("boot: the same, created paused").measured, Some(33.0));
+        assert_eq!(goal("boot: the same, created paused").met, Some(true));
         assert_eq!(goal("boot: first instruction").met, Some(true));
         assert_eq!(goal("boot: the same on Xen's stamps").met, Some(true));
         assert_eq!(goal("grants: 1-page").met, Some(false));
