@@ -1,4 +1,4 @@
-//! The kernel heap: a small early arena in .bss, then 2 MiB frames from the memory model.
+//! The kernel heap: a small early arena in the image, then 2 MiB frames from the memory model.
 //!
 //! Each region is a first-fit `linked_list_allocator::Heap`. When none can serve a
 //! request, the heap takes an order-9 block from the frame allocator (state Allocated, so
@@ -6,6 +6,7 @@
 //! given back: the kernel's heap use is small and long-lived.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::mem::MaybeUninit;
 use core::ptr::{null_mut, NonNull};
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,7 +18,10 @@ use crate::kmem::MM;
 const EARLY_SIZE: usize = 1 << 20;
 #[repr(C, align(4096))]
 struct Early([u8; EARLY_SIZE]);
-static mut EARLY: Early = Early([0; EARLY_SIZE]);
+/// Outside .bss, so the entry stub does not zero it (TCG runs `rep stos` one element at a
+/// time: ~1 ms per MiB): a heap hands out uninitialised memory anyway.
+#[link_section = ".noinit"]
+static mut EARLY: MaybeUninit<Early> = MaybeUninit::uninit();
 
 /// A 2 MiB frame per growth step: order 9, the largest block the allocator has.
 const GROW_ORDER: u8 = 9;

@@ -44,12 +44,15 @@ core::arch::global_asm!(
     "cli",
     "cld",
     "mov %ebx, %ebp",
-    // Zero .bss (it holds the boot page tables and stacks).
+    // Zero .bss (it holds the boot page tables and stacks), 4 bytes a store: TCG runs a
+    // `rep stos` one element per iteration, so `stosb` over the 1.6 MiB cost ~4 ms of
+    // the boot. Both ends are page aligned (linker.ld).
     "mov $__bss_start, %edi",
     "mov $__bss_end, %ecx",
     "sub %edi, %ecx",
+    "shr $2, %ecx",
     "xor %eax, %eax",
-    "rep stosb",
+    "rep stosl",
     "mov %ebp, boot_start_info",
     // PML4[0] -> PDPT; PDPT[0..4] -> 4 PDs; PD[i] = i * 2 MiB | PS | RW | P.
     "mov $boot_pdpt, %eax",
