@@ -65,6 +65,7 @@ pub fn run(
         XsReq::Write("data/ready", b"1"),
     ]);
     let mut results = xs.batch(&reqs).into_iter();
+    crate::boottime::mark("xenstore");
     let domid = parse_u64("domid", results.next().expect("one result per request"));
     let target = parse_u64(
         "memory/target",
