@@ -6,10 +6,16 @@ use core::arch::asm;
 
 #[no_mangle]
 unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller (compiler-generated code) guarantees non-overlapping valid ranges.
+    // Eight bytes a step, then the tail: TCG runs a `rep movs` one element per iteration
+    // (a byte-wise copy of a 1 KiB buffer was 1024 of them); hardware copies either at
+    // full speed. Forward, element by element, so also right for memmove with dst < src.
+    // SAFETY: the caller (compiler-generated code) guarantees valid ranges of n bytes,
+    // non-overlapping or with dst below src.
     unsafe {
-        asm!("rep movsb", inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n => _,
-            options(nostack, preserves_flags))
+        asm!("rep movsq", "mov {tail}, %rcx", "rep movsb",
+            tail = in(reg) n & 7,
+            inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n >> 3 => _,
+            options(att_syntax, nostack, preserves_flags))
     };
     dst
 }
@@ -31,10 +37,14 @@ unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 
 
 #[no_mangle]
 unsafe extern "C" fn memset(dst: *mut u8, val: i32, n: usize) -> *mut u8 {
+    // The byte in all eight lanes, eight bytes a step, then the tail (as in memcpy).
+    let fill = (val as u8 as u64) * 0x0101_0101_0101_0101;
     // SAFETY: the caller guarantees dst..dst+n is writable.
     unsafe {
-        asm!("rep stosb", inout("rdi") dst => _, inout("rcx") n => _, in("al") val as u8,
-            options(nostack, preserves_flags))
+        asm!("rep stosq", "mov {tail}, %rcx", "rep stosb",
+            tail = in(reg) n & 7,
+            inout("rdi") dst => _, inout("rcx") n >> 3 => _, in("rax") fill,
+            options(att_syntax, nostack, preserves_flags))
     };
     dst
 }
