@@ -3,16 +3,20 @@
 //! then online; on the way out offline, inactive, a grace period, and only then the
 //! memmap freed.
 
+use core::ptr::NonNull;
+
 use super::buddy::MAX_ORDER;
 use super::geometry::{
     section_start_pfn, subsection_start_pfn, Pfn, PfnRange, MAX_PFN, PAGES_PER_SECTION,
     PAGES_PER_SUBSECTION, SUBSECTIONS_PER_SECTION,
 };
-use super::memmap::{fill_block, init_block, poison_block, Memmap, MemmapToken, MEMMAP_LAYOUT};
+use super::memmap::{
+    copy_block, fill_block, init_block, poison_block, Memmap, MemmapToken, MEMMAP_LAYOUT,
+};
 use super::model::{
     first_not_offline, for_each_block, InitPages, Inner, MemModel, MmError, RaceBug, Uniform,
 };
-use super::page::{PageState, Raw, StateKind};
+use super::page::{PageDesc, PageState, Raw, StateKind};
 use super::section::{Section, SectionKind, CHUNK_LAYOUT};
 use super::storage::MemmapStorage;
 use bitvec::{array::BitArray, BitArr};
@@ -152,6 +156,9 @@ impl<S: MemmapStorage> MemModel<S> {
         // their subsection is active: walkers see the links with the states.
         let mut nr = usize::MAX;
         let mut pending: Option<(&Section, u64)> = None;
+        // The last block filled with one state, to copy instead of filling again (its
+        // descriptors 1..512 stay as filled: the free lists write only a block's first).
+        let mut template: Option<(Raw, NonNull<PageDesc>)> = None;
         for first in subsections() {
             if early_active {
                 // The bug's window is as wide as one scheduling quantum, as if the
@@ -174,7 +181,12 @@ impl<S: MemmapStorage> MemModel<S> {
             match uniform {
                 Some(raw) => {
                     debug_assert!(online || raw.kind() != StateKind::Free);
-                    fill_block(mem.cast(), raw);
+                    match template {
+                        Some((t, src)) if t == raw => {
+                            copy_block(mem.cast(), src, raw);
+                        }
+                        _ => template = Some((raw, fill_block(mem.cast(), raw))),
+                    }
                     g.stats.add_pages(kind, raw, PAGES_PER_SUBSECTION);
                     if raw.kind() == StateKind::Free {
                         free.fill(true);
