@@ -133,22 +133,7 @@ fn int3_keeps_sse() -> Outcome {
             "movdqu [{o} + 240], xmm15",
             p = in(reg) want.as_ptr(),
             o = in(reg) got.as_mut_ptr(),
-            out("xmm0") _,
-            out("xmm1") _,
-            out("xmm2") _,
-            out("xmm3") _,
-            out("xmm4") _,
-            out("xmm5") _,
-            out("xmm6") _,
-            out("xmm7") _,
-            out("xmm8") _,
-            out("xmm9") _,
-            out("xmm10") _,
-            out("xmm11") _,
-            out("xmm12") _,
-            out("xmm13") _,
-            out("xmm14") _,
-            out("xmm15") _,
+            clobber_abi("C"),
         )
     };
     let bad: Vec<usize> = (0..16).filter(|&i| got[i] != want[i]).collect();
