@@ -626,20 +626,23 @@ impl<S: MemmapStorage> MemModel<S> {
         let mm = Memmap::new(&self.root, &g.token);
         let range = block_range(pfn, order);
         // Fast path (the balloon's populate of whole subsections): every page in state
-        // `from` and `from -> Free` legal, checked in one pass over the block's
-        // descriptors. Anything else takes the page-by-page path below for its error.
-        // `from` is a plain state (word 1 empty), so one word per descriptor is checked
-        // and one stored ([`PageDesc::store_plain`]).
+        // `from` and `from -> Free` legal, checked and moved in one pass over the block's
+        // descriptors. `from` is a plain state (word 1 empty), so one word per descriptor
+        // is loaded and one stored ([`PageDesc::move_plain_run`]). Anything else (the pass
+        // found a page in another state and put the block back) takes the page-by-page
+        // path below for its error.
         let plain_from = match from {
             StateKind::Allocated => PageDesc::plain_word0(Raw::State(PageState::Allocated)),
             StateKind::Offline => PageDesc::plain_word0(Raw::State(PageState::Offline)),
             _ => None,
         };
-        let block = mm.run(pfn, 1 << order).filter(|descs| {
-            check_transition(from, StateKind::Free, g.phase).is_ok()
-                && plain_from.is_some_and(|w0| descs.iter().all(|d| d.holds_plain(w0)))
-        });
-        if block.is_none() {
+        let moved = match (plain_from, mm.run(pfn, 1 << order)) {
+            (Some(w0), Some(descs)) if check_transition(from, StateKind::Free, g.phase).is_ok() => {
+                PageDesc::move_plain_run(descs, w0, PageDesc::FREE_TAIL_WORD0).is_ok()
+            }
+            _ => false,
+        };
+        if !moved {
             Self::check_range(&mm, g.phase, range, StateKind::Free)?;
             for p in range.iter() {
                 let have = mm.desc(p).load().kind();
@@ -652,12 +655,7 @@ impl<S: MemmapStorage> MemModel<S> {
                     return Err(illegal(p, t));
                 }
             }
-        }
-        match block {
-            Some(descs) => descs
-                .iter()
-                .for_each(|d| d.store_plain(PageDesc::FREE_TAIL_WORD0)),
-            None => range.iter().for_each(|p| mm.desc(p).store(Raw::Free(None))),
+            range.iter().for_each(|p| mm.desc(p).store(Raw::Free(None)));
         }
         g.free.insert(&mm, pfn, order);
         g.stats.move_pages(kind, from, StateKind::Free, 1 << order);
@@ -718,9 +716,18 @@ impl<S: MemmapStorage> MemModel<S> {
                 if mm.desc(Pfn(p)).load().kind() == StateKind::Free
                     && g.free.take_block(&mm, Pfn(p), order)
                 {
-                    for q in block_range(Pfn(p), order).iter() {
-                        mm.desc(q).store(Raw::State(PageState::Offline));
-                    }
+                    // Taken off the lists, every page is a plain Free tail, and Offline
+                    // is plain too: one word each (as in `take_free_block`).
+                    let descs = mm
+                        .run(Pfn(p), size as usize)
+                        .expect("a free block lies in one present subsection");
+                    descs.iter().for_each(|d| {
+                        debug_assert!(
+                            d.holds_plain(PageDesc::FREE_TAIL_WORD0),
+                            "a taken free block holds a head"
+                        );
+                        d.store_plain(PageDesc::OFFLINE_WORD0)
+                    });
                     g.stats
                         .move_pages(kind, StateKind::Free, StateKind::Offline, size);
                     sink(Pfn(p));

@@ -442,6 +442,25 @@ impl PageDesc {
         self.w0.store(w0, Ordering::Release);
     }
 
+    /// Move every descriptor of `descs` from the plain state whose word 0 is `from` to
+    /// the one whose word 0 is `to` ([`Self::plain_word0`] of both), checking and storing
+    /// in one pass: a load and a store per descriptor, where a check of the whole run
+    /// first and the stores after it read the run twice. If a descriptor does not hold
+    /// `from`, those already moved are put back and its index is returned: nothing
+    /// changed. Meanwhile a reader may see `to` on them; callers use it only where a
+    /// page in either state has its frame (populated Offline -> Free, Allocated -> Free),
+    /// and nothing but the lock holder acts on a state. Callers hold the mutation lock.
+    pub(crate) fn move_plain_run(descs: &[PageDesc], from: u64, to: u64) -> Result<(), usize> {
+        for (i, d) in descs.iter().enumerate() {
+            if !d.holds_plain(from) {
+                descs[..i].iter().for_each(|d| d.store_plain(from));
+                return Err(i);
+            }
+            d.store_plain(to);
+        }
+        Ok(())
+    }
+
     /// The page's state (what walkers see).
     pub fn state(&self) -> PageState {
         match self.load() {
@@ -627,5 +646,39 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         reader.join().unwrap();
+    }
+
+    proptest! {
+        /// A run moves whole or not at all: the first descriptor not in `from` is named,
+        /// and every descriptor holds what it held before, sequence included.
+        #[test]
+        fn a_plain_run_moves_whole_or_not_at_all(len in 1usize..64, bad in prop::option::of(0usize..64)) {
+            let off = PageDesc::OFFLINE_WORD0;
+            let bad = bad.filter(|&b| b < len);
+            let descs: Vec<PageDesc> = (0..len)
+                .map(|i| {
+                    let raw = if Some(i) == bad { Raw::State(PageState::Allocated) } else { Raw::State(PageState::Offline) };
+                    // Stored over another state, so word 1 holds a sequence to keep.
+                    let d = PageDesc::new(Raw::State(PageState::Reserved));
+                    d.store(raw);
+                    d
+                })
+                .collect();
+            let before: Vec<(u64, u64)> = descs.iter().map(|d| (d.w0.load(Ordering::Relaxed), d.w1.load(Ordering::Relaxed))).collect();
+            let r = PageDesc::move_plain_run(&descs, off, PageDesc::FREE_TAIL_WORD0);
+            let after: Vec<(u64, u64)> = descs.iter().map(|d| (d.w0.load(Ordering::Relaxed), d.w1.load(Ordering::Relaxed))).collect();
+            match bad {
+                Some(b) => {
+                    prop_assert_eq!(r, Err(b));
+                    prop_assert_eq!(after, before);
+                }
+                None => {
+                    prop_assert_eq!(r, Ok(()));
+                    prop_assert!(descs.iter().all(|d| d.load() == Raw::Free(None)));
+                    // Word 1 (sequence and payload) is untouched.
+                    prop_assert!(after.iter().zip(&before).all(|(a, b)| a.1 == b.1));
+                }
+            }
+        }
     }
 }
