@@ -65,8 +65,17 @@ fn model(ram_mib: u64) -> MemModel<HeapStorage> {
 }
 
 fn step_to(b: &mut Balloon, mm: &MemModel<HeapStorage>, xen: &mut NullXen, mib: u64) -> Duration {
+    step_to_kib(b, mm, xen, mib * 1024)
+}
+
+fn step_to_kib(
+    b: &mut Balloon,
+    mm: &MemModel<HeapStorage>,
+    xen: &mut NullXen,
+    kib: u64,
+) -> Duration {
     let t = Instant::now();
-    b.set_target(format!("{}", mib * 1024).as_bytes(), 1024 * 1024, clock())
+    b.set_target(format!("{kib}").as_bytes(), 1024 * 1024, clock())
         .expect("target");
     loop {
         match b.step(mm, xen, clock()) {
@@ -104,6 +113,24 @@ fn main() {
             "  {what}: median {:>8.2} ms  ({:.1} ns per page)",
             med.as_secs_f64() * 1e3,
             med.as_nanos() as f64 / 196608.0
+        );
+    }
+    // A step that is not a whole number of 2 MiB extents ends in order-0 pages: 1 MiB
+    // (256 single pages) out and back.
+    println!("balloon step of 1 MiB (256 order-0 pages), Xen doing nothing:");
+    let (mut down, mut up) = (Vec::new(), Vec::new());
+    for _ in 0..21 {
+        down.push(step_to_kib(&mut b, &mm, &mut xen, 1024 * 1024 - 1024));
+        up.push(step_to_kib(&mut b, &mm, &mut xen, 1024 * 1024));
+    }
+    down.sort();
+    up.sort();
+    for (what, v) in [("down 1024 -> 1023", &down), ("up   1023 -> 1024", &up)] {
+        let med = v[v.len() / 2];
+        println!(
+            "  {what}: median {:>8.2} us  ({:.1} ns per page)",
+            med.as_secs_f64() * 1e6,
+            med.as_nanos() as f64 / 256.0
         );
     }
     let s = b.last_step().expect("timed");

@@ -331,6 +331,8 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
         log::error!("cannot watch cpu ({e:?}): xl vcpu-set will not work");
     }
     let mut outcome = StepOutcome::Done;
+    // Balloon rounds (`step` calls) since the last new target.
+    let mut rounds = 0u32;
     let mut grant_due = 0;
     let mut race_due = 0;
     loop {
@@ -354,6 +356,7 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
                 if new_target(xen, xs, &mut m.balloon) {
                     m.hotplug.new_target();
                     outcome = StepOutcome::Progress;
+                    rounds = 0;
                 }
             }
             Ok(Some(ev)) if ev.token == guest::xen::grant::pair::TOKEN => grant_due = 0,
@@ -382,6 +385,16 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
             outcome = m.balloon.step(m.mm, &mut hv, xen.now_ns());
             if let StepOutcome::NeedHotplug { pages } = outcome {
                 outcome = hot_add(xen, m, pages);
+            }
+            rounds = rounds.saturating_add(1);
+            if rounds == 2 && outcome == StepOutcome::Progress {
+                // A step of one hypercall ends in its second round (which finds the target
+                // reached) and goes straight to its final status in `settled`; one that is
+                // still working then tells dom0 (posted, not waited for; a refusal is
+                // logged when the reply arrives).
+                if let Err(e) = xs.post_write("data/balloon/state", b"working") {
+                    log::warn!("cannot publish data/balloon/state: {e:?}");
+                }
             }
         }
         if was_working && !matches!(outcome, StepOutcome::Progress) && settled(xen, xs, m, outcome)
@@ -464,23 +477,30 @@ fn hot_add(xen: &Xen, m: &mut Memory<'_>, pages: u64) -> StepOutcome {
 /// Reads `memory/target` (and `memory/static-max`, which `xl mem-max` may have raised) and
 /// hands the raw value to the balloon, which parses it strictly. True if it took it.
 fn new_target(xen: &Xen, xs: &mut Xenstore, balloon: &mut Balloon) -> bool {
-    let raw = match xs.read("memory/target") {
+    // Both in one round trip to xenstored: `xl mem-set` is waiting on the step.
+    let mut r = xs
+        .batch(&[
+            XsReq::Read("memory/target"),
+            XsReq::Read("memory/static-max"),
+        ])
+        .into_iter();
+    let raw = match r.next().expect("one result per request") {
         Ok(v) => v,
         Err(e) => {
             log::warn!("cannot read memory/target: {e:?}");
             return false;
         }
     };
-    let static_max = read_u64(xs, "memory/static-max").unwrap_or(u64::MAX);
+    let static_max = parse_u64(
+        "memory/static-max",
+        r.next().expect("one result per request"),
+    )
+    .unwrap_or(u64::MAX);
     match balloon.set_target(&raw, static_max, xen.now_ns()) {
-        Ok(_) => {
-            // Posted, not waited for: the step's clock is running, and a round trip to
-            // xenstored in dom0 is not the balloon's work (a refusal is logged later).
-            if let Err(e) = xs.post_write("data/balloon/state", b"working") {
-                log::warn!("cannot publish data/balloon/state: {e:?}");
-            }
-            true
-        }
+        // `working` is published only if the step needs more than one hypercall (see
+        // `event_loop`): a write now would wake xenstored in dom0, which on a shared CPU
+        // runs in the middle of the step.
+        Ok(_) => true,
         Err(_) => {
             // Rejected and logged by the balloon; the state it keeps is unchanged.
             publish_balloon(xs, balloon, None);

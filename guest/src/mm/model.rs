@@ -1,6 +1,7 @@
 //! The memory model: sections, memmap, page states and the frame allocator behind one
 //! mutation lock, with lock-free readers protected by grace periods.
 
+use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -669,6 +670,35 @@ impl<S: MemmapStorage> MemModel<S> {
         self.take_free_block(order, PageState::Offline)
     }
 
+    /// Take up to `max` single pages out of the allocator for ballooning out
+    /// (Free -> Offline) as the fewest free blocks that hold them: the largest power of two
+    /// not above what is still wanted, smaller ones once no block that large is free. Each
+    /// page goes to `sink`, ascending within a block; returns how many were taken (fewer
+    /// than `max` only when no free page is left). One lock and one pass per block: the
+    /// balloon's order-0 tail of a step costs what a few blocks cost, not `max` calls.
+    pub fn balloon_out_pages(
+        &self,
+        max: usize,
+        mut sink: impl FnMut(Pfn),
+    ) -> Result<usize, MmError> {
+        let mut taken = 0;
+        let mut order = MAX_ORDER;
+        while taken < max {
+            order = order.min((max - taken).ilog2() as u8);
+            match self.take_free_block(order, PageState::Offline) {
+                Ok(pfn) => {
+                    (0..1u64 << order).for_each(|i| sink(pfn.add(i)));
+                    taken += 1 << order;
+                }
+                // Nothing this large is free: nothing larger either.
+                Err(MmError::OutOfMemory { .. }) if order > 0 => order -= 1,
+                Err(MmError::OutOfMemory { .. }) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(taken)
+    }
+
     /// Take a whole free subsection (an order-9 block) for order-9 ballooning.
     pub fn balloon_out_subsection(&self) -> Result<Pfn, MmError> {
         self.balloon_out(MAX_ORDER)
@@ -814,6 +844,33 @@ impl<S: MemmapStorage> MemModel<S> {
     /// (Offline -> Free). The section must be online RAM.
     pub fn populate(&self, pfn: Pfn, order: u8) -> Result<(), MmError> {
         self.give_free_block(pfn, order, StateKind::Offline)
+    }
+
+    /// [`MemModel::populate`] of single pages, any order of `pfns`, no duplicates: their
+    /// runs join the allocator as the largest aligned blocks they hold, one lock and one
+    /// pass per block. On an error every page before the failing one (ascending) has
+    /// joined, the failing one and those after it are unchanged, as page by page.
+    pub fn populate_pages(&self, pfns: &[Pfn]) -> Result<(), MmError> {
+        let mut sorted: Vec<u64> = pfns.iter().map(|p| p.0).collect();
+        sorted.sort_unstable();
+        let mut result = Ok(());
+        let mut i = 0;
+        while i < sorted.len() && result.is_ok() {
+            let start = sorted[i];
+            let mut end = start + 1;
+            i += 1;
+            while i < sorted.len() && sorted[i] == end {
+                end += 1;
+                i += 1;
+            }
+            for_each_block(PfnRange::new(Pfn(start), Pfn(end)), |p, k| {
+                if result.is_ok() && self.populate(p, k).is_err() {
+                    // Page by page for the exact error and the pages before it.
+                    result = (0..1u64 << k).try_for_each(|j| self.populate(p.add(j), 0));
+                }
+            });
+        }
+        result
     }
 
     /// Mark RAM pages Reserved (boot only): Free pages leave the allocator, Allocated ones

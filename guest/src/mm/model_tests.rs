@@ -49,6 +49,14 @@ enum Op {
         order: u8,
     },
     BalloonOut(u8),
+    /// `balloon_out_pages` of this many single pages.
+    BalloonOutPages(usize),
+    /// `populate_pages` of these offsets in a subsection, in this order.
+    PopulatePages {
+        slot: usize,
+        idx: usize,
+        offs: Vec<u64>,
+    },
     Map {
         slot: usize,
         idx: usize,
@@ -78,6 +86,9 @@ fn op() -> impl Strategy<Value = Op> {
             |(slot, idx, b, order)| Op::FreeAnywhere { slot, idx, block: b >> order, order }
         ),
         2 => (0..=MAX_ORDER).prop_map(Op::BalloonOut),
+        2 => (1..1200usize).prop_map(Op::BalloonOutPages),
+        2 => (slot.clone(), idx.clone(), prop::collection::vec(0..512u64, 1..300))
+            .prop_map(|(slot, idx, offs)| Op::PopulatePages { slot, idx, offs }),
         2 => (slot, idx, 0..512u64).prop_map(|(slot, idx, off)| Op::Map { slot, idx, off }),
         1 => any::<usize>().prop_map(Op::Unmap),
     ]
@@ -247,6 +258,46 @@ fn apply(m: &MemModel<HeapStorage>, r: &mut Reference, op: &Op) -> Result<(), Te
             } else {
                 prop_assert_eq!(res, Err(MmError::OutOfMemory { order }));
             }
+        }
+        Op::BalloonOutPages(n) => {
+            let free = r.pages.values().filter(|&&s| s == StateKind::Free).count();
+            let mut got = Vec::new();
+            let res = m.balloon_out_pages(n, |p| got.push(p));
+            prop_assert_eq!(res, Ok(n.min(free)), "{:?}", op);
+            prop_assert_eq!(got.len(), n.min(free));
+            for &pfn in &got {
+                prop_assert!(r.online_ram(pfn));
+                prop_assert_eq!(
+                    r.pages.get(&pfn),
+                    Some(&StateKind::Free),
+                    "handed out twice or not free"
+                );
+                r.pages.insert(pfn, StateKind::Offline);
+            }
+        }
+        Op::PopulatePages {
+            slot,
+            idx,
+            ref offs,
+        } => {
+            let first = subsection_start_pfn(SLOTS[slot], idx);
+            let mut offs = offs.clone();
+            // No duplicates (the contract), kept in the generated order.
+            let mut seen = std::collections::BTreeSet::new();
+            offs.retain(|&o| seen.insert(o));
+            let pfns: Vec<Pfn> = offs.iter().map(|&o| first.add(o)).collect();
+            let res = m.populate_pages(&pfns);
+            // Page by page, ascending: those before the first refused one join.
+            let mut want_ok = true;
+            for &o in seen.iter() {
+                let pfn = first.add(o);
+                if !(r.online_ram(pfn) && r.pages[&pfn] == StateKind::Offline) {
+                    want_ok = false;
+                    break;
+                }
+                r.pages.insert(pfn, StateKind::Free);
+            }
+            prop_assert_eq!(res.is_ok(), want_ok, "{:?}: {:?}", op, res);
         }
         Op::Free(i) => {
             if r.allocated.is_empty() {
@@ -495,6 +546,55 @@ fn hotplug_section_life_cycle() {
         (c.pages_total(), c.memmap_bytes, c.sections_online),
         (0, 0, 0)
     );
+}
+
+#[test]
+fn single_pages_go_out_as_few_blocks_and_come_back_whole() {
+    let m = MemModel::new(HeapStorage);
+    m.add_subsections(
+        PfnRange::from_count(Pfn(0), 4 * 512),
+        SectionKind::HotplugRam,
+    )
+    .unwrap();
+    m.online_section(0).unwrap();
+    for s in 0..4 {
+        m.populate(Pfn(s * 512), 9).unwrap();
+    }
+    // 300 pages = 256 + 32 + 8 + 4: four blocks, all from one subsection.
+    let mut got = Vec::new();
+    assert_eq!(m.balloon_out_pages(300, |p| got.push(p)), Ok(300));
+    assert!(got.iter().all(|p| p.subsection() == got[0].subsection()));
+    let c = m.recount().unwrap();
+    assert_eq!(c.free_blocks[9], 3);
+    assert_eq!(
+        c.free_blocks[..9].iter().sum::<u64>(),
+        4,
+        "{:?}",
+        c.free_blocks
+    );
+    // Back in any order: the runs rejoin as whole blocks, and the subsection merges.
+    got.reverse();
+    got.swap(3, 200);
+    m.populate_pages(&got).unwrap();
+    let c = m.recount().unwrap();
+    assert_eq!(c.free_blocks[9], 4);
+    assert_eq!(c.free_blocks[..9].iter().sum::<u64>(), 0);
+    // More than there is: everything free, then a clean stop.
+    let mut all = Vec::new();
+    assert_eq!(m.balloon_out_pages(5000, |p| all.push(p)), Ok(2048));
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 2048);
+    // A page that is not Offline stops the populate there, ascending; nothing after it
+    // changes.
+    m.populate(Pfn(10), 0).unwrap();
+    let err = m.populate_pages(&[Pfn(12), Pfn(9), Pfn(10), Pfn(11)]);
+    assert!(err.is_err(), "{err:?}");
+    let guard = m.read();
+    let state = |p: u64| guard.pfn_to_online_page(Pfn(p)).unwrap().state().kind();
+    assert_eq!(state(9), StateKind::Free);
+    assert_eq!(state(11), StateKind::Offline);
+    assert_eq!(state(12), StateKind::Offline);
 }
 
 #[test]
