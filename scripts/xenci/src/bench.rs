@@ -385,10 +385,10 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
                 "balloon",
                 &format!("step of {mib} MiB {dir} ({pages}): outside hypercalls, on the CPU"),
                 "%",
-                pm.first().map(|p| p / 10.0),
+                median(&pm).map(|p| p / 10.0),
                 None,
                 None,
-                "balloon-sizes: 1024 MiB -> 1024 - size -> 1024, one step each way; the guest's own split (data/balloon/step/), share of the step's wall time",
+                "balloon-sizes: 1024 MiB -> 1024 - size -> 1024, median of three rounds; the guest's own split (data/balloon/step/), share of the step's wall time",
             ));
         }
     }
@@ -611,12 +611,6 @@ fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
             "outside_permille",
         ),
         (
-            "balloon: the same, worst of the size sweep (1 to 512 MiB)",
-            "balloon-sizes",
-            &size_steps[..],
-            "outside_cpu_permille",
-        ),
-        (
             "hotplug: guest CPU time outside hypercalls, worst step (hot-add included)",
             "hotplug-bench",
             &hotplug_steps[..],
@@ -632,6 +626,26 @@ fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
             met: w.map(|x| x <= 5.0),
         });
     }
+    // The size sweep: each step's median over the rounds, then the worst step.
+    let sweep: Vec<f64> = size_steps
+        .iter()
+        .filter_map(|step| {
+            let pm = values(
+                verdicts,
+                "balloon-sizes",
+                &format!("{step}_guest_outside_cpu_permille"),
+            );
+            median(&pm).map(|p| p / 10.0)
+        })
+        .collect();
+    let w = max(&sweep);
+    g.push(Goal {
+        goal: "balloon: the same, worst step of the size sweep (1 to 512 MiB, medians)",
+        target: "<= 5 %".into(),
+        measured: w,
+        unit: "%",
+        met: w.map(|x| x <= 5.0),
+    });
     let swing = find(rows, "swing 1024 -> 256 -> 1024 MiB").and_then(|r| r.linux_over_ours());
     g.push(Goal {
         goal: "balloon: swing, Linux / ours",
