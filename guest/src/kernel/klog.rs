@@ -22,6 +22,15 @@ static CONSOLE: spin::Mutex<Option<Console>> = spin::Mutex::new(None);
 /// notification at ready, or whenever the ring is full. A panic releases it.
 static HOLD_NOTIFY: AtomicBool = AtomicBool::new(true);
 
+/// Hold notifications again until [`release_console_notifications`], as before ready:
+/// for a balloon step, whose log lines would each wake xenconsoled in dom0, which then
+/// takes the one CPU in the middle of the step. The lines are in the ring at once;
+/// xenconsoled collects them at the release (or when the ring fills).
+pub fn hold_console_notifications() {
+    // Relaxed: see `release_console_notifications`.
+    HOLD_NOTIFY.store(true, Ordering::Relaxed);
+}
+
 /// Notify xenconsoled from now on, and once now for what the ring holds.
 pub fn release_console_notifications() {
     // Relaxed: only vCPU 0 writes the console before ready; a later writer on another

@@ -354,6 +354,9 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
             }
             Ok(Some(ev)) if ev.token == TOKEN_TARGET => {
                 if new_target(xen, xs, &mut m.balloon) {
+                    // The step's lines reach dom0 when it stops (or after its first
+                    // hypercall, if it needs more): see `hold_console_notifications`.
+                    crate::klog::hold_console_notifications();
                     m.hotplug.new_target();
                     outcome = StepOutcome::Progress;
                     rounds = 0;
@@ -395,13 +398,17 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
                 if let Err(e) = xs.post_write("data/balloon/state", b"working") {
                     log::warn!("cannot publish data/balloon/state: {e:?}");
                 }
+                crate::klog::release_console_notifications();
             }
         }
-        if was_working && !matches!(outcome, StepOutcome::Progress) && settled(xen, xs, m, outcome)
-        {
-            // Hot-remove freed memory the balloon can give back, or moved pages it must
-            // make up for: keep stepping.
-            outcome = StepOutcome::Progress;
+        if was_working && !matches!(outcome, StepOutcome::Progress) {
+            let again = settled(xen, xs, m, outcome);
+            crate::klog::release_console_notifications();
+            if again {
+                // Hot-remove freed memory the balloon can give back, or moved pages it
+                // must make up for: keep stepping.
+                outcome = StepOutcome::Progress;
+            }
         }
         if crate::race::running() && xen.now_ns() >= race_due {
             let t0 = xen.now_ns();
