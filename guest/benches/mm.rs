@@ -6,7 +6,9 @@
 //! 3. the walker's pfns per second;
 //! 4. descriptor bytes per 4 KiB page;
 //! 5. hot-add and hot-remove per section with the kernel's storage shape (memmap in 2 MiB
-//!    frames taken from the model's own allocator).
+//!    frames taken from the model's own allocator);
+//! 6. the balloon's order-0 search of hot-added memory that has no free page; 7. its
+//!    Offline check before adopting hot-added memory.
 
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -206,6 +208,40 @@ fn main() {
         add.push(t.elapsed());
         black_box(a);
     }
+    // 6. The balloon asking all-Offline hot-added memory (never populated) for single
+    //    free pages, as a step does once those sections are ballooned out: none to find.
+    let first = window.ram_sections().next().expect("a hot-plug section");
+    let hot = PfnRange::from_count(
+        guest::mm::geometry::section_start_pfn(first),
+        sections as u64 * guest::mm::geometry::PAGES_PER_SECTION,
+    );
+    let mut scan = Vec::new();
+    for _ in 0..11 {
+        let t = Instant::now();
+        let n = mm.balloon_out_from(hot, 0, 1 << 14, |p| {
+            black_box(p);
+        });
+        scan.push(t.elapsed());
+        assert_eq!(n, Ok(0));
+    }
+    println!(
+        "balloon_out_from, order 0, over {} MiB of all-Offline hot-added memory: median {:.3} ms",
+        hot.len() / 256,
+        median(scan).as_secs_f64() * 1e3
+    );
+    // 7. The balloon's check before adopting hot-added memory: every page Offline.
+    let mut check = Vec::new();
+    for _ in 0..11 {
+        let t = Instant::now();
+        mm.check_offline(hot, guest::mm::SectionKind::HotplugRam)
+            .expect("all Offline");
+        check.push(t.elapsed());
+    }
+    println!(
+        "check_offline over the same {} MiB: median {:.3} ms",
+        hot.len() / 256,
+        median(check).as_secs_f64() * 1e3
+    );
     let frames = mm.with_storage(|s| guest::mm::MemmapStorage::frames(s));
     let mut remove = Vec::new();
     for nr in window

@@ -709,7 +709,8 @@ impl<S: MemmapStorage> MemModel<S> {
     /// preferred part of RAM (hot-added sections before boot RAM). Larger free blocks are
     /// split; subsections that are not active online RAM are skipped. Each block goes to
     /// `sink`; returns how many were taken (0 when the range has no free block of
-    /// `order`). Cost: one descriptor load per `2^order` pages scanned.
+    /// `order`). Cost: one descriptor load per `2^order` pages scanned, none in sections
+    /// of a kind with no Free page left.
     pub fn balloon_out_from(
         &self,
         range: PfnRange,
@@ -736,6 +737,12 @@ impl<S: MemmapStorage> MemModel<S> {
                 Ok((kind, true)) if kind.is_ram() => kind,
                 _ => continue,
             };
+            // The census knows when no page of this kind is Free any more (a hot-added
+            // range all ballooned out): skip the scan, one descriptor load per page at
+            // order 0 (measured: 9 ms of a 768 -> 192 MiB step under TCG, for nothing).
+            if g.stats.pages[kind.index()][StateKind::Free.index()] == 0 {
+                continue;
+            }
             let lo = range.start.max(first).0.next_multiple_of(size);
             let hi = range.end.0.min(first.0 + PAGES_PER_SUBSECTION);
             let mut p = lo;
@@ -781,6 +788,10 @@ impl<S: MemmapStorage> MemModel<S> {
     pub fn check_offline(&self, range: PfnRange, kind: SectionKind) -> Result<(), MmError> {
         let g = self.inner.lock();
         let mm = Memmap::new(&self.root, &g.token);
+        // Every page of `kind` Offline (the census says so: a hot-add with the earlier
+        // ones ballooned out, or none): the placement check alone, no descriptor loads.
+        let counts = &g.stats.pages[kind.index()];
+        let all_offline = counts[StateKind::Offline.index()] == counts.iter().sum::<u64>();
         let mut pfn = range.start;
         while pfn < range.end {
             let end = Pfn((pfn.subsection() + 1) * PAGES_PER_SUBSECTION).min(range.end);
@@ -793,6 +804,10 @@ impl<S: MemmapStorage> MemModel<S> {
                         online,
                     })
                 }
+            }
+            if all_offline {
+                pfn = end;
+                continue;
             }
             if let Some((pfn, state)) = first_not_offline(&mm, PfnRange::new(pfn, end)) {
                 return Err(MmError::Busy { pfn, state });

@@ -49,6 +49,12 @@ enum Op {
         order: u8,
     },
     BalloonOut(u8),
+    /// `balloon_out_from` of the slot's subsections.
+    BalloonOutFrom {
+        slot: usize,
+        order: u8,
+        max: usize,
+    },
     /// `balloon_out_pages` of this many single pages.
     BalloonOutPages(usize),
     /// `populate_pages` of these offsets in a subsection, in this order.
@@ -87,6 +93,8 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         2 => (0..=MAX_ORDER).prop_map(Op::BalloonOut),
         2 => (1..1200usize).prop_map(Op::BalloonOutPages),
+        2 => (slot.clone(), 0..=MAX_ORDER, 1..40usize)
+            .prop_map(|(slot, order, max)| Op::BalloonOutFrom { slot, order, max }),
         2 => (slot.clone(), idx.clone(), prop::collection::vec(0..512u64, 1..300))
             .prop_map(|(slot, idx, offs)| Op::PopulatePages { slot, idx, offs }),
         2 => (slot, idx, 0..512u64).prop_map(|(slot, idx, off)| Op::Map { slot, idx, off }),
@@ -257,6 +265,35 @@ fn apply(m: &MemModel<HeapStorage>, r: &mut Reference, op: &Op) -> Result<(), Te
                 }
             } else {
                 prop_assert_eq!(res, Err(MmError::OutOfMemory { order }));
+            }
+        }
+        Op::BalloonOutFrom { slot, order, max } => {
+            let range = sub_range(slot, 0, SUBS);
+            let mut got = Vec::new();
+            let res = m.balloon_out_from(range, order, max, |p| got.push(p));
+            prop_assert_eq!(res, Ok(got.len()), "{:?}", op);
+            prop_assert!(got.len() <= max);
+            let size = 1u64 << order;
+            for &p in &got {
+                let block = PfnRange::from_count(p, size);
+                prop_assert!(p.0 % size == 0 && range.contains(p), "{:?}: {:?}", op, p);
+                prop_assert!(r.online_ram(p));
+                prop_assert!(
+                    r.all(block, StateKind::Free),
+                    "{:?}: took a non-free block",
+                    op
+                );
+                r.set(block, StateKind::Offline);
+            }
+            if got.len() < max {
+                // Stopped short: no aligned all-Free block of `order` is left in range.
+                let left = (range.start.0..range.end.0)
+                    .step_by(size as usize)
+                    .any(|p| {
+                        r.online_ram(Pfn(p))
+                            && r.all(PfnRange::from_count(Pfn(p), size), StateKind::Free)
+                    });
+                prop_assert!(!left, "{:?}: a free block was left behind", op);
             }
         }
         Op::BalloonOutPages(n) => {
@@ -595,6 +632,27 @@ fn single_pages_go_out_as_few_blocks_and_come_back_whole() {
     assert_eq!(state(9), StateKind::Free);
     assert_eq!(state(11), StateKind::Offline);
     assert_eq!(state(12), StateKind::Offline);
+}
+
+#[test]
+fn balloon_out_from_finds_the_last_free_pages_and_skips_when_there_are_none() {
+    let m = MemModel::new(HeapStorage);
+    let range = PfnRange::from_count(Pfn(0), 4 * 512);
+    m.add_subsections(range, SectionKind::HotplugRam).unwrap();
+    m.online_section(0).unwrap();
+    // All Offline: nothing to find (the census says so without a scan).
+    assert_eq!(m.balloon_out_from(range, 0, 100, |_| {}), Ok(0));
+    // Eight free pages in the last subsection: all found, one by one.
+    m.populate(Pfn(3 * 512 + 40), 3).unwrap();
+    let mut got = Vec::new();
+    assert_eq!(m.balloon_out_from(range, 0, 100, |p| got.push(p)), Ok(8));
+    assert_eq!(got.first(), Some(&Pfn(3 * 512 + 40)));
+    assert_eq!(m.balloon_out_from(range, 0, 100, |_| {}), Ok(0));
+    assert_eq!(
+        m.census()
+            .pages_of(SectionKind::HotplugRam, StateKind::Free),
+        0
+    );
 }
 
 #[test]
