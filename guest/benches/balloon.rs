@@ -87,6 +87,19 @@ fn step_to_kib(
     t.elapsed()
 }
 
+/// Prints the median of each direction's steps of `pages` pages.
+fn report(names: [&str; 2], down: Vec<Duration>, up: Vec<Duration>, pages: u64) {
+    for (what, mut v) in names.into_iter().zip([down, up]) {
+        v.sort();
+        let med = v[v.len() / 2];
+        println!(
+            "  {what}: median {:>9.2} us  ({:.1} ns per page)",
+            med.as_secs_f64() * 1e6,
+            med.as_nanos() as f64 / pages as f64
+        );
+    }
+}
+
 fn main() {
     let mm = model(1024);
     let mut xen = NullXen {
@@ -105,16 +118,7 @@ fn main() {
         up.push(step_to(&mut b, &mm, &mut xen, 1024));
         assert_eq!((calls_down, xen.calls - c1), (1, 1), "one call per step");
     }
-    down.sort();
-    up.sort();
-    for (what, v) in [("down 1024 -> 256", &down), ("up   256 -> 1024", &up)] {
-        let med = v[v.len() / 2];
-        println!(
-            "  {what}: median {:>8.2} ms  ({:.1} ns per page)",
-            med.as_secs_f64() * 1e3,
-            med.as_nanos() as f64 / 196608.0
-        );
-    }
+    report(["down 1024 -> 256", "up   256 -> 1024"], down, up, 196608);
     // A step that is not a whole number of 2 MiB extents ends in order-0 pages: 1 MiB
     // (256 single pages) out and back.
     println!("balloon step of 1 MiB (256 order-0 pages), Xen doing nothing:");
@@ -123,16 +127,7 @@ fn main() {
         down.push(step_to_kib(&mut b, &mm, &mut xen, 1024 * 1024 - 1024));
         up.push(step_to_kib(&mut b, &mm, &mut xen, 1024 * 1024));
     }
-    down.sort();
-    up.sort();
-    for (what, v) in [("down 1024 -> 1023", &down), ("up   1023 -> 1024", &up)] {
-        let med = v[v.len() / 2];
-        println!(
-            "  {what}: median {:>8.2} us  ({:.1} ns per page)",
-            med.as_secs_f64() * 1e6,
-            med.as_nanos() as f64 / 256.0
-        );
-    }
+    report(["down 1024 -> 1023", "up   1023 -> 1024"], down, up, 256);
     let s = b.last_step().expect("timed");
     println!(
         "  last step (guest clock): total {} us, in the (null) hypercall {} us, {} call(s)",

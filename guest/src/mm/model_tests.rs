@@ -585,8 +585,9 @@ fn hotplug_section_life_cycle() {
     );
 }
 
-#[test]
-fn single_pages_go_out_as_few_blocks_and_come_back_whole() {
+/// A model with one online hot-plug section of which the first four subsections are
+/// present and wholly Free.
+fn four_free_subsections() -> MemModel<HeapStorage> {
     let m = MemModel::new(HeapStorage);
     m.add_subsections(
         PfnRange::from_count(Pfn(0), 4 * 512),
@@ -597,6 +598,12 @@ fn single_pages_go_out_as_few_blocks_and_come_back_whole() {
     for s in 0..4 {
         m.populate(Pfn(s * 512), 9).unwrap();
     }
+    m
+}
+
+#[test]
+fn single_pages_go_out_as_few_blocks_and_come_back_whole() {
+    let m = four_free_subsections();
     // 300 pages = 256 + 32 + 8 + 4: four blocks, all from one subsection.
     let mut got = Vec::new();
     assert_eq!(m.balloon_out_pages(300, |p| got.push(p)), Ok(300));
@@ -657,16 +664,7 @@ fn balloon_out_from_finds_the_last_free_pages_and_skips_when_there_are_none() {
 
 #[test]
 fn buddy_coalesces_back_to_whole_subsections() {
-    let m = MemModel::new(HeapStorage);
-    m.add_subsections(
-        PfnRange::from_count(Pfn(0), 4 * 512),
-        SectionKind::HotplugRam,
-    )
-    .unwrap();
-    m.online_section(0).unwrap();
-    for s in 0..4 {
-        m.populate(Pfn(s * 512), 9).unwrap();
-    }
+    let m = four_free_subsections();
     let mut got = Vec::new();
     for order in [0u8, 3, 0, 1, 9, 2, 0, 5, 7, 0] {
         got.push((m.alloc_frames(order).unwrap(), order));
