@@ -19,7 +19,8 @@ static CONSOLE: spin::Mutex<Option<Console>> = spin::Mutex::new(None);
 
 /// Until ready, console output goes into the ring without notifying xenconsoled (each
 /// notification wakes it in dom0, which takes the one CPU from a booting guest): one
-/// notification at ready, or whenever the ring is full. A panic releases it.
+/// notification at ready, or whenever the ring is full. A panic releases it. Balloon
+/// steps hold it again ([`hold_console_notifications`]).
 static HOLD_NOTIFY: AtomicBool = AtomicBool::new(true);
 
 /// Hold notifications again until [`release_console_notifications`], as before ready:
@@ -27,7 +28,8 @@ static HOLD_NOTIFY: AtomicBool = AtomicBool::new(true);
 /// takes the one CPU in the middle of the step. The lines are in the ring at once;
 /// xenconsoled collects them at the release (or when the ring fills).
 pub fn hold_console_notifications() {
-    // Relaxed: see `release_console_notifications`.
+    // Relaxed: a writer on another vCPU that still sees `false` notifies once more, one
+    // that later sees a stale `true` skips a notification the release makes anyway.
     HOLD_NOTIFY.store(true, Ordering::Relaxed);
 }
 
