@@ -557,7 +557,11 @@ fn settled(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>, outcome: StepOutcom
             status.reached_ms.unwrap_or(0),
             status.ballooned_kib
         ),
-        other => log::info!("balloon: {} ({other:?})", status.state),
+        other => log::info!(
+            "balloon: target {} KiB: {} ({other:?})",
+            status.effective_target_kib.unwrap_or(0),
+            status.state
+        ),
     }
     publish_balloon(xs, &m.balloon, Some(m.mm));
     let hotplug: Vec<_> = m.hotplug.status(m.mm).fields().collect();

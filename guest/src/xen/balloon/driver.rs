@@ -501,7 +501,10 @@ impl Balloon {
                         t.effective_kib
                     );
                 } else {
-                    log::info!("balloon: target {} KiB", t.requested_kib);
+                    // Debug, not info: a line costs ~0.1 ms of CPU under TCG inside the
+                    // step's time, and the step's end logs the target with its outcome
+                    // (`settled` in the kernel's loop).
+                    log::debug!("balloon: target {} KiB", t.requested_kib);
                 }
                 // The same value again (a watch re-fires, or the toolstack re-writes it after
                 // `xl mem-max`) still retries at once, but keeps the time-to-target clock.
