@@ -220,6 +220,19 @@ fn check_block(pfn: Pfn, order: u8) -> Result<(), MmError> {
     Ok(())
 }
 
+/// Give every page of a block just taken off the free lists the plain state whose word 0
+/// is `w0`. Unlinking made the head a tail like the rest, so every page is a plain Free
+/// tail and one word each is stored.
+fn mark_taken(descs: &[PageDesc], w0: u64) {
+    descs.iter().for_each(|d| {
+        debug_assert!(
+            d.holds_plain(PageDesc::FREE_TAIL_WORD0),
+            "a taken free block holds a head"
+        );
+        d.store_plain(w0)
+    });
+}
+
 /// Split `[start, end)` into maximal aligned buddy blocks.
 pub(super) fn for_each_block(range: PfnRange, mut f: impl FnMut(Pfn, u8)) {
     let mut p = range.start.0;
@@ -503,16 +516,8 @@ impl<S: MemmapStorage> MemModel<S> {
         let descs = mm
             .run(pfn, 1 << order)
             .expect("a free block lies in one present subsection");
-        // Unlinking made the head a tail like the rest: every page is a plain Free page
-        // now, and `to` (Allocated, Offline) is plain too: one word each.
         match PageDesc::plain_word0(Raw::State(to)) {
-            Some(w0) => descs.iter().for_each(|d| {
-                debug_assert!(
-                    d.holds_plain(PageDesc::FREE_TAIL_WORD0),
-                    "a taken free block holds a head"
-                );
-                d.store_plain(w0)
-            }),
+            Some(w0) => mark_taken(descs, w0),
             None => descs.iter().for_each(|d| d.store(Raw::State(to))),
         }
         let kind = self
@@ -753,18 +758,10 @@ impl<S: MemmapStorage> MemModel<S> {
                 if mm.desc(Pfn(p)).load().kind() == StateKind::Free
                     && g.free.take_block(&mm, Pfn(p), order)
                 {
-                    // Taken off the lists, every page is a plain Free tail, and Offline
-                    // is plain too: one word each (as in `take_free_block`).
                     let descs = mm
                         .run(Pfn(p), size as usize)
                         .expect("a free block lies in one present subsection");
-                    descs.iter().for_each(|d| {
-                        debug_assert!(
-                            d.holds_plain(PageDesc::FREE_TAIL_WORD0),
-                            "a taken free block holds a head"
-                        );
-                        d.store_plain(PageDesc::OFFLINE_WORD0)
-                    });
+                    mark_taken(descs, PageDesc::OFFLINE_WORD0);
                     g.stats
                         .move_pages(kind, StateKind::Free, StateKind::Offline, size);
                     sink(Pfn(p));
@@ -865,8 +862,8 @@ impl<S: MemmapStorage> MemModel<S> {
     /// runs join the allocator as the largest aligned blocks they hold, one lock and one
     /// pass per block. On an error every page before the failing one (ascending) has
     /// joined, the failing one and those after it are unchanged, as page by page.
-    pub fn populate_pages(&self, pfns: &[Pfn]) -> Result<(), MmError> {
-        let mut sorted: Vec<u64> = pfns.iter().map(|p| p.0).collect();
+    pub fn populate_pages(&self, pfns: impl IntoIterator<Item = Pfn>) -> Result<(), MmError> {
+        let mut sorted: Vec<u64> = pfns.into_iter().map(|p| p.0).collect();
         sorted.sort_unstable();
         let mut result = Ok(());
         let mut i = 0;

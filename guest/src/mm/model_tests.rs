@@ -323,7 +323,7 @@ fn apply(m: &MemModel<HeapStorage>, r: &mut Reference, op: &Op) -> Result<(), Te
             let mut seen = std::collections::BTreeSet::new();
             offs.retain(|&o| seen.insert(o));
             let pfns: Vec<Pfn> = offs.iter().map(|&o| first.add(o)).collect();
-            let res = m.populate_pages(&pfns);
+            let res = m.populate_pages(pfns);
             // Page by page, ascending: those before the first refused one join.
             let mut want_ok = true;
             for &o in seen.iter() {
@@ -619,7 +619,7 @@ fn single_pages_go_out_as_few_blocks_and_come_back_whole() {
     // Back in any order: the runs rejoin as whole blocks, and the subsection merges.
     got.reverse();
     got.swap(3, 200);
-    m.populate_pages(&got).unwrap();
+    m.populate_pages(got.iter().copied()).unwrap();
     let c = m.recount().unwrap();
     assert_eq!(c.free_blocks[9], 4);
     assert_eq!(c.free_blocks[..9].iter().sum::<u64>(), 0);
@@ -632,7 +632,7 @@ fn single_pages_go_out_as_few_blocks_and_come_back_whole() {
     // A page that is not Offline stops the populate there, ascending; nothing after it
     // changes.
     m.populate(Pfn(10), 0).unwrap();
-    let err = m.populate_pages(&[Pfn(12), Pfn(9), Pfn(10), Pfn(11)]);
+    let err = m.populate_pages([Pfn(12), Pfn(9), Pfn(10), Pfn(11)]);
     assert!(err.is_err(), "{err:?}");
     let guard = m.read();
     let state = |p: u64| guard.pfn_to_online_page(Pfn(p)).unwrap().state().kind();

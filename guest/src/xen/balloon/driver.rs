@@ -1063,23 +1063,32 @@ impl Balloon {
                 return Err(Failure::Model("balloon_out_from", e));
             }
         }
-        if order == 0 && !hot_only {
+        if hot_only {
+            return Ok(());
+        }
+        let r = if order == 0 {
+            // Single pages as the fewest free blocks that hold them.
             let want = n - self.batch.len();
             let batch = &mut self.batch;
-            if let Err(e) = mm.balloon_out_pages(want, |p| batch.push(p.0)) {
-                self.undo_take(mm, order)?;
-                return Err(Failure::Model("balloon_out_pages", e));
-            }
-        }
-        while self.batch.len() < n && !hot_only {
-            match mm.balloon_out(order as u8) {
-                Ok(pfn) => self.batch.push(pfn.0),
-                Err(MmError::OutOfMemory { .. }) => break,
-                Err(e) => {
-                    self.undo_take(mm, order)?;
-                    return Err(Failure::Model("balloon_out", e));
+            mm.balloon_out_pages(want, |p| batch.push(p.0))
+                .map_err(|e| ("balloon_out_pages", e))
+        } else {
+            let mut r = Ok(0);
+            while self.batch.len() < n {
+                match mm.balloon_out(order as u8) {
+                    Ok(pfn) => self.batch.push(pfn.0),
+                    Err(MmError::OutOfMemory { .. }) => break,
+                    Err(e) => {
+                        r = Err(("balloon_out", e));
+                        break;
+                    }
                 }
             }
+            r
+        };
+        if let Err((what, e)) = r {
+            self.undo_take(mm, order)?;
+            return Err(Failure::Model(what, e));
         }
         Ok(())
     }
@@ -1194,8 +1203,7 @@ impl Balloon {
         let t1 = self.clock_now();
         if order == 0 {
             // Single pages: their runs join as whole blocks.
-            let pfns: Vec<Pfn> = self.batch[..k].iter().map(|&g| Pfn(g)).collect();
-            mm.populate_pages(&pfns)
+            mm.populate_pages(self.batch[..k].iter().map(|&g| Pfn(g)))
                 .map_err(|e| Failure::Model("populate", e))?;
         } else {
             for &g in &self.batch[..k] {
