@@ -45,6 +45,9 @@ const SIZE_SWEEP_MIB: [(u64, &str); 7] = [
     (512, "256 order-9"),
 ];
 
+/// How the rows of the size sweep's steps begin.
+const SIZE_STEP_ROW: &str = "step of ";
+
 /// Every value reported as `key=<number>` by `scenario` (repeats in order).
 pub fn values(verdicts: &[Verdict], scenario: &str, key: &str) -> Vec<f64> {
     let Some(v) = verdicts.iter().find(|v| v.name == scenario) else {
@@ -383,7 +386,7 @@ pub fn build(verdicts: &[Verdict]) -> Bench {
             let pm = v("balloon-sizes", &k("outside_cpu_permille"));
             rows.push(row(
                 "balloon",
-                &format!("step of {mib} MiB {dir} ({pages}): outside hypercalls, on the CPU"),
+                &format!("{SIZE_STEP_ROW}{mib} MiB {dir} ({pages}): outside hypercalls, on the CPU"),
                 "%",
                 median(&pm).map(|p| p / 10.0),
                 None,
@@ -591,12 +594,6 @@ fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
     };
     let balloon_steps = ["down", "up"];
     let hotplug_steps = ["add", "down", "readd"];
-    let size_steps: Vec<String> = SIZE_SWEEP_MIB
-        .iter()
-        .flat_map(|(mib, _)| [format!("d{}", 1024 - mib), format!("u{}", 1024 - mib)])
-        .collect();
-    let size_steps: Vec<&str> = size_steps.iter().map(String::as_str).collect();
-
     for (goal, scenario, steps, key) in [
         (
             "balloon: guest CPU time outside hypercalls, worst balloon step",
@@ -626,17 +623,11 @@ fn goals(rows: &[Row], verdicts: &[Verdict]) -> Vec<Goal> {
             met: w.map(|x| x <= 5.0),
         });
     }
-    // The size sweep: each step's median over the rounds, then the worst step.
-    let sweep: Vec<f64> = size_steps
+    // The size sweep: the worst of its rows (each a step's median over the rounds).
+    let sweep: Vec<f64> = rows
         .iter()
-        .filter_map(|step| {
-            let pm = values(
-                verdicts,
-                "balloon-sizes",
-                &format!("{step}_guest_outside_cpu_permille"),
-            );
-            median(&pm).map(|p| p / 10.0)
-        })
+        .filter(|r| r.measure.starts_with(SIZE_STEP_ROW))
+        .filter_map(|r| r.ours)
         .collect();
     let w = max(&sweep);
     g.push(Goal {
