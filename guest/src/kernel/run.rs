@@ -390,10 +390,10 @@ fn event_loop(xen: &Xen, xs: &mut Xenstore, m: &mut Memory<'_>) -> ! {
                 outcome = hot_add(xen, m, pages);
             }
             rounds = rounds.saturating_add(1);
-            if rounds == 2 && outcome == StepOutcome::Progress {
-                // A step of one hypercall ends in its second round (which finds the target
-                // reached) and goes straight to its final status in `settled`; one that is
-                // still working then tells dom0 (posted, not waited for; a refusal is
+            if rounds == 1 && outcome == StepOutcome::Progress {
+                // A step of one hypercall ends in its round (the balloon sees the target
+                // reached) and goes straight to its final status in `settled`; one that
+                // needs another round tells dom0 (posted, not waited for; a refusal is
                 // logged when the reply arrives).
                 if let Err(e) = xs.post_write("data/balloon/state", b"working") {
                     log::warn!("cannot publish data/balloon/state: {e:?}");
