@@ -13,6 +13,7 @@
 //! | `race-bug=early-active\|no-grace` | test switch: inject an ordering bug the race walkers must detect (active bit before the descriptors are initialised; memmap freed without a grace period) |
 //! | `debugcon=all\|warn` | which log lines go to port 0xE9 (Xen's console, `xl dmesg`) besides the PV console: `all`, or only warnings, errors, panics, raw harness lines, the first line and `ready` (default `warn`: Xen emulates each 0xE9 line and prints it on its serial console, ~0.5-1.5 ms of this vCPU under TCG). Without Xen or a PV console, and after a panic, every line goes there, the held boot lines first |
 //! | `suspend-handback=on\|off` | before a suspend (`xl save`, `xl migrate`), hand free memory beyond a small reserve back to Xen and take it again afterwards (default `on`) |
+//! | `balloon-scrub=on\|off` | zero ballooned-out pages that held our data before Xen gets them (default `on`; Xen does not scrub what a live domain frees, and hands the frames to the next domain; Linux's `xen_scrub_pages`). `off` only on a host where no other domain may see them |
 //! | `grant=give:N[:rw]` / `grant=map` | role in the two-guest grant handshake (`xen::grant::pair`): grant N pages (1..=256, read-only or `:rw`) to the peer, or map the peer's grants |
 //! | `say=TEXT` | test switch (harness-forgery scenario): print TEXT as a raw line on port 0xE9 and the PV console at boot; `+` is a space, `%XX` an ASCII byte (e.g. `%0D`); repeatable |
 //!
@@ -83,6 +84,8 @@ pub struct Cmdline {
     /// Hand free memory back to Xen before a suspend (so a save image holds only what is
     /// used) and take it again after.
     pub suspend_handback: bool,
+    /// `balloon-scrub=`: zero pages that held our data before the balloon gives them back.
+    pub balloon_scrub: bool,
     /// Every log line to port 0xE9, not only the first, `ready`, warnings and errors.
     pub debugcon_all: bool,
     /// Lines to print raw at boot (`say=`, decoded), in order: lets a test make the guest
@@ -103,6 +106,7 @@ impl Default for Cmdline {
             race_bug: crate::mm::RaceBug::None,
             grant: None,
             suspend_handback: true,
+            balloon_scrub: true,
             debugcon_all: false,
             say: Vec::new(),
             rejected: Vec::new(),
@@ -154,6 +158,15 @@ impl Cmdline {
                     Ok(())
                 }
                 ("suspend-handback", _) => Err("suspend-handback must be on or off"),
+                ("balloon-scrub", Some("on")) => {
+                    c.balloon_scrub = true;
+                    Ok(())
+                }
+                ("balloon-scrub", Some("off")) => {
+                    c.balloon_scrub = false;
+                    Ok(())
+                }
+                ("balloon-scrub", _) => Err("balloon-scrub must be on or off"),
                 ("say", Some(v)) => decode_say(v).map(|line| c.say.push(line)),
                 ("walk", None) => {
                     c.walk = true;
@@ -264,6 +277,14 @@ mod tests {
         assert_eq!(Cmdline::parse("debugcon=on").rejected.len(), 1);
         assert!(Cmdline::parse("").suspend_handback);
         assert!(!Cmdline::parse("suspend-handback=off").suspend_handback);
+        assert!(Cmdline::parse("").balloon_scrub);
+        assert!(!Cmdline::parse("balloon-scrub=off").balloon_scrub);
+        assert!(Cmdline::parse("balloon-scrub=off balloon-scrub=on").balloon_scrub);
+        for bad in ["balloon-scrub", "balloon-scrub=1", "balloon-scrub=yes"] {
+            let c = Cmdline::parse(bad);
+            assert_eq!(c.rejected.len(), 1, "{bad}");
+            assert!(c.balloon_scrub, "{bad}: the default stays");
+        }
         for bad in [
             "suspend-handback",
             "suspend-handback=",

@@ -1099,24 +1099,25 @@ wait_fast() {
 }
 
 # Our guest's split of its last balloon step (data/balloon/step/, published with the
-# settle): reports PREFIX_guest_{total,hypercall,outside,model,cpu,outside_cpu}_ms,
+# settle): reports PREFIX_guest_{total,hypercall,outside,model,scrub,cpu,outside_cpu}_ms,
 # _outside_permille, _outside_cpu_permille (time on the CPU outside the hypercalls, per
 # thousand of the step's wall time: steal excluded) and
 # _hypercalls. Fails if the step it describes is not the one to TARGET_MIB.
 guest_step_split() {
-    local prefix=$1 mib=$2 tk total hyper out model cpu ocpu opm pm calls
+    local prefix=$1 mib=$2 tk total hyper out model scrub cpu ocpu opm pm calls
     tk=$(data_read balloon/step/target-kib) || fail "$prefix: no data/balloon/step/ from the guest"
     [ "$tk" = $((mib * 1024)) ] || fail "$prefix: data/balloon/step/ describes a step to $tk KiB, not $((mib * 1024))"
     total=$(data_read balloon/step/total-us)
     hyper=$(data_read balloon/step/hypercall-us)
     out=$(data_read balloon/step/outside-us)
     model=$(data_read balloon/step/model-us) || fail "$prefix: no data/balloon/step/model-us from the guest"
+    scrub=$(data_read balloon/step/scrub-us) || fail "$prefix: no data/balloon/step/scrub-us from the guest"
     cpu=$(data_read balloon/step/cpu-us) || fail "$prefix: no data/balloon/step/cpu-us from the guest"
     ocpu=$(data_read balloon/step/outside-cpu-us) || fail "$prefix: no data/balloon/step/outside-cpu-us from the guest"
     opm=$(data_read balloon/step/outside-cpu-permille) || fail "$prefix: no data/balloon/step/outside-cpu-permille from the guest"
     pm=$(data_read balloon/step/outside-permille)
     calls=$(data_read balloon/step/hypercalls)
-    info "${prefix}_guest_total_ms=$(awk -v x="$total" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_hypercall_ms=$(awk -v x="$hyper" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_ms=$(awk -v x="$out" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_model_ms=$(awk -v x="$model" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_permille=$pm ${prefix}_guest_cpu_ms=$(awk -v x="$cpu" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_cpu_ms=$(awk -v x="$ocpu" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_cpu_permille=$opm ${prefix}_guest_hypercalls=$calls"
+    info "${prefix}_guest_total_ms=$(awk -v x="$total" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_hypercall_ms=$(awk -v x="$hyper" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_ms=$(awk -v x="$out" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_model_ms=$(awk -v x="$model" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_scrub_ms=$(awk -v x="$scrub" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_permille=$pm ${prefix}_guest_cpu_ms=$(awk -v x="$cpu" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_cpu_ms=$(awk -v x="$ocpu" 'BEGIN { printf "%.1f", x / 1000 }') ${prefix}_guest_outside_cpu_permille=$opm ${prefix}_guest_hypercalls=$calls"
 }
 
 # hotplug_add_split PREFIX: the guest's CPU time by phase of its last hot-add

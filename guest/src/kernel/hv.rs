@@ -411,6 +411,15 @@ pub fn running_ns_from_area() -> Option<u64> {
     (registered && XEN.get().is_some()).then(running_ns)
 }
 
+/// Zero the `2^order` frames at `gfn` before the balloon gives them back to Xen.
+pub fn scrub_frames(gfn: Gfn, order: u32) {
+    let bytes = 4096usize << order;
+    // SAFETY: the balloon calls this only for a block it holds Offline (taken off the free
+    // lists, nobody else's, not yet released: still backed) in online RAM, which is
+    // identity-mapped (boot RAM at boot, hot-added sections before they go online).
+    unsafe { core::ptr::write_bytes((gfn << 12) as *mut u8, 0, bytes) };
+}
+
 /// Xen system time for log timestamps (0 before Xen is set up).
 pub fn uptime_ns() -> u64 {
     XEN.get().map_or(0, |x| x.now_ns())

@@ -147,6 +147,11 @@ extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     })
     .with_clock(hv::uptime_ns)
     .with_cpu_clock(hv::running_ns);
+    if cmdline.balloon_scrub {
+        balloon = balloon.with_scrubber(hv::scrub_frames);
+    } else {
+        log::warn!("balloon: pages go back to Xen unscrubbed (balloon-scrub=off)");
+    }
     if let Some(mut x) = xen {
         let now = x.now_ns();
         match balloon.adopt_boot_offline(mm, &mut x, now) {

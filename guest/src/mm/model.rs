@@ -663,9 +663,39 @@ impl<S: MemmapStorage> MemModel<S> {
             }
             range.iter().for_each(|p| mm.desc(p).store(Raw::Free(None)));
         }
+        if from != StateKind::Offline {
+            // The block held our data: it must be zeroed before Xen gets it. (A block
+            // lies in one subsection: MAX_ORDER is a subsection.)
+            self.mark_dirty(pfn);
+        }
         g.free.insert(&mm, pfn, order);
         g.stats.move_pages(kind, from, StateKind::Free, 1 << order);
         Ok(())
+    }
+
+    fn mark_dirty(&self, pfn: Pfn) {
+        if let Some(s) = self.root.section_of(pfn) {
+            s.mark_dirty(pfn.subsection_in_section());
+        }
+    }
+
+    /// Whether the Free block at `pfn` (just taken off the free lists to give to Xen) may
+    /// hold our data: its subsection had a page freed after being Allocated or Reserved
+    /// since the subsection became present or was last scrubbed whole
+    /// ([`MemModel::scrubbed_subsection`]). Pages that only ever came from Xen (boot RAM
+    /// never allocated, populated extents) hold nothing of ours.
+    pub fn needs_scrub(&self, pfn: Pfn) -> bool {
+        self.root
+            .section_of(pfn)
+            .is_some_and(|s| s.dirty() & (1 << pfn.subsection_in_section()) != 0)
+    }
+
+    /// The caller zeroed the whole subsection at `pfn` and holds every page of it
+    /// Offline: it holds nothing of ours any more.
+    pub fn scrubbed_subsection(&self, pfn: Pfn) {
+        if let Some(s) = self.root.section_of(pfn) {
+            s.clear_dirty(pfn.subsection_in_section());
+        }
     }
 
     /// Take a free block of `order` out of the allocator for ballooning out
@@ -933,6 +963,8 @@ impl<S: MemmapStorage> MemModel<S> {
         }
         for pfn in range.iter() {
             let kind = self.placement(pfn)?.0;
+            // Reserved pages held the kernel's boot data.
+            self.mark_dirty(pfn);
             mm.desc(pfn).store(Raw::Free(None));
             g.free.insert(&mm, pfn, 0);
             g.stats

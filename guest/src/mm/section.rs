@@ -77,6 +77,11 @@ pub(crate) struct Section {
     present: AtomicU64,
     /// Subsections whose every descriptor is initialised and may be dereferenced.
     active: AtomicU64,
+    /// Subsections where a page that held our data went back to the allocator (freed
+    /// after being Allocated or Reserved) since the subsection last became present or
+    /// was scrubbed whole: their Free pages must be zeroed before Xen gets them (Xen 4.17
+    /// does not scrub what a live domain frees; `free_domheap_pages`).
+    dirty: AtomicU64,
     /// Memmap block (512 descriptors) of each present subsection.
     memmap: [AtomicPtr<PageDesc>; SUBSECTIONS_PER_SECTION],
     /// Bumped by every change a walker could be caught in: a subsection going active or
@@ -121,6 +126,25 @@ impl Section {
             was & !(1 << idx)
         };
         self.present.store(now, Ordering::Relaxed);
+        // New or removed storage: whatever the frames held is not ours any more (a
+        // subsection becomes present with every page Offline, or is removed that way).
+        self.dirty.fetch_and(!(1 << idx), Ordering::Relaxed);
+    }
+    /// Subsections that may hold our data in Free pages (see the field).
+    pub(crate) fn dirty(&self) -> u64 {
+        // Relaxed: set and cleared under the model's mutation lock, or (clearing) by the
+        // balloon for a subsection whose every page it holds Offline, so no page of it can
+        // be freed meanwhile; a reader about to give a block away took it off the free
+        // lists under that lock, after the free that set the bit.
+        self.dirty.load(Ordering::Relaxed)
+    }
+    pub(crate) fn mark_dirty(&self, idx: usize) {
+        // Relaxed: see `dirty`.
+        self.dirty.fetch_or(1 << idx, Ordering::Relaxed);
+    }
+    pub(crate) fn clear_dirty(&self, idx: usize) {
+        // Relaxed: see `dirty`.
+        self.dirty.fetch_and(!(1 << idx), Ordering::Relaxed);
     }
     pub(crate) fn active(&self) -> u64 {
         // Acquire pairs with the Release in `activate`: seeing a bit means seeing every
