@@ -15,6 +15,7 @@
 //! | `suspend-handback=on\|off` | before a suspend (`xl save`, `xl migrate`), hand free memory beyond a small reserve back to Xen and take it again afterwards (default `on`) |
 //! | `balloon-scrub=on\|off` | zero ballooned-out pages that held our data before Xen gets them (default `on`; Xen does not scrub what a live domain frees, and hands the frames to the next domain; Linux's `xen_scrub_pages`). `off` only on a host where no other domain may see them |
 //! | `grant=give:N[:rw]` / `grant=map` | role in the two-guest grant handshake (`xen::grant::pair`): grant N pages (1..=256, read-only or `:rw`) to the peer, or map the peer's grants |
+//! | `fill=HEX:MIB` | test switch (balloon-scrub scenario): at boot, allocate MIB MiB as 2 MiB blocks, write the 64-bit marker HEX twice at the start of every page, free them again, and publish `data/fill/pages`; dom0 then looks for the marker in frames Xen hands out later |
 //! | `say=TEXT` | test switch (harness-forgery scenario): print TEXT as a raw line on port 0xE9 and the PV console at boot; `+` is a space, `%XX` an ASCII byte (e.g. `%0D`); repeatable |
 //!
 //! Unknown words and bad values are collected, not fatal: the kernel logs each one and
@@ -86,6 +87,8 @@ pub struct Cmdline {
     pub suspend_handback: bool,
     /// `balloon-scrub=`: zero pages that held our data before the balloon gives them back.
     pub balloon_scrub: bool,
+    /// `fill=HEX:MIB`: (marker, MiB) to write into free memory at boot and free again.
+    pub fill: Option<(u64, u64)>,
     /// Every log line to port 0xE9, not only the first, `ready`, warnings and errors.
     pub debugcon_all: bool,
     /// Lines to print raw at boot (`say=`, decoded), in order: lets a test make the guest
@@ -107,6 +110,7 @@ impl Default for Cmdline {
             grant: None,
             suspend_handback: true,
             balloon_scrub: true,
+            fill: None,
             debugcon_all: false,
             say: Vec::new(),
             rejected: Vec::new(),
@@ -167,6 +171,8 @@ impl Cmdline {
                     Ok(())
                 }
                 ("balloon-scrub", _) => Err("balloon-scrub must be on or off"),
+                ("fill", Some(v)) => parse_fill(v).map(|f| c.fill = Some(f)),
+                ("fill", None) => Err("fill needs HEX:MIB"),
                 ("say", Some(v)) => decode_say(v).map(|line| c.say.push(line)),
                 ("walk", None) => {
                     c.walk = true;
@@ -204,6 +210,16 @@ impl Cmdline {
         }
         self.mode = m;
         Ok(())
+    }
+}
+
+/// `HEX:MIB` of `fill=`: a 64-bit hex marker and a non-zero size in MiB.
+fn parse_fill(v: &str) -> Result<(u64, u64), &'static str> {
+    let (hex, mib) = v.split_once(':').ok_or("fill must be HEX:MIB")?;
+    let marker = u64::from_str_radix(hex, 16).map_err(|_| "fill: the marker must be hex")?;
+    match mib.parse::<u64>() {
+        Ok(m) if m > 0 => Ok((marker, m)),
+        _ => Err("fill: MIB must be a positive number"),
     }
 }
 
@@ -278,6 +294,22 @@ mod tests {
         assert!(Cmdline::parse("").suspend_handback);
         assert!(!Cmdline::parse("suspend-handback=off").suspend_handback);
         assert!(Cmdline::parse("").balloon_scrub);
+        assert_eq!(
+            Cmdline::parse("fill=00c0ffee12345678:64").fill,
+            Some((0x00c0_ffee_1234_5678, 64))
+        );
+        for bad in [
+            "fill",
+            "fill=",
+            "fill=12",
+            "fill=xyz:4",
+            "fill=12:",
+            "fill=12:0",
+            "fill=1:x",
+        ] {
+            let c = Cmdline::parse(bad);
+            assert_eq!((c.rejected.len(), c.fill), (1, None), "{bad}");
+        }
         assert!(!Cmdline::parse("balloon-scrub=off").balloon_scrub);
         assert!(Cmdline::parse("balloon-scrub=off balloon-scrub=on").balloon_scrub);
         for bad in ["balloon-scrub", "balloon-scrub=1", "balloon-scrub=yes"] {

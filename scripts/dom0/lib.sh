@@ -760,12 +760,13 @@ balloon_settled_at() {
 }
 
 # Xen's own view of the guest-physical frames of the domain under test: dom0 foreign-maps
-# every gfn in [FIRST, FIRST+COUNT) through privcmd (target/release/gfn-probe) and Xen maps
+# every gfn in [FIRST, FIRST+COUNT) through privcmd (target/release/gfn-probe; further
+# arguments are its options: --marker, --absent-out, --only) and Xen maps
 # only the ones its p2m holds as RAM (or frames Xen owns and maps there, e.g. our grant
 # table in the device window). Sets XEN_GFNS (the tool's line: max_gpfn populated
 # absent first last errors) and XEN_POPULATED.
 xen_gfns() {
-    XEN_GFNS=$("$REPO/target/release/gfn-probe" "$DOMID" "$1" "$2" 2>>"$WORK/tools.log") || return 1
+    XEN_GFNS=$("$REPO/target/release/gfn-probe" "$DOMID" "$@" 2>>"$WORK/tools.log") || return 1
     XEN_POPULATED=$(echo "$XEN_GFNS" | sed -n 's/.* populated=\([0-9]*\) .*/\1/p')
     [ -n "$XEN_POPULATED" ]
 }

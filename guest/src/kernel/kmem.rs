@@ -182,3 +182,30 @@ pub fn log_census(mm: &Model) {
         log::info!("{line}");
     }
 }
+
+/// Test switch `fill=MARKER:MIB` (balloon-scrub scenario): allocate `mib` MiB as 2 MiB
+/// blocks, write `marker` twice at the start of every page, and free them again — data of
+/// ours in Free pages, which the balloon must zero before Xen gets them. Returns the pages
+/// filled (fewer if the allocator ran out of 2 MiB blocks).
+pub fn fill_and_free(mm: &Model, marker: u64, mib: u64) -> u64 {
+    let mut blocks = alloc::vec::Vec::new();
+    while (blocks.len() as u64) < mib / 2 {
+        match mm.alloc_frames(9) {
+            Ok(p) => blocks.push(p),
+            Err(_) => break,
+        }
+    }
+    for p in &blocks {
+        for i in 0..512u64 {
+            let page = (p.addr() + i * 4096) as *mut [u64; 2];
+            // SAFETY: the block was just allocated to us (Free -> Allocated): backed,
+            // identity-mapped RAM that nothing else uses.
+            unsafe { page.write_volatile([marker, marker]) };
+        }
+    }
+    for p in &blocks {
+        mm.free_frames(*p, 9)
+            .expect("freeing a block just allocated");
+    }
+    blocks.len() as u64 * 512
+}

@@ -133,6 +133,11 @@ pub fn run(
             if cmdline.race {
                 crate::race::start(mm, hotplug.window());
             }
+            if let Some((marker, mib)) = cmdline.fill {
+                let pages = crate::kmem::fill_and_free(mm, marker, mib);
+                log::info!("fill: {pages} pages marked and freed (test switch)");
+                publish_fields(&mut xs, "data/fill", &[("pages", format!("{pages}"))]);
+            }
             let me = domid.and_then(|d| u16::try_from(d).ok()).unwrap_or(0);
             let grants = crate::grants::setup(&xen, mm, hotplug.window(), cmdline.grant, me);
             let mut m = Memory {
