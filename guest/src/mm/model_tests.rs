@@ -110,6 +110,10 @@ struct Reference {
     allocated: Vec<(Pfn, u8)>,
     foreign: Vec<(Pfn, ForeignMap)>,
     next_gref: u32,
+    /// Pages that hold "our data": allocated since they last came from Xen. Freeing
+    /// keeps the data; a balloon op that takes such a page must find it needing a scrub,
+    /// and the page is clean once scrubbed (as the balloon would before Xen gets it).
+    data: std::collections::BTreeSet<Pfn>,
 }
 
 fn sub_range(slot: usize, idx: usize, n: usize) -> PfnRange {
@@ -155,6 +159,25 @@ impl Reference {
         for p in r.iter() {
             self.pages.insert(p, s);
         }
+    }
+
+    /// A block just taken Offline for ballooning: every page of it that holds our data
+    /// must need a scrub ([`MemModel::needs_scrub`]). Then it is scrubbed, as the balloon
+    /// does: a whole subsection is clean afterwards.
+    fn ballooned(
+        &mut self,
+        m: &MemModel<HeapStorage>,
+        block: PfnRange,
+    ) -> Result<(), TestCaseError> {
+        for p in block.iter() {
+            if self.data.remove(&p) {
+                prop_assert!(m.needs_scrub(p), "{:?} holds our data, no scrub needed", p);
+            }
+        }
+        if block.len() == PAGES_PER_SUBSECTION && m.needs_scrub(block.start) {
+            m.scrubbed_subsection(block.start);
+        }
+        Ok(())
     }
 }
 
@@ -259,9 +282,11 @@ fn apply(m: &MemModel<HeapStorage>, r: &mut Reference, op: &Op) -> Result<(), Te
                 prop_assert!(r.all(range, StateKind::Free), "handed out a non-free block");
                 if balloon {
                     r.set(range, StateKind::Offline);
+                    r.ballooned(m, range)?;
                 } else {
                     r.set(range, StateKind::Allocated);
                     r.allocated.push((pfn, order));
+                    r.data.extend(range.iter());
                 }
             } else {
                 prop_assert_eq!(res, Err(MmError::OutOfMemory { order }));
@@ -284,6 +309,7 @@ fn apply(m: &MemModel<HeapStorage>, r: &mut Reference, op: &Op) -> Result<(), Te
                     op
                 );
                 r.set(block, StateKind::Offline);
+                r.ballooned(m, block)?;
             }
             if got.len() < max {
                 // Stopped short: no aligned all-Free block of `order` is left in range.
@@ -310,6 +336,7 @@ fn apply(m: &MemModel<HeapStorage>, r: &mut Reference, op: &Op) -> Result<(), Te
                     "handed out twice or not free"
                 );
                 r.pages.insert(pfn, StateKind::Offline);
+                r.ballooned(m, PfnRange::from_count(pfn, 1))?;
             }
         }
         Op::PopulatePages {
@@ -484,6 +511,47 @@ proptest! {
         let m = MemModel::new(HeapStorage);
         m.end_boot();
         let mut r = Reference::default();
+        for op in &ops {
+            apply(&m, &mut r, op)?;
+            check(&m, &r)?;
+        }
+    }
+}
+
+/// Allocator and balloon ops only, on two online RAM sections whose memory Xen has
+/// populated: pages holding our data are freed and ballooned out often.
+fn data_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..=MAX_ORDER).prop_map(Op::Alloc),
+        3 => any::<usize>().prop_map(Op::Free),
+        1 => Just(Op::FreeAll),
+        2 => (0..2usize).prop_map(Op::PopulateAll),
+        2 => (0..=MAX_ORDER).prop_map(Op::BalloonOut),
+        2 => (1..1200usize).prop_map(Op::BalloonOutPages),
+        1 => (0..2usize, 0..=MAX_ORDER, 1..40usize)
+            .prop_map(|(slot, order, max)| Op::BalloonOutFrom { slot, order, max }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    /// No page that held our data leaves for Xen without `needs_scrub` saying so (the
+    /// check is in `Reference::ballooned`).
+    #[test]
+    fn pages_with_our_data_always_need_a_scrub(ops in prop::collection::vec(data_op(), 1..80)) {
+        let m = MemModel::new(HeapStorage);
+        m.end_boot();
+        let mut r = Reference::default();
+        for slot in 0..2 {
+            let setup = [
+                Op::Add { slot, idx: 0, n: 4, device: false },
+                Op::Online(slot),
+                Op::PopulateAll(slot),
+            ];
+            for op in &setup {
+                apply(&m, &mut r, op)?;
+            }
+        }
         for op in &ops {
             apply(&m, &mut r, op)?;
             check(&m, &r)?;
