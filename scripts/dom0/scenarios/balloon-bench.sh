@@ -2,7 +2,7 @@
 # xenci-ci: no
 # xenci-peer: yes
 # xenci-budget: 400
-# xenci-about: benchmark (numbers; fails only on errors): boot-to-ready, seconds per 1024->256->1024 MiB swing, the floor (xl mem-set to the current target), ours: its own in/outside-hypercall split per step; run with balloon-bench@linux
+# xenci-about: benchmark (numbers; fails only on errors): boot-to-ready, seconds per 1024->256->1024 MiB swing, the floor (xl mem-set to the current target), ours: its own in/outside-hypercall split per step, and one step down of a guest whose 768 MiB held its data (zeroed before release); run with balloon-bench@linux
 scenario_balloon_bench() {
     # Same measure for both subjects: from starting `xl mem-set` to Xen's tot_pages within
     # 1 MiB of the target (Xen's count polled every 10 ms by xen-dominfo). Run beside the
@@ -45,6 +45,25 @@ scenario_balloon_bench() {
         h1=$(data_read balloon/hypercalls) || fail "no data/balloon/hypercalls"
         info "hypercalls_per_gib=$(awk -v c=$((h1 - h0)) -v s="$swings" 'BEGIN { printf "%.2f", c / (1.5 * s) }') hypercalls=$((h1 - h0)) extents=$(balloon_tree extents)"
     fi
+    check_alive
+    tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
+    [ "$SUBJECT" = guest ] && dirty_swing
+}
+
+# Ours when the memory it gives back held its data (Linux zeroes every ballooned page
+# anyway): a guest that wrote into 768 MiB and freed it at boot (`fill=`) swings once; the
+# step down zeroes what it releases (dirty_down_guest_scrub_ms).
+dirty_swing() {
+    create_domain "xenci-bench-dirty" 'memory=1024' 'maxmem=1024' \
+        "extra=\"fill=$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n'):768\""
+    wait_ready 90
+    require_balloon
+    wait_for 30 "data/fill/pages" data_read fill/pages || fail "no data/fill/pages from the guest"
+    wait_reach 1024 30
+    balloon_step dirty_down 256 120
+    guest_step_split dirty_down 256
+    info "dirty_scrubbed_kib=$(data_read balloon/scrubbed-kib)"
+    balloon_step dirty_up 1024 120
     check_alive
     tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
 }
