@@ -47,7 +47,9 @@ scenario_balloon_bench() {
     fi
     check_alive
     tool xl destroy "$DOMNAME" || fail "xl destroy $DOMNAME failed"
-    [ "$SUBJECT" = guest ] && dirty_swing
+    if [ "$SUBJECT" = guest ]; then
+        dirty_swing
+    fi
 }
 
 # Ours when the memory it gives back held its data (Linux zeroes every ballooned page
