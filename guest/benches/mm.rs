@@ -218,7 +218,7 @@ fn main() {
     let mut scan = Vec::new();
     for _ in 0..11 {
         let t = Instant::now();
-        let n = mm.balloon_out_from(hot, 0, 1 << 14, |p| {
+        let n = mm.balloon_out_from(hot, 0, 1 << 14, false, |p, _| {
             black_box(p);
         });
         scan.push(t.elapsed());

@@ -512,7 +512,10 @@ fn balloon_out_from_takes_only_inside_the_range_highest_first() {
     }
     let inside = PfnRange::from_count(section_start_pfn(1), PAGES_PER_SECTION);
     let mut got = Vec::new();
-    assert_eq!(mm.balloon_out_from(inside, 9, 3, |p| got.push(p)), Ok(3));
+    assert_eq!(
+        mm.balloon_out_from(inside, 9, 3, false, |p, _| got.push(p)),
+        Ok(3)
+    );
     let s1 = section_start_pfn(1).0;
     assert_eq!(got, [Pfn(s1 + 3 * 512), Pfn(s1 + 2 * 512), Pfn(s1 + 512)]);
     assert!(got
@@ -521,13 +524,16 @@ fn balloon_out_from_takes_only_inside_the_range_highest_first() {
     // Order 0 splits the last free subsection of the range, and stops at its end.
     got.clear();
     assert_eq!(
-        mm.balloon_out_from(inside, 0, 1000, |p| got.push(p)),
+        mm.balloon_out_from(inside, 0, 1000, false, |p, _| got.push(p)),
         Ok(512)
     );
     assert!(got
         .iter()
         .all(|&p| PfnRange::from_count(Pfn(s1), 512).contains(p)));
-    assert_eq!(mm.balloon_out_from(inside, 0, 1000, |_| ()), Ok(0));
+    assert_eq!(
+        mm.balloon_out_from(inside, 0, 1000, false, |_, _| ()),
+        Ok(0)
+    );
     // Nothing outside the range changed state.
     let c = mm.section_pages(0).unwrap();
     assert_eq!(c[StateKind::Free.index()], 4 * 512);
@@ -535,19 +541,22 @@ fn balloon_out_from_takes_only_inside_the_range_highest_first() {
     // allocated page itself is not taken.
     let one = mm.alloc_frames(0).unwrap();
     let sub = PfnRange::from_count(one.subsection_start(), PAGES_PER_SUBSECTION);
-    assert_eq!(mm.balloon_out_from(sub, 9, 5, |_| ()), Ok(0));
+    assert_eq!(mm.balloon_out_from(sub, 9, 5, false, |_, _| ()), Ok(0));
     assert_eq!(
-        mm.balloon_out_from(PfnRange::from_count(one, 1), 0, 5, |_| ()),
+        mm.balloon_out_from(PfnRange::from_count(one, 1), 0, 5, false, |_, _| ()),
         Ok(0)
     );
     assert_eq!(
-        mm.balloon_out_from(sub, 10, 5, |_| ()),
+        mm.balloon_out_from(sub, 10, 5, false, |_, _| ()),
         Err(MmError::BadOrder(10))
     );
     // Only part of a subsection: blocks wholly inside the range, aligned to the order.
     let part = PfnRange::new(sub.start.add(100), sub.start.add(300));
     got.clear();
-    assert_eq!(mm.balloon_out_from(part, 6, 10, |p| got.push(p)), Ok(2));
+    assert_eq!(
+        mm.balloon_out_from(part, 6, 10, false, |p, _| got.push(p)),
+        Ok(2)
+    );
     assert!(got
         .iter()
         .all(|p| p.0 % 64 == 0 && part.contains(*p) && part.contains(p.add(63))));
@@ -646,7 +655,7 @@ fn walkers_race_hot_add_and_hot_remove() {
             let range = PfnRange::from_count(section_start_pfn(nr), PAGES_PER_SECTION);
             let mut f = frames.write().unwrap();
             let mut out = Vec::new();
-            mm.balloon_out_from(range, 9, 64, |p| out.push(p.0))
+            mm.balloon_out_from(range, 9, 64, false, |p, _| out.push(p.0))
                 .unwrap();
             assert_eq!(f.decrease_reservation(&out, 9), Ok(out.len()));
         }

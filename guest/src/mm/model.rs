@@ -498,11 +498,20 @@ impl<S: MemmapStorage> MemModel<S> {
 
     /// Allocate `2^order` contiguous frames (Free -> Allocated).
     pub fn alloc_frames(&self, order: u8) -> Result<Pfn, MmError> {
-        self.take_free_block(order, PageState::Allocated)
+        self.take_free_block(order, PageState::Allocated, false)
+            .map(|(p, _)| p)
     }
 
-    /// Take any free block of `order` off the free lists into state `to`.
-    fn take_free_block(&self, order: u8, to: PageState) -> Result<Pfn, MmError> {
+    /// Take any free block of `order` off the free lists into state `to`. With `scrub`, a
+    /// block going Offline that may hold our data ([`MemModel::needs_scrub`]) goes
+    /// Allocated instead, for the caller to zero and hand on with
+    /// [`MemModel::offline_scrubbed`]; the flag says which.
+    fn take_free_block(
+        &self,
+        order: u8,
+        to: PageState,
+        scrub: bool,
+    ) -> Result<(Pfn, bool), MmError> {
         if order > MAX_ORDER {
             return Err(MmError::BadOrder(order));
         }
@@ -513,6 +522,8 @@ impl<S: MemmapStorage> MemModel<S> {
             .free
             .alloc(&mm, order)
             .ok_or(MmError::OutOfMemory { order })?;
+        let dirty = scrub && to == PageState::Offline && self.needs_scrub(pfn);
+        let to = if dirty { PageState::Allocated } else { to };
         let descs = mm
             .run(pfn, 1 << order)
             .expect("a free block lies in one present subsection");
@@ -526,7 +537,7 @@ impl<S: MemmapStorage> MemModel<S> {
             .0;
         g.stats
             .move_pages(kind, StateKind::Free, to.kind(), 1 << order);
-        Ok(pfn)
+        Ok((pfn, dirty))
     }
 
     /// Allocate the lowest-addressed free block of `2^order` frames (Free -> Allocated):
@@ -702,27 +713,69 @@ impl<S: MemmapStorage> MemModel<S> {
     /// (Free -> Offline). The caller then returns the frames to Xen; if Xen refuses, it
     /// gives them back with [`MemModel::populate`].
     pub fn balloon_out(&self, order: u8) -> Result<Pfn, MmError> {
-        self.take_free_block(order, PageState::Offline)
+        self.take_free_block(order, PageState::Offline, false)
+            .map(|(p, _)| p)
+    }
+
+    /// [`MemModel::balloon_out`] for a caller that zeroes what held our data: a block
+    /// that may (its subsection is dirty) goes Allocated, flagged `true`; the caller zeroes
+    /// it and hands it on with [`MemModel::offline_scrubbed`]. No code writes an Offline
+    /// frame (DESIGN rule 3), so the zeroing happens while the caller owns the block.
+    pub fn balloon_out_scrubbing(&self, order: u8) -> Result<(Pfn, bool), MmError> {
+        self.take_free_block(order, PageState::Offline, true)
+    }
+
+    /// A block taken Allocated by a scrubbing balloon take, now zeroed, goes Offline
+    /// (Allocated -> Offline, one pass over its descriptors); a whole subsection holds
+    /// nothing of ours afterwards (its dirty bit is cleared). The caller then gives it to
+    /// Xen.
+    pub fn offline_scrubbed(&self, pfn: Pfn, order: u8) -> Result<(), MmError> {
+        check_block(pfn, order)?;
+        let mut g = self.inner.lock();
+        let g = &mut *g;
+        let kind = self.require_online_ram(pfn)?;
+        let mm = Memmap::new(&self.root, &g.token);
+        let allocated = PageDesc::plain_word0(Raw::State(PageState::Allocated))
+            .expect("Allocated is a plain state");
+        let descs = mm.run(pfn, 1 << order).ok_or(MmError::NotActive(pfn))?;
+        if let Err(i) = PageDesc::move_plain_run(descs, allocated, PageDesc::OFFLINE_WORD0) {
+            let p = pfn.add(i as u64);
+            let t = IllegalTransition {
+                from: mm.desc(p).load().kind(),
+                to: StateKind::Offline,
+                phase: g.phase,
+            };
+            return Err(illegal(p, t));
+        }
+        g.stats
+            .move_pages(kind, StateKind::Allocated, StateKind::Offline, 1 << order);
+        if order == MAX_ORDER {
+            self.scrubbed_subsection(pfn);
+        }
+        Ok(())
     }
 
     /// Take up to `max` single pages out of the allocator for ballooning out
     /// (Free -> Offline) as the fewest free blocks that hold them: the largest power of two
     /// not above what is still wanted, smaller ones once no block that large is free. Each
-    /// page goes to `sink`, ascending within a block; returns how many were taken (fewer
-    /// than `max` only when no free page is left). One lock and one pass per block: the
-    /// balloon's order-0 tail of a step costs what a few blocks cost, not `max` calls.
+    /// page goes to `sink`, ascending within a block, with `true` if it went Allocated
+    /// instead (`scrub`: see [`MemModel::balloon_out_scrubbing`]); returns how many were
+    /// taken (fewer than `max` only when no free page is left). One lock and one pass per
+    /// block: the balloon's order-0 tail of a step costs what a few blocks cost, not `max`
+    /// calls.
     pub fn balloon_out_pages(
         &self,
         max: usize,
-        mut sink: impl FnMut(Pfn),
+        scrub: bool,
+        mut sink: impl FnMut(Pfn, bool),
     ) -> Result<usize, MmError> {
         let mut taken = 0;
         let mut order = MAX_ORDER;
         while taken < max {
             order = order.min((max - taken).ilog2() as u8);
-            match self.take_free_block(order, PageState::Offline) {
-                Ok(pfn) => {
-                    (0..1u64 << order).for_each(|i| sink(pfn.add(i)));
+            match self.take_free_block(order, PageState::Offline, scrub) {
+                Ok((pfn, dirty)) => {
+                    (0..1u64 << order).for_each(|i| sink(pfn.add(i), dirty));
                     taken += 1 << order;
                 }
                 // Nothing this large is free: nothing larger either.
@@ -743,7 +796,9 @@ impl<S: MemmapStorage> MemModel<S> {
     /// (Free -> Offline), highest subsection first: the balloon's way to give back a
     /// preferred part of RAM (hot-added sections before boot RAM). Larger free blocks are
     /// split; subsections that are not active online RAM are skipped. Each block goes to
-    /// `sink`; returns how many were taken (0 when the range has no free block of
+    /// `sink`, with `true` if it went Allocated instead (`scrub`: see
+    /// [`MemModel::balloon_out_scrubbing`]); returns how many were taken (0 when the range
+    /// has no free block of
     /// `order`). Cost: one descriptor load per `2^order` pages scanned, none in sections
     /// of a kind with no Free page left.
     pub fn balloon_out_from(
@@ -751,7 +806,8 @@ impl<S: MemmapStorage> MemModel<S> {
         range: PfnRange,
         order: u8,
         max: usize,
-        mut sink: impl FnMut(Pfn),
+        scrub: bool,
+        mut sink: impl FnMut(Pfn, bool),
     ) -> Result<usize, MmError> {
         if order > MAX_ORDER {
             return Err(MmError::BadOrder(order));
@@ -791,10 +847,19 @@ impl<S: MemmapStorage> MemModel<S> {
                     let descs = mm
                         .run(Pfn(p), size as usize)
                         .expect("a free block lies in one present subsection");
-                    mark_taken(descs, PageDesc::OFFLINE_WORD0);
-                    g.stats
-                        .move_pages(kind, StateKind::Free, StateKind::Offline, size);
-                    sink(Pfn(p));
+                    // With `scrub`, a block that may hold our data goes Allocated, for the
+                    // caller to zero (see `balloon_out_scrubbing`).
+                    let dirty = scrub && self.needs_scrub(Pfn(p));
+                    let (to, w0) = if dirty {
+                        let w0 = PageDesc::plain_word0(Raw::State(PageState::Allocated))
+                            .expect("Allocated is a plain state");
+                        (StateKind::Allocated, w0)
+                    } else {
+                        (StateKind::Offline, PageDesc::OFFLINE_WORD0)
+                    };
+                    mark_taken(descs, w0);
+                    g.stats.move_pages(kind, StateKind::Free, to, size);
+                    sink(Pfn(p), dirty);
                     taken += 1;
                 }
                 p += size;
@@ -871,6 +936,17 @@ impl<S: MemmapStorage> MemModel<S> {
         let kind = self.require_online_ram(pfn)?;
         let mm = Memmap::new(&self.root, &g.token);
         Self::check_range(&mm, g.phase, block_range(pfn, 0), StateKind::Offline)?;
+        // Allocated -> Offline is legal too, but only for a block the balloon zeroed
+        // (`offline_scrubbed`): this takes Free pages only.
+        let have = mm.desc(pfn).load().kind();
+        if have != StateKind::Free {
+            let t = IllegalTransition {
+                from: have,
+                to: StateKind::Offline,
+                phase: g.phase,
+            };
+            return Err(illegal(pfn, t));
+        }
         let taken = g.free.take(&mm, pfn);
         assert!(
             taken,

@@ -161,22 +161,32 @@ impl Reference {
         }
     }
 
-    /// A block just taken Offline for ballooning: every page of it that holds our data
-    /// must need a scrub ([`MemModel::needs_scrub`]). Then it is scrubbed, as the balloon
-    /// does: a whole subsection is clean afterwards.
+    /// A block just taken for ballooning by a scrubbing take, `dirty` if the model took
+    /// it Allocated for zeroing: every page of it that holds our data must be so. The
+    /// block is then zeroed (its data gone) and handed on Offline, as the balloon does.
     fn ballooned(
         &mut self,
         m: &MemModel<HeapStorage>,
         block: PfnRange,
+        dirty: bool,
     ) -> Result<(), TestCaseError> {
         for p in block.iter() {
             if self.data.remove(&p) {
-                prop_assert!(m.needs_scrub(p), "{:?} holds our data, no scrub needed", p);
+                prop_assert!(dirty, "{:?} holds our data, taken without a scrub", p);
             }
         }
-        if block.len() == PAGES_PER_SUBSECTION && m.needs_scrub(block.start) {
-            m.scrubbed_subsection(block.start);
+        if dirty {
+            prop_assert!(self.all(block, StateKind::Free));
+            prop_assert_eq!(
+                m.offline_scrubbed(block.start, block.len().ilog2() as u8),
+                Ok(())
+            );
+            // Handed on once: a second time finds it Offline.
+            prop_assert!(m
+                .offline_scrubbed(block.start, block.len().ilog2() as u8)
+                .is_err());
         }
+        self.set(block, StateKind::Offline);
         Ok(())
     }
 }
@@ -271,18 +281,17 @@ fn apply(m: &MemModel<HeapStorage>, r: &mut Reference, op: &Op) -> Result<(), Te
             let ok = r.has_free_block(order);
             let balloon = matches!(op, Op::BalloonOut(_));
             let res = if balloon {
-                m.balloon_out(order)
+                m.balloon_out_scrubbing(order)
             } else {
-                m.alloc_frames(order)
+                m.alloc_frames(order).map(|p| (p, false))
             };
             prop_assert_eq!(res.is_ok(), ok, "{:?}: {:?}", op, res);
-            if let Ok(pfn) = res {
+            if let Ok((pfn, dirty)) = res {
                 let range = PfnRange::from_count(pfn, 1 << order);
                 prop_assert!(r.online_ram(pfn));
                 prop_assert!(r.all(range, StateKind::Free), "handed out a non-free block");
                 if balloon {
-                    r.set(range, StateKind::Offline);
-                    r.ballooned(m, range)?;
+                    r.ballooned(m, range, dirty)?;
                 } else {
                     r.set(range, StateKind::Allocated);
                     r.allocated.push((pfn, order));
@@ -295,11 +304,11 @@ fn apply(m: &MemModel<HeapStorage>, r: &mut Reference, op: &Op) -> Result<(), Te
         Op::BalloonOutFrom { slot, order, max } => {
             let range = sub_range(slot, 0, SUBS);
             let mut got = Vec::new();
-            let res = m.balloon_out_from(range, order, max, |p| got.push(p));
+            let res = m.balloon_out_from(range, order, max, true, |p, d| got.push((p, d)));
             prop_assert_eq!(res, Ok(got.len()), "{:?}", op);
             prop_assert!(got.len() <= max);
             let size = 1u64 << order;
-            for &p in &got {
+            for &(p, dirty) in &got {
                 let block = PfnRange::from_count(p, size);
                 prop_assert!(p.0 % size == 0 && range.contains(p), "{:?}: {:?}", op, p);
                 prop_assert!(r.online_ram(p));
@@ -308,8 +317,7 @@ fn apply(m: &MemModel<HeapStorage>, r: &mut Reference, op: &Op) -> Result<(), Te
                     "{:?}: took a non-free block",
                     op
                 );
-                r.set(block, StateKind::Offline);
-                r.ballooned(m, block)?;
+                r.ballooned(m, block, dirty)?;
             }
             if got.len() < max {
                 // Stopped short: no aligned all-Free block of `order` is left in range.
@@ -325,18 +333,17 @@ fn apply(m: &MemModel<HeapStorage>, r: &mut Reference, op: &Op) -> Result<(), Te
         Op::BalloonOutPages(n) => {
             let free = r.pages.values().filter(|&&s| s == StateKind::Free).count();
             let mut got = Vec::new();
-            let res = m.balloon_out_pages(n, |p| got.push(p));
+            let res = m.balloon_out_pages(n, true, |p, d| got.push((p, d)));
             prop_assert_eq!(res, Ok(n.min(free)), "{:?}", op);
             prop_assert_eq!(got.len(), n.min(free));
-            for &pfn in &got {
+            for &(pfn, dirty) in &got {
                 prop_assert!(r.online_ram(pfn));
                 prop_assert_eq!(
                     r.pages.get(&pfn),
                     Some(&StateKind::Free),
                     "handed out twice or not free"
                 );
-                r.pages.insert(pfn, StateKind::Offline);
-                r.ballooned(m, PfnRange::from_count(pfn, 1))?;
+                r.ballooned(m, PfnRange::from_count(pfn, 1), dirty)?;
             }
         }
         Op::PopulatePages {
@@ -674,7 +681,7 @@ fn single_pages_go_out_as_few_blocks_and_come_back_whole() {
     let m = four_free_subsections();
     // 300 pages = 256 + 32 + 8 + 4: four blocks, all from one subsection.
     let mut got = Vec::new();
-    assert_eq!(m.balloon_out_pages(300, |p| got.push(p)), Ok(300));
+    assert_eq!(m.balloon_out_pages(300, false, |p, _| got.push(p)), Ok(300));
     assert!(got.iter().all(|p| p.subsection() == got[0].subsection()));
     let c = m.recount().unwrap();
     assert_eq!(c.free_blocks[9], 3);
@@ -693,7 +700,10 @@ fn single_pages_go_out_as_few_blocks_and_come_back_whole() {
     assert_eq!(c.free_blocks[..9].iter().sum::<u64>(), 0);
     // More than there is: everything free, then a clean stop.
     let mut all = Vec::new();
-    assert_eq!(m.balloon_out_pages(5000, |p| all.push(p)), Ok(2048));
+    assert_eq!(
+        m.balloon_out_pages(5000, false, |p, _| all.push(p)),
+        Ok(2048)
+    );
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 2048);
@@ -716,13 +726,16 @@ fn balloon_out_from_finds_the_last_free_pages_and_skips_when_there_are_none() {
     m.add_subsections(range, SectionKind::HotplugRam).unwrap();
     m.online_section(0).unwrap();
     // All Offline: nothing to find (the census says so without a scan).
-    assert_eq!(m.balloon_out_from(range, 0, 100, |_| {}), Ok(0));
+    assert_eq!(m.balloon_out_from(range, 0, 100, false, |_, _| {}), Ok(0));
     // Eight free pages in the last subsection: all found, one by one.
     m.populate(Pfn(3 * 512 + 40), 3).unwrap();
     let mut got = Vec::new();
-    assert_eq!(m.balloon_out_from(range, 0, 100, |p| got.push(p)), Ok(8));
+    assert_eq!(
+        m.balloon_out_from(range, 0, 100, false, |p, _| got.push(p)),
+        Ok(8)
+    );
     assert_eq!(got.first(), Some(&Pfn(3 * 512 + 40)));
-    assert_eq!(m.balloon_out_from(range, 0, 100, |_| {}), Ok(0));
+    assert_eq!(m.balloon_out_from(range, 0, 100, false, |_, _| {}), Ok(0));
     assert_eq!(
         m.census()
             .pages_of(SectionKind::HotplugRam, StateKind::Free),

@@ -328,6 +328,9 @@ pub struct Balloon {
     hotplugged: Vec<PfnRange>,
     /// Reused hypercall argument buffer.
     batch: Vec<Gfn>,
+    /// For a batch being given back: which extents the model took Allocated because they
+    /// may hold our data (zeroed, then Offline, before the hypercall; `scrub_batch`).
+    batch_dirty: Vec<bool>,
     /// Pages to hold below the target for now: free memory handed back to Xen before a
     /// suspend ([`Balloon::set_handback`]).
     handback_pages: u64,
@@ -374,6 +377,7 @@ impl Balloon {
             need_hotplug_pages: 0,
             hotplugged: Vec::new(),
             batch: Vec::new(),
+            batch_dirty: Vec::new(),
             handback_pages: 0,
             scrub: None,
             clock: None,
@@ -431,21 +435,25 @@ impl Balloon {
         }
     }
 
-    /// Zero the extents of the batch that may hold our data, before they go to Xen
-    /// ([`Balloon::with_scrubber`]). A whole subsection zeroed (an order-9 extent, every
-    /// page ours and Offline) holds nothing of ours afterwards, whatever Xen does with it.
-    fn scrub_batch<S: MemmapStorage>(&mut self, mm: &MemModel<S>, order: u32) {
+    /// Zero the extents of the batch that the model took Allocated because they may hold
+    /// our data ([`Balloon::with_scrubber`]), then let them go Offline: the whole batch is
+    /// Offline when this returns Ok. A whole subsection zeroed holds nothing of ours
+    /// afterwards, whatever Xen does with it.
+    fn scrub_batch<S: MemmapStorage>(
+        &mut self,
+        mm: &MemModel<S>,
+        order: u32,
+    ) -> Result<(), Failure> {
         let Some(scrub) = self.scrub else {
-            return;
+            return Ok(());
         };
         let t0 = self.clock_now();
         let mut pages = 0;
-        for &g in &self.batch {
-            if mm.needs_scrub(Pfn(g)) {
+        for (&g, &dirty) in self.batch.iter().zip(&self.batch_dirty) {
+            if dirty {
                 scrub(g, order);
-                if order == ORDER_SUBSECTION {
-                    mm.scrubbed_subsection(Pfn(g));
-                }
+                mm.offline_scrubbed(Pfn(g), order as u8)
+                    .map_err(|e| Failure::Model("offline_scrubbed", e))?;
                 pages += 1u64 << order;
             }
         }
@@ -453,6 +461,7 @@ impl Balloon {
         if let (Some(t0), Some(t1)) = (t0, (pages != 0).then(|| self.clock_now()).flatten()) {
             self.step_timing.scrub_ns += t1.saturating_sub(t0);
         }
+        Ok(())
     }
 
     /// Charge one reservation hypercall that started at `t0` and moved `pages` to the
@@ -717,14 +726,21 @@ impl Balloon {
             let (order, max) = (ORDER_SUBSECTION, self.cfg.batch_order9);
             loop {
                 self.batch.clear();
-                let batch = &mut self.batch;
+                self.batch_dirty.clear();
+                let (batch, dirty) = (&mut self.batch, &mut self.batch_dirty);
                 let n = mm
-                    .balloon_out_from(range, order as u8, max, |p| batch.push(p.0))
+                    .balloon_out_from(range, order as u8, max, self.scrub.is_some(), |p, d| {
+                        batch.push(p.0);
+                        dirty.push(d);
+                    })
                     .map_err(|e| format!("balloon_out_from: {e}"))?;
                 if n == 0 {
                     break;
                 }
-                self.scrub_batch(mm, order);
+                if let Err(Failure::Model(what, e)) = self.scrub_batch(mm, order) {
+                    let _ = self.undo_take(mm, order);
+                    return Err(format!("{what}: {e}"));
+                }
                 self.counters.hypercalls += 1;
                 let (t0, c0) = (self.clock_now(), self.cpu_now());
                 let r = xen.decrease_reservation(&self.batch, order);
@@ -1109,13 +1125,18 @@ impl Balloon {
         hot_only: bool,
     ) -> Result<(), Failure> {
         self.batch.clear();
+        self.batch_dirty.clear();
+        let scrub = self.scrub.is_some();
         for i in (0..self.hotplugged.len()).rev() {
             let want = n - self.batch.len();
             if want == 0 {
                 break;
             }
-            let batch = &mut self.batch;
-            let r = mm.balloon_out_from(self.hotplugged[i], order as u8, want, |p| batch.push(p.0));
+            let (batch, dirty) = (&mut self.batch, &mut self.batch_dirty);
+            let r = mm.balloon_out_from(self.hotplugged[i], order as u8, want, scrub, |p, d| {
+                batch.push(p.0);
+                dirty.push(d);
+            });
             if let Err(e) = r {
                 self.undo_take(mm, order)?;
                 return Err(Failure::Model("balloon_out_from", e));
@@ -1127,14 +1148,25 @@ impl Balloon {
         let r = if order == 0 {
             // Single pages as the fewest free blocks that hold them.
             let want = n - self.batch.len();
-            let batch = &mut self.batch;
-            mm.balloon_out_pages(want, |p| batch.push(p.0))
-                .map_err(|e| ("balloon_out_pages", e))
+            let (batch, dirty) = (&mut self.batch, &mut self.batch_dirty);
+            mm.balloon_out_pages(want, scrub, |p, d| {
+                batch.push(p.0);
+                dirty.push(d);
+            })
+            .map_err(|e| ("balloon_out_pages", e))
         } else {
             let mut r = Ok(0);
             while self.batch.len() < n {
-                match mm.balloon_out(order as u8) {
-                    Ok(pfn) => self.batch.push(pfn.0),
+                let taken = if scrub {
+                    mm.balloon_out_scrubbing(order as u8)
+                } else {
+                    mm.balloon_out(order as u8).map(|p| (p, false))
+                };
+                match taken {
+                    Ok((pfn, dirty)) => {
+                        self.batch.push(pfn.0);
+                        self.batch_dirty.push(dirty);
+                    }
                     Err(MmError::OutOfMemory { .. }) => break,
                     Err(e) => {
                         r = Err(("balloon_out", e));
@@ -1151,13 +1183,16 @@ impl Balloon {
         Ok(())
     }
 
-    /// Return the whole batch to the allocator (it was never given to Xen).
+    /// Return the whole batch to the allocator (it was never given to Xen): Offline
+    /// extents are populated back, ones still held Allocated for zeroing are freed.
     fn undo_take<S: MemmapStorage>(&mut self, mm: &MemModel<S>, order: u32) -> Result<(), Failure> {
         for &g in &self.batch {
             mm.populate(Pfn(g), order as u8)
+                .or_else(|_| mm.free_frames(Pfn(g), order as u8))
                 .map_err(|e| Failure::Model("populate (undo)", e))?;
         }
         self.batch.clear();
+        self.batch_dirty.clear();
         Ok(())
     }
 
@@ -1171,7 +1206,10 @@ impl Balloon {
         xen: &mut X,
         order: u32,
     ) -> Result<Result<usize, Errno>, Failure> {
-        self.scrub_batch(mm, order);
+        if let Err(e) = self.scrub_batch(mm, order) {
+            self.undo_take(mm, order)?;
+            return Err(e);
+        }
         self.counters.hypercalls += 1;
         let (t0, c0) = (self.clock_now(), self.cpu_now());
         let r = xen.decrease_reservation(&self.batch, order);
