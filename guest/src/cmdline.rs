@@ -153,24 +153,12 @@ impl Cmdline {
                     Ok(())
                 }
                 ("debugcon", _) => Err("debugcon must be all or warn"),
-                ("suspend-handback", Some("on")) => {
-                    c.suspend_handback = true;
-                    Ok(())
-                }
-                ("suspend-handback", Some("off")) => {
-                    c.suspend_handback = false;
-                    Ok(())
-                }
-                ("suspend-handback", _) => Err("suspend-handback must be on or off"),
-                ("balloon-scrub", Some("on")) => {
-                    c.balloon_scrub = true;
-                    Ok(())
-                }
-                ("balloon-scrub", Some("off")) => {
-                    c.balloon_scrub = false;
-                    Ok(())
-                }
-                ("balloon-scrub", _) => Err("balloon-scrub must be on or off"),
+                ("suspend-handback", v) => on_off(v)
+                    .map(|b| c.suspend_handback = b)
+                    .ok_or("suspend-handback must be on or off"),
+                ("balloon-scrub", v) => on_off(v)
+                    .map(|b| c.balloon_scrub = b)
+                    .ok_or("balloon-scrub must be on or off"),
                 ("fill", Some(v)) => parse_fill(v).map(|f| c.fill = Some(f)),
                 ("fill", None) => Err("fill needs HEX:MIB"),
                 ("say", Some(v)) => decode_say(v).map(|line| c.say.push(line)),
@@ -210,6 +198,15 @@ impl Cmdline {
         }
         self.mode = m;
         Ok(())
+    }
+}
+
+/// `on` / `off` of a switch.
+fn on_off(v: Option<&str>) -> Option<bool> {
+    match v {
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        _ => None,
     }
 }
 
