@@ -414,9 +414,10 @@ pub fn running_ns_from_area() -> Option<u64> {
 /// Zero the `2^order` frames at `gfn` before the balloon gives them back to Xen.
 pub fn scrub_frames(gfn: Gfn, order: u32) {
     let bytes = 4096usize << order;
-    // SAFETY: the balloon calls this only for a block it holds Offline (taken off the free
-    // lists, nobody else's, not yet released: still backed) in online RAM, which is
-    // identity-mapped (boot RAM at boot, hot-added sections before they go online).
+    // SAFETY: the balloon calls this only for a block the model took Allocated to it for
+    // zeroing (off the free lists, nobody else's, still backed: it goes Offline and to Xen
+    // only afterwards) in online RAM, which is identity-mapped (boot RAM at boot,
+    // hot-added sections before they go online).
     unsafe { core::ptr::write_bytes((gfn << 12) as *mut u8, 0, bytes) };
 }
 

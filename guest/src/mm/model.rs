@@ -522,8 +522,10 @@ impl<S: MemmapStorage> MemModel<S> {
             .free
             .alloc(&mm, order)
             .ok_or(MmError::OutOfMemory { order })?;
-        let dirty = scrub && to == PageState::Offline && self.needs_scrub(pfn);
-        let to = if dirty { PageState::Allocated } else { to };
+        let (to, dirty) = match to {
+            PageState::Offline => self.balloon_take(pfn, scrub),
+            to => (to, false),
+        };
         let descs = mm
             .run(pfn, 1 << order)
             .expect("a free block lies in one present subsection");
@@ -649,7 +651,7 @@ impl<S: MemmapStorage> MemModel<S> {
         // found a page in another state and put the block back) takes the page-by-page
         // path below for its error.
         let plain_from = match from {
-            StateKind::Allocated => PageDesc::plain_word0(Raw::State(PageState::Allocated)),
+            StateKind::Allocated => Some(PageDesc::ALLOCATED_WORD0),
             StateKind::Offline => PageDesc::plain_word0(Raw::State(PageState::Offline)),
             _ => None,
         };
@@ -690,23 +692,33 @@ impl<S: MemmapStorage> MemModel<S> {
         }
     }
 
+    /// The subsection at `pfn` was zeroed whole and every page of it is Offline: it holds
+    /// nothing of ours any more.
+    fn clear_dirty(&self, pfn: Pfn) {
+        if let Some(s) = self.root.section_of(pfn) {
+            s.clear_dirty(pfn.subsection_in_section());
+        }
+    }
+
+    /// Where a block taken off the free lists for ballooning goes: Offline, or, with
+    /// `scrub` and if it may hold our data, Allocated to the caller for zeroing (`true`).
+    fn balloon_take(&self, pfn: Pfn, scrub: bool) -> (PageState, bool) {
+        if scrub && self.needs_scrub(pfn) {
+            (PageState::Allocated, true)
+        } else {
+            (PageState::Offline, false)
+        }
+    }
+
     /// Whether the Free block at `pfn` (just taken off the free lists to give to Xen) may
     /// hold our data: its subsection had a page freed after being Allocated or Reserved
-    /// since the subsection became present or was last scrubbed whole
-    /// ([`MemModel::scrubbed_subsection`]). Pages that only ever came from Xen (boot RAM
+    /// since the subsection became present or was last zeroed whole
+    /// ([`MemModel::offline_scrubbed`]). Pages that only ever came from Xen (boot RAM
     /// never allocated, populated extents) hold nothing of ours.
     pub fn needs_scrub(&self, pfn: Pfn) -> bool {
         self.root
             .section_of(pfn)
             .is_some_and(|s| s.dirty() & (1 << pfn.subsection_in_section()) != 0)
-    }
-
-    /// The caller zeroed the whole subsection at `pfn` and holds every page of it
-    /// Offline: it holds nothing of ours any more.
-    pub fn scrubbed_subsection(&self, pfn: Pfn) {
-        if let Some(s) = self.root.section_of(pfn) {
-            s.clear_dirty(pfn.subsection_in_section());
-        }
     }
 
     /// Take a free block of `order` out of the allocator for ballooning out
@@ -735,10 +747,10 @@ impl<S: MemmapStorage> MemModel<S> {
         let g = &mut *g;
         let kind = self.require_online_ram(pfn)?;
         let mm = Memmap::new(&self.root, &g.token);
-        let allocated = PageDesc::plain_word0(Raw::State(PageState::Allocated))
-            .expect("Allocated is a plain state");
         let descs = mm.run(pfn, 1 << order).ok_or(MmError::NotActive(pfn))?;
-        if let Err(i) = PageDesc::move_plain_run(descs, allocated, PageDesc::OFFLINE_WORD0) {
+        if let Err(i) =
+            PageDesc::move_plain_run(descs, PageDesc::ALLOCATED_WORD0, PageDesc::OFFLINE_WORD0)
+        {
             let p = pfn.add(i as u64);
             let t = IllegalTransition {
                 from: mm.desc(p).load().kind(),
@@ -750,7 +762,7 @@ impl<S: MemmapStorage> MemModel<S> {
         g.stats
             .move_pages(kind, StateKind::Allocated, StateKind::Offline, 1 << order);
         if order == MAX_ORDER {
-            self.scrubbed_subsection(pfn);
+            self.clear_dirty(pfn);
         }
         Ok(())
     }
@@ -847,18 +859,11 @@ impl<S: MemmapStorage> MemModel<S> {
                     let descs = mm
                         .run(Pfn(p), size as usize)
                         .expect("a free block lies in one present subsection");
-                    // With `scrub`, a block that may hold our data goes Allocated, for the
-                    // caller to zero (see `balloon_out_scrubbing`).
-                    let dirty = scrub && self.needs_scrub(Pfn(p));
-                    let (to, w0) = if dirty {
-                        let w0 = PageDesc::plain_word0(Raw::State(PageState::Allocated))
-                            .expect("Allocated is a plain state");
-                        (StateKind::Allocated, w0)
-                    } else {
-                        (StateKind::Offline, PageDesc::OFFLINE_WORD0)
-                    };
+                    let (to, dirty) = self.balloon_take(Pfn(p), scrub);
+                    let w0 = PageDesc::plain_word0(Raw::State(to))
+                        .expect("Offline and Allocated are plain states");
                     mark_taken(descs, w0);
-                    g.stats.move_pages(kind, StateKind::Free, to, size);
+                    g.stats.move_pages(kind, StateKind::Free, to.kind(), size);
                     sink(Pfn(p), dirty);
                     taken += 1;
                 }

@@ -423,6 +423,13 @@ impl PageDesc {
         None => panic!("Offline keeps nothing in word 1"),
     };
 
+    /// [`Self::plain_word0`] of an Allocated page.
+    pub(crate) const ALLOCATED_WORD0: u64 =
+        match Self::plain_word0(Raw::State(PageState::Allocated)) {
+            Some(w0) => w0,
+            None => panic!("Allocated keeps nothing in word 1"),
+        };
+
     /// Whether the descriptor holds exactly the plain state whose word 0 is `w0` (see
     /// [`Self::plain_word0`]). For the writer holding the mutation lock only: no other
     /// writer can change word 0 under it, so one load is a consistent read.

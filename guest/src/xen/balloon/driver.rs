@@ -435,6 +435,22 @@ impl Balloon {
         }
     }
 
+    /// Empty the batch (and its dirty flags) for extents to give back.
+    fn clear_batch(&mut self) {
+        self.batch.clear();
+        self.batch_dirty.clear();
+    }
+
+    /// Appends an extent taken for giving back, and whether the model took it Allocated
+    /// for zeroing, to the batch.
+    fn batch_sink(&mut self) -> impl FnMut(Pfn, bool) + '_ {
+        let (batch, dirty) = (&mut self.batch, &mut self.batch_dirty);
+        move |p, d| {
+            batch.push(p.0);
+            dirty.push(d);
+        }
+    }
+
     /// Zero the extents of the batch that the model took Allocated because they may hold
     /// our data ([`Balloon::with_scrubber`]), then let them go Offline: the whole batch is
     /// Offline when this returns Ok. A whole subsection zeroed holds nothing of ours
@@ -458,8 +474,10 @@ impl Balloon {
             }
         }
         self.counters.scrubbed_pages += pages;
-        if let (Some(t0), Some(t1)) = (t0, (pages != 0).then(|| self.clock_now()).flatten()) {
-            self.step_timing.scrub_ns += t1.saturating_sub(t0);
+        if pages != 0 {
+            if let (Some(t0), Some(t1)) = (t0, self.clock_now()) {
+                self.step_timing.scrub_ns += t1.saturating_sub(t0);
+            }
         }
         Ok(())
     }
@@ -725,14 +743,10 @@ impl Balloon {
         {
             let (order, max) = (ORDER_SUBSECTION, self.cfg.batch_order9);
             loop {
-                self.batch.clear();
-                self.batch_dirty.clear();
-                let (batch, dirty) = (&mut self.batch, &mut self.batch_dirty);
+                self.clear_batch();
+                let scrub = self.scrub.is_some();
                 let n = mm
-                    .balloon_out_from(range, order as u8, max, self.scrub.is_some(), |p, d| {
-                        batch.push(p.0);
-                        dirty.push(d);
-                    })
+                    .balloon_out_from(range, order as u8, max, scrub, self.batch_sink())
                     .map_err(|e| format!("balloon_out_from: {e}"))?;
                 if n == 0 {
                     break;
@@ -1006,14 +1020,12 @@ impl Balloon {
         } else if current < goal {
             self.balloon_up(mm, xen, goal - current)?
         } else {
-            self.need_hotplug_pages = 0;
             self.reached(goal, now_ns);
             return Ok(StepOutcome::Done);
         };
         if r == StepOutcome::Progress && mm.ram_pages() == goal {
             // The round that made the last hypercall ends the step: a second round only to
             // find the goal held would add the event loop's turn to the step's time.
-            self.need_hotplug_pages = 0;
             self.reached(goal, self.clock_now().unwrap_or(now_ns));
             return Ok(StepOutcome::Done);
         }
@@ -1024,6 +1036,7 @@ impl Balloon {
     /// wall clock's reading; the CPU clock is read here, before anything is logged, so
     /// both end the step where it ended).
     fn reached(&mut self, goal: u64, now_ns: u64) {
+        self.need_hotplug_pages = 0;
         if self.reached_after_ns.is_some() {
             return;
         }
@@ -1046,20 +1059,20 @@ impl Balloon {
                 ..self.step_timing
             };
             log::info!(
-                    "balloon: step to {} KiB: {} us, {} us in {} hypercall(s), {} us outside ({}.{} %; {} us of it in the memory model); on the CPU {} us, {} us of it outside the hypercalls ({}.{} % of the step)",
-                    s.target_kib,
-                    s.total_ns / 1000,
-                    s.hypercall_ns / 1000,
-                    s.hypercalls,
-                    s.outside_ns() / 1000,
-                    s.outside_permille() / 10,
-                    s.outside_permille() % 10,
-                    s.model_ns / 1000,
-                    s.cpu_ns / 1000,
-                    s.outside_cpu_ns() / 1000,
-                    s.outside_cpu_permille() / 10,
-                    s.outside_cpu_permille() % 10
-                );
+                "balloon: step to {} KiB: {} us, {} us in {} hypercall(s), {} us outside ({}.{} %; {} us of it in the memory model); on the CPU {} us, {} us of it outside the hypercalls ({}.{} % of the step)",
+                s.target_kib,
+                s.total_ns / 1000,
+                s.hypercall_ns / 1000,
+                s.hypercalls,
+                s.outside_ns() / 1000,
+                s.outside_permille() / 10,
+                s.outside_permille() % 10,
+                s.model_ns / 1000,
+                s.cpu_ns / 1000,
+                s.outside_cpu_ns() / 1000,
+                s.outside_cpu_permille() / 10,
+                s.outside_cpu_permille() % 10
+            );
             self.last_step = Some(s);
         }
     }
@@ -1124,19 +1137,15 @@ impl Balloon {
         n: usize,
         hot_only: bool,
     ) -> Result<(), Failure> {
-        self.batch.clear();
-        self.batch_dirty.clear();
+        self.clear_batch();
         let scrub = self.scrub.is_some();
         for i in (0..self.hotplugged.len()).rev() {
             let want = n - self.batch.len();
             if want == 0 {
                 break;
             }
-            let (batch, dirty) = (&mut self.batch, &mut self.batch_dirty);
-            let r = mm.balloon_out_from(self.hotplugged[i], order as u8, want, scrub, |p, d| {
-                batch.push(p.0);
-                dirty.push(d);
-            });
+            let range = self.hotplugged[i];
+            let r = mm.balloon_out_from(range, order as u8, want, scrub, self.batch_sink());
             if let Err(e) = r {
                 self.undo_take(mm, order)?;
                 return Err(Failure::Model("balloon_out_from", e));
@@ -1148,12 +1157,8 @@ impl Balloon {
         let r = if order == 0 {
             // Single pages as the fewest free blocks that hold them.
             let want = n - self.batch.len();
-            let (batch, dirty) = (&mut self.batch, &mut self.batch_dirty);
-            mm.balloon_out_pages(want, scrub, |p, d| {
-                batch.push(p.0);
-                dirty.push(d);
-            })
-            .map_err(|e| ("balloon_out_pages", e))
+            mm.balloon_out_pages(want, scrub, self.batch_sink())
+                .map_err(|e| ("balloon_out_pages", e))
         } else {
             let mut r = Ok(0);
             while self.batch.len() < n {
@@ -1163,10 +1168,7 @@ impl Balloon {
                     mm.balloon_out(order as u8).map(|p| (p, false))
                 };
                 match taken {
-                    Ok((pfn, dirty)) => {
-                        self.batch.push(pfn.0);
-                        self.batch_dirty.push(dirty);
-                    }
+                    Ok((pfn, dirty)) => self.batch_sink()(pfn, dirty),
                     Err(MmError::OutOfMemory { .. }) => break,
                     Err(e) => {
                         r = Err(("balloon_out", e));
@@ -1191,8 +1193,7 @@ impl Balloon {
                 .or_else(|_| mm.free_frames(Pfn(g), order as u8))
                 .map_err(|e| Failure::Model("populate (undo)", e))?;
         }
-        self.batch.clear();
-        self.batch_dirty.clear();
+        self.clear_batch();
         Ok(())
     }
 
@@ -1858,8 +1859,9 @@ mod tests {
     }
 
     /// Balloon 128 MiB down to 4 and back twice, with data written into an order-9 block
-    /// and order-0 pages and freed, Xen taking extents up to `max_order`; returns the most pages of ours Xen held at any round
-    /// (released unscrubbed), how many written pages went to Xen at all, and the balloon.
+    /// and order-0 pages and freed, Xen taking extents up to `max_order`; returns the most
+    /// pages of ours Xen held at any round (released unscrubbed), how many written pages
+    /// went to Xen at all, and the balloon.
     fn scrub_run(scrub: bool, max_order: u32) -> (usize, usize, Balloon) {
         WRITTEN.with(|set| set.borrow_mut().clear());
         let mut w = world(128);
